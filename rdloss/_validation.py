@@ -1,0 +1,105 @@
+"""Checks shared by the public entry points.
+
+Shape and type checks are free and always run. Value checks (NaN/inf, negative weights) need a
+host synchronisation, so callers run them only when ``validate`` is true, and never while
+compiling (``torch.compiler.is_compiling()``).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+__all__ = [
+    "check_distribution",
+    "check_finite",
+    "check_nonnegative_number",
+    "check_tensor",
+    "should_validate",
+]
+
+
+def should_validate(validate_args: bool | None) -> bool:
+    """Whether value checks run: the flag, else ``torch.distributions``' default.
+
+    Args:
+        validate_args: ``True``/``False`` forces the choice; ``None`` follows
+            ``torch.distributions.Distribution`` (on unless Python runs with ``-O``).
+
+    Returns:
+        ``False`` while compiling, otherwise the resolved flag.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    if validate_args is None:
+        return bool(Distribution._validate_args)
+    return validate_args
+
+
+def check_tensor(name: str, value: object, *, min_ndim: int = 0) -> Tensor:
+    """Raise ``TypeError``/``ValueError`` unless ``value`` is a floating or integer tensor.
+
+    Args:
+        name: argument name used in the message.
+        value: what the caller received.
+        min_ndim: the least number of dimensions accepted.
+
+    Returns:
+        ``value`` unchanged.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_complex():
+        raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
+    if value.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimension(s) (batch first), "
+            f"got shape {tuple(value.shape)}"
+        )
+    if min_ndim >= 1 and value.shape[0] == 0:
+        raise ValueError(f"{name} has an empty batch (shape {tuple(value.shape)})")
+    return value
+
+
+def check_distribution(name: str, value: object) -> Distribution:
+    """Raise ``TypeError`` unless ``value`` is a ``torch.distributions.Distribution``."""
+    if not isinstance(value, Distribution):
+        raise TypeError(
+            f"{name} must be a torch.distributions.Distribution, got {type(value).__name__}"
+        )
+    return value
+
+
+def check_finite(**tensors: Tensor) -> None:
+    """Raise ``ValueError`` naming every tensor argument that holds NaN or inf.
+
+    All tensors are checked with one host synchronisation.
+    """
+    names = list(tensors)
+    flags = torch.stack([torch.isfinite(t).all() for t in tensors.values()]).tolist()
+    bad = [n for n, ok in zip(names, flags, strict=True) if not ok]
+    if bad:
+        raise ValueError(f"non-finite values (NaN or inf) in {', '.join(bad)}")
+
+
+def check_nonnegative_number(name: str, value: object, *, positive: bool = False) -> float:
+    """Return ``value`` as a float or raise naming the argument.
+
+    Args:
+        name: argument name used in the message.
+        value: a real Python or 0-dim tensor number.
+        positive: require ``value > 0`` instead of ``value >= 0``.
+    """
+    if isinstance(value, Tensor) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {number}")
+    if number < 0 or (positive and number == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {number}")
+    return number

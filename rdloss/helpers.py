@@ -1,0 +1,179 @@
+"""Build ``torch.distributions`` objects from the tensors existing VAE code already has.
+
+Each helper returns a distribution whose batch shape is ``(B,)`` and whose event shape is
+everything else (``event_dims`` defaults to all dimensions but the first), so rate and
+distortion are summed over latent and data dimensions, never averaged per pixel. Half
+precision inputs are computed in float32 (``exp(logvar)`` overflows float16).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
+
+from rdloss._validation import check_tensor
+
+__all__ = ["bernoulli", "categorical", "normal"]
+
+
+def _upcast(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _event_dims(name: str, t: Tensor, event_dims: int | None, extra: int = 0) -> int:
+    """Resolve ``event_dims`` against a parameter tensor with ``extra`` trailing non-event dims."""
+    available = t.ndim - extra - 1
+    if event_dims is None:
+        return available
+    if isinstance(event_dims, bool) or not isinstance(event_dims, int):
+        raise TypeError(f"event_dims must be an int or None, got {type(event_dims).__name__}")
+    if not 0 <= event_dims <= available:
+        raise ValueError(
+            f"event_dims must be in [0, {available}] for {name} of shape {tuple(t.shape)} "
+            f"(the first dimension is the batch), got {event_dims}"
+        )
+    return event_dims
+
+
+def _independent(dist: Distribution, event_dims: int) -> Distribution:
+    return Independent(dist, event_dims) if event_dims > 0 else dist
+
+
+def normal(
+    loc: Tensor,
+    *,
+    scale: Tensor | float | None = None,
+    logvar: Tensor | None = None,
+    event_dims: int | None = None,
+    validate_args: bool | None = None,
+) -> Distribution:
+    r"""Diagonal Gaussian from ``(mu, logvar)`` or ``(mu, scale)``.
+
+    Use it for encoders (``loc`` of shape ``(B, D)``) and for Gaussian decoders with a
+    fixed (``scale=0.1``) or learned (a tensor broadcastable to ``loc``) standard deviation.
+
+    Args:
+        loc: ``(B, ...)`` means.
+        scale: standard deviation, a float or a tensor broadcastable to ``loc``'s shape.
+        logvar: log-variance, same shape as ``loc``;
+            :math:`\sigma = \exp(\tfrac12 \mathrm{logvar})`.
+        event_dims: trailing dims summed over; default all but the batch dim.
+        validate_args: passed to ``torch.distributions.Normal``.
+
+    Returns:
+        ``Independent(Normal(loc, sigma), event_dims)``.
+
+    Example:
+        >>> import torch
+        >>> q = normal(torch.zeros(8, 32), logvar=torch.zeros(8, 32))
+        >>> q.batch_shape, q.event_shape
+        (torch.Size([8]), torch.Size([32]))
+    """
+    check_tensor("loc", loc, min_ndim=1)
+    if (scale is None) == (logvar is None):
+        raise ValueError("give exactly one of scale= or logvar=")
+    loc = _upcast(loc)
+    if logvar is not None:
+        check_tensor("logvar", logvar)
+        if logvar.shape != loc.shape:
+            raise ValueError(
+                f"logvar must have loc's shape {tuple(loc.shape)}, got {tuple(logvar.shape)}"
+            )
+        sigma = torch.exp(0.5 * _upcast(logvar))
+    elif isinstance(scale, Tensor):
+        sigma = _upcast(scale)
+        if torch.broadcast_shapes(loc.shape, sigma.shape) != loc.shape:
+            raise ValueError(
+                f"scale of shape {tuple(sigma.shape)} must broadcast to loc's shape "
+                f"{tuple(loc.shape)} without enlarging it"
+            )
+        sigma = sigma.expand_as(loc)
+    elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        sigma = torch.full_like(loc, float(scale))
+    else:
+        raise TypeError(f"scale must be a float or a Tensor, got {type(scale).__name__}")
+    dims = _event_dims("loc", loc, event_dims)
+    return _independent(Normal(loc, sigma, validate_args=validate_args), dims)
+
+
+def bernoulli(
+    *,
+    logits: Tensor | None = None,
+    probs: Tensor | None = None,
+    event_dims: int | None = None,
+    validate_args: bool | None = None,
+) -> Distribution:
+    """Factorised Bernoulli decoder from logits (preferred, stable) or probabilities.
+
+    ``-log_prob(x)`` equals ``binary_cross_entropy_with_logits(logits, x, reduction="none")``
+    summed over the event dims. For grey-level targets in ``[0, 1]`` (as in the classic
+    PyTorch-examples VAE) pass ``validate_args=False``: the Bernoulli density is then used as
+    the cross-entropy it reduces to (or use ``ContinuousBernoulli`` for a proper density).
+
+    Args:
+        logits: ``(B, ...)`` logits.
+        probs: ``(B, ...)`` probabilities; give exactly one of ``logits``/``probs``.
+        event_dims: trailing dims summed over; default all but the batch dim.
+        validate_args: passed to ``torch.distributions.Bernoulli``.
+
+    Returns:
+        ``Independent(Bernoulli(...), event_dims)``.
+
+    Example:
+        >>> import torch
+        >>> p = bernoulli(logits=torch.zeros(4, 1, 28, 28))
+        >>> p.event_shape
+        torch.Size([1, 28, 28])
+    """
+    if logits is not None and probs is None:
+        name, param = "logits", logits
+    elif probs is not None and logits is None:
+        name, param = "probs", probs
+    else:
+        raise ValueError("give exactly one of logits= or probs=")
+    check_tensor(name, param, min_ndim=1)
+    param = _upcast(param)
+    dims = _event_dims(name, param, event_dims)
+    dist = Bernoulli(**{name: param}, validate_args=validate_args)
+    return _independent(dist, dims)
+
+
+def categorical(
+    logits: Tensor,
+    *,
+    category_dim: int = -1,
+    event_dims: int | None = None,
+    validate_args: bool | None = None,
+) -> Distribution:
+    """Per-pixel categorical decoder, e.g. 256-way pixel intensities.
+
+    Args:
+        logits: ``(B, ..., K)`` logits, or with the category axis elsewhere (PixelCNN's
+            ``(B, K, C, H, W)``) given by ``category_dim``.
+        category_dim: the axis of the ``K`` categories.
+        event_dims: trailing data dims summed over; default all but batch and category.
+        validate_args: passed to ``torch.distributions.Categorical``.
+
+    Returns:
+        ``Independent(Categorical(logits), event_dims)``; ``x`` holds integer values in
+        ``[0, K)`` and has ``logits``' shape without the category axis.
+
+    Example:
+        >>> import torch
+        >>> p = categorical(torch.zeros(2, 256, 3, 8, 8), category_dim=1)
+        >>> p.event_shape
+        torch.Size([3, 8, 8])
+    """
+    check_tensor("logits", logits, min_ndim=2)
+    if not -logits.ndim <= category_dim < logits.ndim:
+        raise ValueError(
+            f"category_dim must index logits of shape {tuple(logits.shape)}, got {category_dim}"
+        )
+    if category_dim % logits.ndim == 0:
+        raise ValueError("category_dim must not be the batch dimension 0")
+    logits = _upcast(logits).movedim(category_dim, -1)
+    dims = _event_dims("logits", logits, event_dims, extra=1)
+    return _independent(Categorical(logits=logits, validate_args=validate_args), dims)

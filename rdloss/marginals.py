@@ -1,0 +1,117 @@
+"""Marginals (priors) ``m(z)``: modules whose ``forward()`` returns a ``Distribution``.
+
+This is zuko's ``LazyDistribution`` convention, so any zuko flow (or any module whose
+``forward()`` takes no required argument and returns a distribution) is accepted as
+``marginal=`` by :class:`rdloss.RateDistortionLoss` with no adapter. The returned
+distribution has ``batch_shape == ()`` and the latent event shape.
+
+The optimal marginal for a fixed encoder is the aggregate posterior ``p_e(z)``; every gap
+between ``m(z)`` and ``p_e(z)`` is paid as rate (Alemi et al., 2018, Sec. 2).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal
+from typing_extensions import override
+
+__all__ = ["DiagonalGaussian", "Marginal", "StandardNormal"]
+
+
+def _check_latent_dim(latent_dim: object) -> int:
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int):
+        raise TypeError(f"latent_dim must be an int, got {type(latent_dim).__name__}")
+    if latent_dim < 1:
+        raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+    return latent_dim
+
+
+class Marginal(nn.Module, ABC):
+    """Base class: a learnable (or fixed) distribution over latents.
+
+    Subclasses implement :meth:`forward`; :meth:`log_prob`, :meth:`sample` and
+    :meth:`rsample` are shortcuts through it.
+    """
+
+    @abstractmethod
+    def forward(self) -> Distribution:
+        """Return ``m(z)`` with ``batch_shape ()`` and the latent event shape."""
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """``log m(z)`` for ``z`` of shape ``(..., *event)``; returns shape ``(...)``."""
+        dist: Distribution = self()
+        return dist.log_prob(z)
+
+    def sample(self, shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        """Draw ``shape + event_shape`` samples without gradients."""
+        dist: Distribution = self()
+        return dist.sample(torch.Size(shape))
+
+    def rsample(self, shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
+        """Draw reparameterised samples where the distribution supports it."""
+        dist: Distribution = self()
+        return dist.rsample(torch.Size(shape))
+
+
+class StandardNormal(Marginal):
+    """Fixed ``N(0, I)`` over ``latent_dim`` dimensions; analytic KL against Normals.
+
+    Args:
+        latent_dim: number of latent dimensions ``D``.
+
+    Example:
+        >>> m = StandardNormal(4)
+        >>> m().event_shape
+        torch.Size([4])
+    """
+
+    loc: Tensor
+    scale: Tensor
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = _check_latent_dim(latent_dim)
+        # Non-persistent buffers: they follow .to(device/dtype) but are not state.
+        self.register_buffer("loc", torch.zeros(latent_dim), persistent=False)
+        self.register_buffer("scale", torch.ones(latent_dim), persistent=False)
+
+    def forward(self) -> Distribution:
+        """Return ``Independent(Normal(0, 1), 1)`` over ``D`` dimensions."""
+        return Independent(Normal(self.loc, self.scale), 1)
+
+    @override
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}"
+
+
+class DiagonalGaussian(Marginal):
+    """Learned ``N(mu, diag(sigma^2))``; ``sigma = softplus(rho)``, initialised to ``N(0, I)``.
+
+    Args:
+        latent_dim: number of latent dimensions ``D``.
+
+    Example:
+        >>> m = DiagonalGaussian(4)
+        >>> m.rsample((2,)).shape
+        torch.Size([2, 4])
+    """
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = _check_latent_dim(latent_dim)
+        self.loc = nn.Parameter(torch.zeros(latent_dim))
+        # softplus(log(e - 1)) == 1
+        self.raw_scale = nn.Parameter(torch.full((latent_dim,), math.log(math.e - 1.0)))
+
+    def forward(self) -> Distribution:
+        """Return ``Independent(Normal(mu, sigma), 1)``."""
+        return Independent(Normal(self.loc, F.softplus(self.raw_scale)), 1)
+
+    @override
+    def extra_repr(self) -> str:
+        return f"latent_dim={self.latent_dim}"

@@ -313,6 +313,13 @@ def distortion(x: Tensor, likelihood: Distribution) -> Tensor:
             f"{tuple(likelihood.batch_shape)} + event_shape {tuple(likelihood.event_shape)}; "
             "reshape the decoder output to x's shape (no broadcasting is done)"
         )
+    if len(likelihood.batch_shape) < n_lead:
+        raise ValueError(
+            f"likelihood's event_shape {tuple(likelihood.event_shape)} swallows the "
+            f"{'sample and ' if n_lead == 2 else ''}batch dimension: its batch_shape must "
+            f"start with {tuple(shape[:n_lead])}, got {tuple(likelihood.batch_shape)} "
+            "(build it with event_dims counting data dims only)"
+        )
     log_prob = likelihood.log_prob(x)
     return -log_prob.flatten(n_lead).sum(-1) if log_prob.ndim > n_lead else -log_prob
 

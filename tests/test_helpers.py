@@ -1,0 +1,78 @@
+"""rdloss.helpers build the distributions existing code means."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as tnf
+from torch.testing import assert_close
+
+from rdloss import helpers
+
+
+def test_normal_from_logvar_and_scale_agree() -> None:
+    mu = torch.randn(4, 3, dtype=torch.float64)
+    logvar = torch.randn(4, 3, dtype=torch.float64)
+    a = helpers.normal(mu, logvar=logvar)
+    b = helpers.normal(mu, scale=torch.exp(0.5 * logvar))
+    z = torch.randn(4, 3, dtype=torch.float64)
+    assert a.batch_shape == (4,) and a.event_shape == (3,)
+    assert_close(a.log_prob(z), b.log_prob(z))
+    by_hand = -0.5 * (z - mu) ** 2 / logvar.exp() - 0.5 * logvar - 0.5 * math.log(2 * math.pi)
+    assert_close(a.log_prob(z), by_hand.sum(-1))
+
+
+def test_normal_fixed_and_learned_scale_for_images() -> None:
+    mean = torch.randn(2, 3, 4, 4)
+    fixed = helpers.normal(mean, scale=0.1)
+    assert fixed.batch_shape == (2,) and fixed.event_shape == (3, 4, 4)
+    per_channel = torch.tensor([0.1, 0.2, 0.3]).view(3, 1, 1)
+    learned = helpers.normal(mean, scale=per_channel)
+    assert learned.event_shape == (3, 4, 4)
+    assert_close(learned.base_dist.scale[:, 1], torch.full((2, 4, 4), 0.2))
+
+
+def test_bernoulli_matches_bce_with_logits() -> None:
+    logits = torch.randn(5, 1, 6, 6, dtype=torch.float64)
+    x = torch.randint(0, 2, (5, 1, 6, 6)).double()
+    dist = helpers.bernoulli(logits=logits)
+    expected = tnf.binary_cross_entropy_with_logits(logits, x, reduction="none").sum((1, 2, 3))
+    assert_close(-dist.log_prob(x), expected)
+    probs = helpers.bernoulli(probs=torch.sigmoid(logits))
+    assert_close(probs.log_prob(x), dist.log_prob(x))
+
+
+def test_bernoulli_soft_targets_with_validation_off() -> None:
+    logits = torch.randn(3, 8, dtype=torch.float64)
+    x = torch.rand(3, 8, dtype=torch.float64)
+    dist = helpers.bernoulli(logits=logits, validate_args=False)
+    expected = tnf.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    assert_close(-dist.log_prob(x), expected)
+    with pytest.raises(ValueError):
+        helpers.bernoulli(logits=logits, validate_args=True).log_prob(x)
+
+
+def test_categorical_pixels_category_axis() -> None:
+    logits = torch.randn(2, 256, 3, 4, 4, dtype=torch.float64)
+    x = torch.randint(0, 256, (2, 3, 4, 4))
+    dist = helpers.categorical(logits, category_dim=1)
+    assert dist.batch_shape == (2,) and dist.event_shape == (3, 4, 4)
+    expected = tnf.cross_entropy(logits, x, reduction="none").sum((1, 2, 3))
+    assert_close(-dist.log_prob(x), expected)
+
+
+def test_half_precision_is_computed_in_float32() -> None:
+    mu = torch.zeros(2, 3, dtype=torch.float16)
+    logvar = torch.full((2, 3), 40.0, dtype=torch.float16)  # exp(20) overflows float16
+    dist = helpers.normal(mu, logvar=logvar)
+    assert dist.base_dist.scale.dtype == torch.float32
+    assert torch.isfinite(dist.base_dist.scale).all()
+
+
+def test_event_dims_override() -> None:
+    dist = helpers.normal(torch.zeros(4, 5, 6), scale=1.0, event_dims=1)
+    assert dist.batch_shape == (4, 5) and dist.event_shape == (6,)
+    scalar = helpers.normal(torch.zeros(4), scale=1.0)
+    assert scalar.batch_shape == (4,) and scalar.event_shape == ()

@@ -25,6 +25,7 @@ from torch.distributions import (
     OneHotCategorical,
     kl_divergence,
 )
+from torch.distributions.kl import _KL_REGISTRY
 
 from rdloss._validation import check_distribution, check_tensor
 
@@ -137,16 +138,27 @@ def _factorised_parts(
     return None
 
 
-def _analytic_rate(posterior: Distribution, marginal: Distribution) -> Rate | None:
-    batch = posterior.batch_shape[0]
-    parts = _factorised_parts(posterior, marginal)
+def _closed_form_kl(p: Distribution, q: Distribution) -> Tensor | None:
+    """``kl_divergence(p, q)``, or ``None`` where torch.distributions registers no closed form."""
+    # An exact-type lookup first: torch's general dispatch ranks matches with min() over a
+    # generator, which torch.compile(fullgraph=True) cannot trace on a cold cache.
+    exact = _KL_REGISTRY.get((type(p), type(q)), kl_divergence)
     try:
-        if parts is not None:
-            per_dimension = kl_divergence(*parts).reshape(batch, -1)
-            return Rate(per_dimension.sum(-1), per_dimension, "analytic")
-        return Rate(kl_divergence(posterior, marginal), None, "analytic")
-    except NotImplementedError:
+        kl: Tensor = exact(p, q)
+        return kl
+    except NotImplementedError:  # also raised by pairs like Independent over a missing base KL
         return None
+
+
+def _analytic_rate(posterior: Distribution, marginal: Distribution) -> Rate | None:
+    parts = _factorised_parts(posterior, marginal)
+    if parts is not None:
+        per_dimension = _closed_form_kl(*parts)
+        if per_dimension is not None:
+            per_dimension = per_dimension.reshape(posterior.batch_shape[0], -1)
+            return Rate(per_dimension.sum(-1), per_dimension, "analytic")
+    per_example = _closed_form_kl(posterior, marginal)
+    return None if per_example is None else Rate(per_example, None, "analytic")
 
 
 def _mc_rate(posterior: Distribution, marginal: Distribution, z: Tensor) -> Rate:

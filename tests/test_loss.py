@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as tnf
@@ -264,3 +267,20 @@ def test_compile_fullgraph_matches_eager() -> None:
         eps = torch.randn(8, 3)
         for ours, ref in zip(compiled(x, eps), step(x, eps), strict=True):
             assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_fullgraph_on_a_cold_kl_cache() -> None:
+    # Regression: torch's KL dispatch cannot be traced before its cache is warm, so a
+    # fresh process is needed (this test suite warms the cache everywhere else).
+    code = (
+        "import torch, rdloss\n"
+        "from rdloss import helpers\n"
+        "loss_fn = rdloss.RateDistortionLoss()\n"
+        "mu = torch.randn(8, 4, requires_grad=True)\n"
+        "x = torch.randint(0, 2, (8, 12)).float()\n"
+        "step = lambda: loss_fn(x, posterior=helpers.normal(mu, logvar=torch.zeros(8, 4)),\n"
+        "    likelihood=helpers.bernoulli(logits=torch.zeros(8, 12))).loss\n"
+        "compiled = torch.compile(step, fullgraph=True, backend='aot_eager')\n"
+        "torch.testing.assert_close(compiled(), step())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

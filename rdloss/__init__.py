@@ -5,7 +5,7 @@ separately, bound the mutual information by them, and train at a chosen point of
 rate-distortion curve.
 """
 
-from rdloss import functional, helpers, marginals, objectives
+from rdloss import functional, helpers, marginals, objectives, schedules
 from rdloss._version import __version__
 from rdloss.loss import RateDistortionLoss, RDOutput
 
@@ -17,4 +17,5 @@ __all__ = [
     "helpers",
     "marginals",
     "objectives",
+    "schedules",
 ]

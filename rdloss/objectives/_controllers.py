@@ -1,0 +1,252 @@
+r"""Feedback objectives: a Lagrange multiplier (GECO) and a PI controller on β (ControlVAE).
+
+Their state (multiplier, moving average, integrator, current β) lives in buffers next to the
+step, so ``state_dict()`` / ``load_state_dict()`` resume them exactly. State is updated with
+in-place tensor operations and no host synchronisation, so a compiled loss does not
+recompile as it changes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from rdloss._validation import check_nonnegative_number
+from rdloss.functional import batch_mean
+from rdloss.objectives._base import (
+    Hyperparameter,
+    Objective,
+    ObjectiveOutput,
+    as_hyperparameter,
+    numbers_repr,
+)
+
+__all__ = ["GECO", "RateController"]
+
+
+def _bounds(low_name: str, low: float, high_name: str, high: float, *, positive: bool) -> None:
+    check_nonnegative_number(low_name, low, positive=positive)
+    check_nonnegative_number(high_name, high, positive=True)
+    if not low < high:
+        raise ValueError(f"{low_name} must be < {high_name}, got {low} and {high}")
+
+
+class GECO(Objective):
+    r"""Minimise the rate subject to a distortion bound (Rezende & Viola, 2018, "Taming VAEs").
+
+    GECO (generalised ELBO with constrained optimisation) solves
+    :math:`\min \bar R \;\text{s.t.}\; \bar D \le \kappa` with the Lagrangian
+
+    .. math:: \mathcal{L} = \bar R + \lambda\, C, \qquad C = \bar D - \kappa,
+
+    and updates the multiplier from a moving average of the constraint:
+
+    .. math::
+        C^{ma}_t = \alpha\, C^{ma}_{t-1} + (1 - \alpha)\, C_t \;(C^{ma}_0 = C_0), \qquad
+        \lambda_{t+1} = \lambda_t \exp(\nu\, C^{ma}_t).
+
+    The loss uses :math:`C_t + \mathrm{sg}(C^{ma}_t - C_t)`: its value is :math:`\lambda C^{ma}`
+    but its gradient is that of the current batch's constraint. λ rises while the distortion
+    is above ``kappa`` and falls once it is below; it is clamped to ``[min_multiplier,
+    max_multiplier]`` so it stays positive and finite. Dividing by λ shows the equivalent
+    β-VAE weight, :math:`\beta = 1/\lambda`. Outside training (``eval()`` or no gradients)
+    nothing updates and the loss uses the batch's own constraint.
+
+    Choose ``lr`` (:math:`\nu`) for the scale of your distortion: λ changes by a factor
+    :math:`e^{\nu C^{ma}}` per step, so :math:`\nu |C|` should stay well below 1.
+
+    Args:
+        target_distortion: bound κ on the batch-mean distortion, nats per example; a number
+            or a schedule.
+        alpha: decay of the moving average, in ``[0, 1)`` (paper: 0.99).
+        lr: step size :math:`\nu` of the multiplier update, ``> 0``; a number or a schedule.
+        multiplier: initial λ₀ ``> 0`` (paper: 1, i.e. the ELBO).
+        min_multiplier: lower clamp of λ, ``> 0``.
+        max_multiplier: upper clamp of λ.
+
+    Attributes:
+        multiplier: 0-dim buffer, the current λ.
+        constraint_ma: 0-dim buffer, the moving average :math:`C^{ma}` of ``D - kappa``.
+
+    Example:
+        >>> import torch
+        >>> geco = GECO(10.0, lr=0.1)
+        >>> with torch.no_grad():  # without gradients nothing advances
+        ...     out = geco(torch.tensor([2.0]), torch.tensor([12.0]))
+        >>> out.loss, geco.multiplier  # C = 12 - 10 = 2: loss = 2 + 1 * 2
+        (tensor(4.), tensor(1.))
+        >>> out = geco(torch.tensor([2.0]), torch.tensor([12.0]))  # a training step
+        >>> geco.multiplier, geco.step  # exp(0.1 * 2)
+        (tensor(1.2214), tensor(1))
+    """
+
+    multiplier: Tensor
+    constraint_ma: Tensor
+
+    def __init__(
+        self,
+        target_distortion: Hyperparameter,
+        *,
+        alpha: float = 0.99,
+        lr: Hyperparameter = 1e-3,
+        multiplier: float = 1.0,
+        min_multiplier: float = 1e-6,
+        max_multiplier: float = 1e6,
+    ) -> None:
+        super().__init__()
+        self.target_distortion = as_hyperparameter("target_distortion", target_distortion)
+        self.alpha = check_nonnegative_number("alpha", alpha)
+        if not self.alpha < 1:
+            raise ValueError(f"alpha must be in [0, 1), got {self.alpha}")
+        self.lr = as_hyperparameter("lr", lr, positive=True)
+        _bounds("min_multiplier", min_multiplier, "max_multiplier", max_multiplier, positive=True)
+        initial = check_nonnegative_number("multiplier", multiplier, positive=True)
+        if not min_multiplier <= initial <= max_multiplier:
+            raise ValueError(
+                f"multiplier must lie in [min_multiplier, max_multiplier] = "
+                f"[{min_multiplier}, {max_multiplier}], got {initial}"
+            )
+        self.min_multiplier = float(min_multiplier)
+        self.max_multiplier = float(max_multiplier)
+        self.register_buffer("multiplier", torch.tensor(initial))
+        self.register_buffer("constraint_ma", torch.tensor(0.0))
+
+    def forward(
+        self,
+        rate: Tensor,
+        distortion: Tensor,
+        *,
+        rate_per_dimension: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> ObjectiveOutput:
+        r""":math:`\bar R + \lambda (\bar D - \kappa)`; see :meth:`Objective.forward`."""
+        target = self.hyperparameter(self.target_distortion, rate)
+        constraint = batch_mean(distortion, weight) - target
+        # Clone: the buffers are updated in place below, after the loss has used them.
+        multiplier = self.multiplier.clone()
+        if self.advancing:
+            observed = constraint.detach()
+            blended = self.alpha * self.constraint_ma + (1.0 - self.alpha) * observed
+            moving = torch.where(self.step == 0, observed, blended)
+            used = constraint + (moving - constraint).detach()
+            lr = self.hyperparameter(self.lr, rate)
+            updated = multiplier * torch.exp(lr * moving)
+            self.constraint_ma.copy_(moving)
+            self.multiplier.copy_(updated.clamp(self.min_multiplier, self.max_multiplier))
+        else:
+            moving = self.constraint_ma.clone()
+            used = constraint
+        loss = batch_mean(rate, weight) + multiplier.to(constraint.dtype) * used
+        self.advance()
+        return ObjectiveOutput(
+            loss,
+            {"multiplier": multiplier, "constraint_ma": moving, "target_distortion": target},
+        )
+
+    @override
+    def extra_repr(self) -> str:
+        numbers = numbers_repr(target_distortion=self.target_distortion, lr=self.lr)
+        rest = (
+            f"alpha={self.alpha}, min_multiplier={self.min_multiplier}, "
+            f"max_multiplier={self.max_multiplier}"
+        )
+        return ", ".join(filter(None, (numbers, rest)))
+
+
+class RateController(Objective):
+    r"""Hold the rate at a set point with a PI controller on β (Shao et al., 2020, ControlVAE).
+
+    Trains on :math:`\bar D + \beta_t \bar R` with β set every step from the error
+    :math:`e_t = R_{set} - \bar R_t` of the detached batch-mean rate:
+
+    .. math::
+        \beta_t = \frac{K_p}{1 + e^{e_t}} + I_t + \beta_{min}, \qquad
+        I_t = I_{t-1} - K_i\, e_t.
+
+    A rate above the set point (:math:`e_t < 0`) raises β, one below lowers it. Anti-windup
+    by integrator clamping: :math:`I_t` is limited to the range that keeps the unclamped β in
+    ``[beta_min, beta_max]``, so the integrator never accumulates beyond saturation and β
+    leaves a bound as soon as the error changes sign. (The paper instead freezes the
+    integrator whenever the previous β was out of bounds, which can lock β at a bound.)
+    Outside training nothing updates and the last β is used.
+
+    Defaults are the paper's: :math:`K_p = 0.01`, :math:`K_i = 10^{-4}`, β in ``[0, 1]``
+    (its language-modelling setting). Small gains move β slowly; raise them (and
+    ``beta_max``) for short runs or large rates.
+
+    Args:
+        target_rate: set point :math:`R_{set}`, nats per example; a number or a schedule.
+        kp: proportional gain :math:`K_p \ge 0`; a number or a schedule.
+        ki: integral gain :math:`K_i \ge 0`; a number or a schedule.
+        beta_min: lower bound of β, ``>= 0``.
+        beta_max: upper bound of β, ``> beta_min``.
+
+    Attributes:
+        beta: 0-dim buffer, the β of the last training step (``beta_min`` initially).
+        integral: 0-dim buffer, the integrator :math:`I_t`.
+
+    Example:
+        >>> import torch
+        >>> controller = RateController(5.0, kp=0.01, ki=0.1)
+        >>> out = controller(torch.tensor([6.0]), torch.tensor([1.0]))  # e = 5 - 6 = -1
+        >>> out.hyper["beta"]  # 0.01 * sigmoid(1) + 0.1 * 1
+        tensor(0.1073)
+    """
+
+    beta: Tensor
+    integral: Tensor
+
+    def __init__(
+        self,
+        target_rate: Hyperparameter,
+        kp: Hyperparameter = 0.01,
+        ki: Hyperparameter = 1e-4,
+        *,
+        beta_min: float = 0.0,
+        beta_max: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.target_rate = as_hyperparameter("target_rate", target_rate)
+        self.kp = as_hyperparameter("kp", kp)
+        self.ki = as_hyperparameter("ki", ki)
+        _bounds("beta_min", beta_min, "beta_max", beta_max, positive=False)
+        self.beta_min = float(beta_min)
+        self.beta_max = float(beta_max)
+        self.span = self.beta_max - self.beta_min
+        self.register_buffer("beta", torch.tensor(self.beta_min))
+        self.register_buffer("integral", torch.tensor(0.0))
+
+    def forward(
+        self,
+        rate: Tensor,
+        distortion: Tensor,
+        *,
+        rate_per_dimension: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> ObjectiveOutput:
+        r""":math:`\bar D + \beta_t \bar R` with a controlled β; see :meth:`Objective.forward`."""
+        target = self.hyperparameter(self.target_rate, rate)
+        mean_rate = batch_mean(rate, weight)
+        if self.advancing:
+            error = target - mean_rate.detach()
+            # K_p / (1 + exp(e)) = K_p * sigmoid(-e), which cannot overflow.
+            proportional = self.hyperparameter(self.kp, rate) * torch.sigmoid(-error)
+            candidate = self.integral - self.hyperparameter(self.ki, rate) * error
+            # Anti-windup: the integrator only goes as far as it takes to reach a bound.
+            low = -proportional
+            integral = torch.minimum(torch.maximum(candidate, low), low + self.span)
+            beta = (proportional + integral + self.beta_min).clamp(self.beta_min, self.beta_max)
+            self.integral.copy_(integral)
+            self.beta.copy_(beta)
+        else:
+            beta = self.beta.clone()
+        loss = batch_mean(distortion, weight) + beta.to(mean_rate.dtype) * mean_rate
+        self.advance()
+        return ObjectiveOutput(loss, {"beta": beta, "target_rate": target})
+
+    @override
+    def extra_repr(self) -> str:
+        numbers = numbers_repr(target_rate=self.target_rate, kp=self.kp, ki=self.ki)
+        rest = f"beta_min={self.beta_min}, beta_max={self.beta_max}"
+        return ", ".join(filter(None, (numbers, rest)))

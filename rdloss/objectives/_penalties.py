@@ -1,0 +1,312 @@
+r"""Objectives whose only state is the step: fixed or scheduled weights and targets.
+
+``Beta``, ``TargetRate``, ``TargetDistortion``, ``FreeBits`` and ``Capacity``. Every
+hyperparameter takes a number or a :class:`~rdloss.schedules.Schedule` of the step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from rdloss.functional import batch_mean
+from rdloss.objectives._base import (
+    Hyperparameter,
+    Objective,
+    ObjectiveOutput,
+    as_hyperparameter,
+    numbers_repr,
+)
+
+__all__ = ["Beta", "Capacity", "FreeBits", "TargetDistortion", "TargetRate"]
+
+Reduction = Literal["batch", "example"]
+
+
+def _check_reduction(reduction: object) -> Reduction:
+    if reduction == "batch":
+        return "batch"
+    if reduction == "example":
+        return "example"
+    raise ValueError(f"reduction must be 'batch' or 'example', got {reduction!r}")
+
+
+def _target_penalty(
+    values: Tensor, target: Tensor, weight: Tensor | None, reduction: Reduction
+) -> Tensor:
+    """``|target - mean v|`` (``"batch"``) or ``mean |target - v|`` (``"example"``)."""
+    if reduction == "batch":
+        return (target - batch_mean(values, weight)).abs()
+    return batch_mean((target - values).abs(), weight)
+
+
+class Beta(Objective):
+    r"""The β-VAE objective :math:`\bar D + \beta \bar R` (Higgins et al., 2017).
+
+    ``beta = 1`` is the negative ELBO; ``beta < 1`` moves towards the auto-encoding limit
+    (more rate, less distortion), which the paper recommends with powerful decoders. The
+    slope of the rate-distortion frontier at the optimum is ``-beta``. CompressAI's
+    ``lambda * D + R`` corresponds to ``beta = 1 / lambda`` (and uses bits per pixel).
+    See Alemi et al. (2018), Eq. 6. A schedule gives KL warm-up (Bowman et al., 2016:
+    ``Beta(Linear(0.0, 1.0, steps=T))``) or cyclical annealing (Fu et al., 2019:
+    ``Beta(Cyclical(steps=T))``).
+
+    Args:
+        beta: non-negative weight of the rate, a number or a schedule.
+
+    Example:
+        >>> import torch
+        >>> Beta(0.5)(torch.tensor([2.0]), torch.tensor([10.0])).loss
+        tensor(11.)
+    """
+
+    def __init__(self, beta: Hyperparameter = 1.0) -> None:
+        super().__init__()
+        self.beta = as_hyperparameter("beta", beta)
+
+    def forward(
+        self,
+        rate: Tensor,
+        distortion: Tensor,
+        *,
+        rate_per_dimension: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> ObjectiveOutput:
+        r""":math:`\bar D + \beta \bar R`; see :meth:`Objective.forward`."""
+        beta = self.hyperparameter(self.beta, rate)
+        loss = batch_mean(distortion, weight) + beta * batch_mean(rate, weight)
+        self.advance()
+        return ObjectiveOutput(loss, {"beta": beta})
+
+    @override
+    def extra_repr(self) -> str:
+        return numbers_repr(beta=self.beta)
+
+
+class TargetRate(Objective):
+    r"""The paper's fix: :math:`\bar D + w\,|\sigma - \bar R|` (Alemi et al., 2018, Sec. 4).
+
+    The rate is held near the target ``sigma`` whatever the decoder's power. By default the
+    absolute value applies to the *batch-mean* rate, as in the paper; ``reduction="example"``
+    gives the different objective :math:`\overline{D_i + w|\sigma - R_i|}` that some public
+    implementations use, which pushes every example to the same rate.
+
+    Args:
+        sigma: target rate in nats per example, ``>= 0``, a number or a schedule.
+        weight: weight ``w`` of the penalty, ``> 0``, a number or a schedule.
+        reduction: ``"batch"`` (the paper's) or ``"example"``.
+
+    Example:
+        >>> import torch
+        >>> TargetRate(5.0)(torch.tensor([2.0, 4.0]), torch.tensor([10.0, 10.0])).loss
+        tensor(12.)
+    """
+
+    def __init__(
+        self,
+        sigma: Hyperparameter,
+        weight: Hyperparameter = 1.0,
+        *,
+        reduction: Reduction = "batch",
+    ) -> None:
+        super().__init__()
+        self.sigma = as_hyperparameter("sigma", sigma)
+        self.weight = as_hyperparameter("weight", weight, positive=True)
+        self.reduction = _check_reduction(reduction)
+
+    def forward(
+        self,
+        rate: Tensor,
+        distortion: Tensor,
+        *,
+        rate_per_dimension: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> ObjectiveOutput:
+        r""":math:`\bar D + w|\sigma - \bar R|`; see :meth:`Objective.forward`."""
+        sigma = self.hyperparameter(self.sigma, rate)
+        penalty = _target_penalty(rate, sigma, weight, self.reduction)
+        loss = batch_mean(distortion, weight) + self.hyperparameter(self.weight, rate) * penalty
+        self.advance()
+        return ObjectiveOutput(loss, {"target_rate": sigma})
+
+    @override
+    def extra_repr(self) -> str:
+        numbers = numbers_repr(sigma=self.sigma, weight=self.weight)
+        return ", ".join(filter(None, (numbers, f"reduction={self.reduction!r}")))
+
+
+class TargetDistortion(Objective):
+    r"""Rate at a fixed distortion: :math:`\bar R + w\,|\delta - \bar D|`.
+
+    The mirror image of :class:`TargetRate` (Alemi et al., 2018, Sec. 4): the distortion is
+    held near ``delta`` and the rate is minimised, i.e. the point of the frontier at
+    ``D = delta``. Reduction options as for :class:`TargetRate`. Because :math:`\bar D` is
+    typically much larger than :math:`\bar R`, a weight ``w > 1`` keeps the constraint
+    tight; :class:`GECO` adapts that weight instead.
+
+    Args:
+        delta: target distortion in nats per example, ``>= 0``, a number or a schedule.
+        weight: weight ``w`` of the penalty, ``> 0``, a number or a schedule.
+        reduction: ``"batch"`` (absolute value of the batch mean) or ``"example"``.
+
+    Example:
+        >>> import torch
+        >>> TargetDistortion(5.0)(torch.tensor([2.0, 4.0]), torch.tensor([6.0, 8.0])).loss
+        tensor(5.)
+    """
+
+    def __init__(
+        self,
+        delta: Hyperparameter,
+        weight: Hyperparameter = 1.0,
+        *,
+        reduction: Reduction = "batch",
+    ) -> None:
+        super().__init__()
+        self.delta = as_hyperparameter("delta", delta)
+        self.weight = as_hyperparameter("weight", weight, positive=True)
+        self.reduction = _check_reduction(reduction)
+
+    def forward(
+        self,
+        rate: Tensor,
+        distortion: Tensor,
+        *,
+        rate_per_dimension: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> ObjectiveOutput:
+        r""":math:`\bar R + w|\delta - \bar D|`; see :meth:`Objective.forward`."""
+        delta = self.hyperparameter(self.delta, rate)
+        penalty = _target_penalty(distortion, delta, weight, self.reduction)
+        loss = batch_mean(rate, weight) + self.hyperparameter(self.weight, rate) * penalty
+        self.advance()
+        return ObjectiveOutput(loss, {"target_distortion": delta})
+
+    @override
+    def extra_repr(self) -> str:
+        numbers = numbers_repr(delta=self.delta, weight=self.weight)
+        return ", ".join(filter(None, (numbers, f"reduction={self.reduction!r}")))
+
+
+class FreeBits(Objective):
+    r"""Free bits (Kingma et al., 2016): rate below ``lam`` nats costs nothing.
+
+    With ``per="dimension"`` (the paper's, one group per latent dimension ``j``)
+
+    .. math:: \bar D + \sum_j \max\big(\lambda, \overline{R_j}\big),
+
+    where :math:`\overline{R_j}` is the batch mean of dimension ``j``'s rate; it needs the
+    per-dimension rate, which the loss provides where the KL factorises over latent
+    dimensions (not for mixture or flow marginals). ``per="total"`` clamps the total rate
+    instead: :math:`\bar D + \max(\lambda, \bar R)`. Dimensions below ``lam`` receive no
+    gradient from the rate term. The loss's reported ``rate`` stays unclamped; the hyper
+    entry ``clamped_rate`` is the clamped rate term that enters the loss.
+
+    Args:
+        lam: free nats per dimension (or in total), ``>= 0``, a number or a schedule.
+        per: ``"dimension"`` or ``"total"``.
+
+    Example:
+        >>> import torch
+        >>> objective = FreeBits(0.5)
+        >>> r = torch.tensor([[0.1, 2.0], [0.3, 4.0]])  # dimension 0 has mean 0.2 < 0.5
+        >>> objective(r.sum(1), torch.tensor([1.0, 1.0]), rate_per_dimension=r).loss
+        tensor(4.5000)
+    """
+
+    def __init__(
+        self, lam: Hyperparameter = 0.25, *, per: Literal["dimension", "total"] = "dimension"
+    ) -> None:
+        super().__init__()
+        self.lam = as_hyperparameter("lam", lam)
+        if per not in ("dimension", "total"):
+            raise ValueError(f"per must be 'dimension' or 'total', got {per!r}")
+        self.per = per
+
+    def forward(
+        self,
+        rate: Tensor,
+        distortion: Tensor,
+        *,
+        rate_per_dimension: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> ObjectiveOutput:
+        r""":math:`\bar D + \sum_j \max(\lambda, \overline{R_j})`; see :meth:`Objective.forward`.
+
+        Raises:
+            ValueError: ``per="dimension"`` and ``rate_per_dimension`` is None.
+        """
+        lam = self.hyperparameter(self.lam, rate)
+        if self.per == "dimension":
+            if rate_per_dimension is None:
+                raise ValueError(
+                    "FreeBits(per='dimension') needs rate_per_dimension, which is None: the "
+                    "rate does not factorise over latent dimensions (e.g. a mixture or flow "
+                    "marginal); use FreeBits(per='total')"
+                )
+            if rate_per_dimension.ndim != 2 or rate_per_dimension.shape[0] != rate.shape[0]:
+                raise ValueError(
+                    f"rate_per_dimension must have shape (B, D) with B = {rate.shape[0]}, "
+                    f"got {tuple(rate_per_dimension.shape)}"
+                )
+            if weight is None:
+                per_dimension = rate_per_dimension.mean(0)
+            else:  # the weighted batch mean of every column, as in batch_mean
+                per_dimension = (weight[:, None] * rate_per_dimension).sum(0) / weight.sum()
+            clamped = torch.maximum(per_dimension, lam).sum()
+        else:
+            clamped = torch.maximum(batch_mean(rate, weight), lam)
+        loss = batch_mean(distortion, weight) + clamped
+        self.advance()
+        return ObjectiveOutput(loss, {"free_bits": lam, "clamped_rate": clamped.detach()})
+
+    @override
+    def extra_repr(self) -> str:
+        numbers = numbers_repr(lam=self.lam)
+        return ", ".join(filter(None, (numbers, f"per={self.per!r}")))
+
+
+class Capacity(Objective):
+    r"""Controlled capacity increase (Burgess et al., 2018): :math:`\bar D + \gamma|\bar R - C(t)|`.
+
+    The rate is pulled towards a capacity ``C(t)`` that usually grows during training, so
+    the model spends its nats gradually. The paper's setting is
+    ``Capacity(Linear(0.0, 25.0, steps=100_000), gamma=1000.0)``.
+
+    Args:
+        capacity: ``C(t)`` in nats per example, ``>= 0``, a number or a schedule.
+        gamma: weight of the penalty, ``> 0``, a number or a schedule.
+
+    Example:
+        >>> import torch
+        >>> Capacity(3.0, gamma=10.0)(torch.tensor([2.0, 2.0]), torch.tensor([1.0, 3.0])).loss
+        tensor(12.)
+    """
+
+    def __init__(self, capacity: Hyperparameter, gamma: Hyperparameter = 1000.0) -> None:
+        super().__init__()
+        self.capacity = as_hyperparameter("capacity", capacity)
+        self.gamma = as_hyperparameter("gamma", gamma, positive=True)
+
+    def forward(
+        self,
+        rate: Tensor,
+        distortion: Tensor,
+        *,
+        rate_per_dimension: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> ObjectiveOutput:
+        r""":math:`\bar D + \gamma|\bar R - C(t)|`; see :meth:`Objective.forward`."""
+        capacity = self.hyperparameter(self.capacity, rate)
+        gamma = self.hyperparameter(self.gamma, rate)
+        penalty = (batch_mean(rate, weight) - capacity).abs()
+        loss = batch_mean(distortion, weight) + gamma * penalty
+        self.advance()
+        return ObjectiveOutput(loss, {"capacity": capacity, "gamma": gamma})
+
+    @override
+    def extra_repr(self) -> str:
+        return numbers_repr(capacity=self.capacity, gamma=self.gamma)

@@ -1,0 +1,270 @@
+r"""Schedules: hyperparameters as pure functions of the training step.
+
+A schedule maps the step ``t`` (a 0-dim tensor) to a 0-dim floating tensor. Schedules are
+stateless ``nn.Module`` subclasses: they have no parameters and no buffers, so they show in
+the objective's ``repr`` but add nothing to its ``state_dict``; the step itself is a buffer
+of the objective that uses them (:attr:`rdloss.objectives.Objective.step`), which is what
+makes checkpoint and resume exact. Because the step enters as a tensor, a compiled loss
+does not recompile as it changes.
+
+Every objective hyperparameter that takes a number also takes a schedule, e.g.
+``Beta(Linear(0.0, 1.0, steps=10_000))`` for KL warm-up. Write your own by subclassing
+:class:`Schedule` and implementing :meth:`Schedule.forward` with tensor operations only.
+
+The output dtype is the step's dtype if it is floating, else the default dtype
+(objectives pass the step as a floating tensor of at least float32).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor, nn
+from typing_extensions import override
+
+__all__ = ["Constant", "Cosine", "Cyclical", "Linear", "Schedule", "Sigmoid"]
+
+
+def _real(name: str, value: object) -> float:
+    """Return ``value`` as a finite float or raise naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number}")
+    return number
+
+
+def _positive_int(name: str, value: object) -> int:
+    """Return ``value`` as an int ``>= 1`` or raise naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _as_float(step: Tensor) -> Tensor:
+    return step if step.is_floating_point() else step.to(torch.get_default_dtype())
+
+
+def _lerp(start: float, end: float, weight: Tensor) -> Tensor:
+    # torch.lerp is exact at both ends (weight 0 gives start, weight 1 gives end).
+    return torch.lerp(torch.full_like(weight, start), torch.full_like(weight, end), weight)
+
+
+class Schedule(nn.Module, ABC):
+    """Base class: a hyperparameter as a pure function of the step."""
+
+    @abstractmethod
+    def forward(self, step: Tensor) -> Tensor:
+        """Value at ``step``.
+
+        Args:
+            step: 0-dim integer or floating tensor, the number of training steps taken.
+
+        Returns:
+            0-dim floating tensor.
+        """
+
+
+class Constant(Schedule):
+    """The same value at every step.
+
+    Args:
+        value: the value.
+
+    Example:
+        >>> import torch
+        >>> Constant(0.5)(torch.tensor(7))
+        tensor(0.5000)
+    """
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = _real("value", value)
+
+    def forward(self, step: Tensor) -> Tensor:
+        """``value``; see :meth:`Schedule.forward`."""
+        return torch.full_like(_as_float(step), self.value)
+
+    @override
+    def extra_repr(self) -> str:
+        return f"value={self.value}"
+
+
+class Linear(Schedule):
+    r"""Linear ramp from ``start`` to ``end`` over ``steps`` steps, then ``end``.
+
+    .. math:: v(t) = \mathrm{start} + (\mathrm{end} - \mathrm{start})\,\min(t / T, 1)
+
+    KL warm-up (Bowman et al., 2016; Sønderby et al., 2016) is ``Linear(0.0, 1.0, steps=T)``
+    for ``beta``; Burgess et al. (2018) raise the capacity with ``Linear(0.0, 25.0,
+    steps=100_000)``.
+
+    Args:
+        start: value at step 0.
+        end: value from step ``steps`` on.
+        steps: length ``T`` of the ramp, ``>= 1``.
+
+    Example:
+        >>> import torch
+        >>> Linear(0.0, 1.0, steps=10)(torch.tensor(5))
+        tensor(0.5000)
+    """
+
+    def __init__(self, start: float, end: float, *, steps: int) -> None:
+        super().__init__()
+        self.start = _real("start", start)
+        self.end = _real("end", end)
+        self.steps = _positive_int("steps", steps)
+
+    def forward(self, step: Tensor) -> Tensor:
+        """Linear ramp; see :meth:`Schedule.forward`."""
+        return _lerp(self.start, self.end, (_as_float(step) / self.steps).clamp(0.0, 1.0))
+
+    @override
+    def extra_repr(self) -> str:
+        return f"start={self.start}, end={self.end}, steps={self.steps}"
+
+
+class Cyclical(Schedule):
+    r"""Cyclical annealing (Fu et al., 2019): ``cycles`` linear ramps over ``steps`` steps.
+
+    The run of ``T = steps`` steps is split into ``M = cycles`` cycles of length ``T / M``.
+    Within each cycle the value rises linearly from ``start`` to ``end`` over the first
+    fraction ``R = ratio`` of the cycle and then holds ``end``:
+
+    .. math::
+        \tau = \frac{t \bmod (T/M)}{T/M}, \qquad
+        v(t) = \mathrm{start} + (\mathrm{end} - \mathrm{start})\,\min(\tau / R, 1),
+
+    and ``v(t) = end`` from step ``T`` on. The defaults ``M = 4``, ``R = 0.5`` are the paper's.
+
+    Args:
+        start: value at the beginning of each cycle.
+        end: value held for the rest of each cycle.
+        steps: total number of steps ``T`` covered by the cycles.
+        cycles: number of cycles ``M``, ``>= 1``.
+        ratio: fraction ``R`` of each cycle spent ramping, in ``(0, 1]``.
+
+    Example:
+        >>> import torch
+        >>> schedule = Cyclical(steps=80)  # 4 cycles of 20 steps, ramps of 10 steps
+        >>> [round(schedule(torch.tensor(t)).item(), 2) for t in (0, 5, 10, 19, 20, 25)]
+        [0.0, 0.5, 1.0, 1.0, 0.0, 0.5]
+    """
+
+    def __init__(
+        self,
+        start: float = 0.0,
+        end: float = 1.0,
+        *,
+        steps: int,
+        cycles: int = 4,
+        ratio: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.start = _real("start", start)
+        self.end = _real("end", end)
+        self.steps = _positive_int("steps", steps)
+        self.cycles = _positive_int("cycles", cycles)
+        self.ratio = _real("ratio", ratio)
+        if not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+
+    def forward(self, step: Tensor) -> Tensor:
+        """Cyclical ramp; see :meth:`Schedule.forward`."""
+        t = _as_float(step)
+        period = self.steps / self.cycles
+        tau = torch.remainder(t, period) / period
+        weight = (tau / self.ratio).clamp(max=1.0)
+        weight = torch.where(t >= self.steps, torch.ones_like(weight), weight)
+        return _lerp(self.start, self.end, weight)
+
+    @override
+    def extra_repr(self) -> str:
+        return (
+            f"start={self.start}, end={self.end}, steps={self.steps}, cycles={self.cycles}, "
+            f"ratio={self.ratio}"
+        )
+
+
+class Sigmoid(Schedule):
+    r"""Logistic ramp from ``start`` to ``end`` centred at ``steps / 2``.
+
+    .. math::
+        v(t) = \mathrm{start} + (\mathrm{end} - \mathrm{start})\,
+        \mathrm{sigmoid}\big(s\,(t / T - \tfrac12)\big)
+
+    with ``T = steps`` and ``s = steepness``; with the default ``s = 10`` the value is within
+    0.7% of the range of ``start`` at step 0 and of ``end`` at step ``T``. Bowman et al.
+    (2016) used the logistic KL weight :math:`1/(1 + e^{-k(t - t_0)})`: that is ``T = 2 t_0``,
+    ``s = k T``.
+
+    Args:
+        start: value approached before the ramp.
+        end: value approached after it.
+        steps: width ``T`` of the ramp, ``>= 1``.
+        steepness: ``s > 0``.
+
+    Example:
+        >>> import torch
+        >>> Sigmoid(0.0, 1.0, steps=100)(torch.tensor(50))
+        tensor(0.5000)
+    """
+
+    def __init__(self, start: float, end: float, *, steps: int, steepness: float = 10.0) -> None:
+        super().__init__()
+        self.start = _real("start", start)
+        self.end = _real("end", end)
+        self.steps = _positive_int("steps", steps)
+        self.steepness = _real("steepness", steepness)
+        if self.steepness <= 0:
+            raise ValueError(f"steepness must be > 0, got {self.steepness}")
+
+    def forward(self, step: Tensor) -> Tensor:
+        """Logistic ramp; see :meth:`Schedule.forward`."""
+        weight = torch.sigmoid(self.steepness * (_as_float(step) / self.steps - 0.5))
+        return _lerp(self.start, self.end, weight)
+
+    @override
+    def extra_repr(self) -> str:
+        return f"start={self.start}, end={self.end}, steps={self.steps}, steepness={self.steepness}"
+
+
+class Cosine(Schedule):
+    r"""Half-cosine ramp from ``start`` to ``end`` over ``steps`` steps, then ``end``.
+
+    .. math::
+        v(t) = \mathrm{start} + (\mathrm{end} - \mathrm{start})\,
+        \tfrac12\big(1 - \cos(\pi \min(t / T, 1))\big)
+
+    Args:
+        start: value at step 0.
+        end: value from step ``steps`` on.
+        steps: length ``T`` of the ramp, ``>= 1``.
+
+    Example:
+        >>> import torch
+        >>> Cosine(0.0, 1.0, steps=10)(torch.tensor(5))
+        tensor(0.5000)
+    """
+
+    def __init__(self, start: float, end: float, *, steps: int) -> None:
+        super().__init__()
+        self.start = _real("start", start)
+        self.end = _real("end", end)
+        self.steps = _positive_int("steps", steps)
+
+    def forward(self, step: Tensor) -> Tensor:
+        """Half-cosine ramp; see :meth:`Schedule.forward`."""
+        progress = (_as_float(step) / self.steps).clamp(0.0, 1.0)
+        return _lerp(self.start, self.end, 0.5 * (1.0 - torch.cos(math.pi * progress)))
+
+    @override
+    def extra_repr(self) -> str:
+        return f"start={self.start}, end={self.end}, steps={self.steps}"

@@ -1,13 +1,4 @@
-"""Marginals (priors) ``m(z)``: modules whose ``forward()`` returns a ``Distribution``.
-
-This is zuko's ``LazyDistribution`` convention, so any zuko flow (or any module whose
-``forward()`` takes no required argument and returns a distribution) is accepted as
-``marginal=`` by :class:`rdloss.RateDistortionLoss` with no adapter. The returned
-distribution has ``batch_shape == ()`` and the latent event shape.
-
-The optimal marginal for a fixed encoder is the aggregate posterior ``p_e(z)``; every gap
-between ``m(z)`` and ``p_e(z)`` is paid as rate (Alemi et al., 2018, Sec. 2).
-"""
+"""The marginal base class and the Gaussian marginals with a closed-form KL."""
 
 from __future__ import annotations
 
@@ -20,15 +11,16 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 from typing_extensions import override
 
-__all__ = ["DiagonalGaussian", "Marginal", "StandardNormal"]
+__all__ = ["DiagonalGaussian", "Marginal", "StandardNormal", "check_positive_int"]
 
 
-def _check_latent_dim(latent_dim: object) -> int:
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int):
-        raise TypeError(f"latent_dim must be an int, got {type(latent_dim).__name__}")
-    if latent_dim < 1:
-        raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
-    return latent_dim
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 1, else raise naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
 
 
 class Marginal(nn.Module, ABC):
@@ -75,7 +67,7 @@ class StandardNormal(Marginal):
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
-        self.latent_dim = _check_latent_dim(latent_dim)
+        self.latent_dim = check_positive_int("latent_dim", latent_dim)
         # Non-persistent buffers: they follow .to(device/dtype) but are not state.
         self.register_buffer("loc", torch.zeros(latent_dim), persistent=False)
         self.register_buffer("scale", torch.ones(latent_dim), persistent=False)
@@ -103,7 +95,7 @@ class DiagonalGaussian(Marginal):
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
-        self.latent_dim = _check_latent_dim(latent_dim)
+        self.latent_dim = check_positive_int("latent_dim", latent_dim)
         self.loc = nn.Parameter(torch.zeros(latent_dim))
         # softplus(log(e - 1)) == 1
         self.raw_scale = nn.Parameter(torch.full((latent_dim,), math.log(math.e - 1.0)))

@@ -1,8 +1,8 @@
 """Checks shared by the public entry points.
 
 Shape and type checks are free and always run. Value checks (NaN/inf, negative weights) need a
-host synchronisation, so callers run them only when ``validate`` is true, and never while
-compiling (``torch.compiler.is_compiling()``).
+host synchronisation, so callers run them only when their ``validate_args`` flag is true (the
+default), and never while compiling (``torch.compiler.is_compiling()``).
 """
 
 from __future__ import annotations
@@ -22,21 +22,16 @@ __all__ = [
 ]
 
 
-def should_validate(validate_args: bool | None) -> bool:
-    """Whether value checks run: the flag, else ``torch.distributions``' default.
+def should_validate(validate_args: bool) -> bool:
+    """Whether value checks run: the flag, and never while compiling.
+
+    rdloss' own checks do not follow ``torch.distributions.Distribution``'s global default:
+    libraries flip that at import (zuko turns it off), which would silently drop them.
 
     Args:
-        validate_args: ``True``/``False`` forces the choice; ``None`` follows
-            ``torch.distributions.Distribution`` (on unless Python runs with ``-O``).
-
-    Returns:
-        ``False`` while compiling, otherwise the resolved flag.
+        validate_args: the caller's flag.
     """
-    if torch.compiler.is_compiling():
-        return False
-    if validate_args is None:
-        return bool(Distribution._validate_args)
-    return validate_args
+    return validate_args and not torch.compiler.is_compiling()
 
 
 def check_tensor(name: str, value: object, *, min_ndim: int = 0) -> Tensor:

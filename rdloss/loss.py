@@ -88,8 +88,10 @@ class RateDistortionLoss(nn.Module):
         objective: an :class:`~rdloss.objectives.Objective`; default ``Beta(1.0)``.
         rate_estimator: ``"analytic"``, ``"mc"`` or ``"auto"`` (closed form where
             ``torch.distributions`` registers one, else Monte Carlo with the decoder's z).
-        validate_args: value checks (NaN/inf, negative weights), which cost a host sync.
-            ``None`` follows ``torch.distributions``' default (on); always off while compiling.
+        validate_args: value checks (NaN/inf in ``x`` and ``weight``, negative weights,
+            non-finite rate or distortion), which cost a host synchronisation per call. On by
+            default and always off while compiling. Independent of
+            ``torch.distributions``' global default, which some libraries turn off at import.
 
     Example:
         >>> import torch
@@ -109,7 +111,7 @@ class RateDistortionLoss(nn.Module):
         objective: Objective | None = None,
         *,
         rate_estimator: F.RateEstimator = "auto",
-        validate_args: bool | None = None,
+        validate_args: bool = True,
     ) -> None:
         super().__init__()
         if marginal is not None and not isinstance(marginal, (nn.Module, Distribution)):
@@ -130,6 +132,8 @@ class RateDistortionLoss(nn.Module):
         self.marginal = marginal
         self.objective = objective
         self.rate_estimator: F.RateEstimator = rate_estimator
+        if not isinstance(validate_args, bool):
+            raise TypeError(f"validate_args must be a bool, got {type(validate_args).__name__}")
         self.validate_args = validate_args
 
     def marginal_distribution(self, posterior: Distribution) -> Distribution:

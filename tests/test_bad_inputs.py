@@ -121,7 +121,7 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
     "beta as a string": (
         lambda: objectives.Beta("1"),  # type: ignore[arg-type]
         TypeError,
-        r"beta must be a real number, got str",
+        r"beta must be a real number or an rdloss.schedules.Schedule, got str",
     ),
     "negative sigma": (
         lambda: objectives.TargetRate(-1.0),

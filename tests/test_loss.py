@@ -284,3 +284,22 @@ def test_compile_fullgraph_on_a_cold_kl_cache() -> None:
         "torch.testing.assert_close(compiled(), step())\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_value_checks_survive_libraries_that_turn_torch_validation_off() -> None:
+    # zuko sets Distribution._validate_args = False at import; rdloss' own checks stay on.
+    # A subprocess, because flipping torch's global back and forth confuses dynamo.
+    code = (
+        "import torch, rdloss, zuko\n"
+        "from rdloss import helpers\n"
+        "assert not torch.distributions.Distribution._validate_args\n"
+        "x = torch.zeros(2, 3); x[0, 0] = float('nan')\n"
+        "try:\n"
+        "    rdloss.RateDistortionLoss()(x, posterior=helpers.normal(torch.zeros(2, 1), scale=1.0),\n"
+        "        likelihood=helpers.bernoulli(logits=torch.zeros(2, 3)))\n"
+        "except ValueError as e:\n"
+        "    assert 'in x' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('NaN in x was not reported')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -79,7 +79,7 @@ class DiagonalGaussianMixture(Distribution):
         TypeError: a parameter is not a floating-point tensor.
         ValueError: shapes disagree, or (with validation) values are out of range.
 
-    Example:
+    Examples:
         >>> import torch
         >>> m = DiagonalGaussianMixture(torch.zeros(3), torch.zeros(3, 2), torch.ones(3, 2))
         >>> m.batch_shape, m.event_shape

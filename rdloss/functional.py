@@ -201,7 +201,7 @@ def rate(
         ValueError: unknown estimator, shape mismatch, or no way to compute the rate.
         NotImplementedError: ``"analytic"`` asked for a pair without a registered KL.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.distributions import Normal
         >>> q = Normal(torch.zeros(2, 3), torch.ones(2, 3))
@@ -304,7 +304,7 @@ def distortion(x: Tensor, likelihood: Distribution) -> Tensor:
         TypeError: wrong argument types.
         ValueError: the likelihood's shape does not cover ``x``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch.distributions import Bernoulli
         >>> x = torch.ones(2, 3)

@@ -64,7 +64,7 @@ def normal(
     Returns:
         ``Independent(Normal(loc, sigma), event_dims)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> q = normal(torch.zeros(8, 32), logvar=torch.zeros(8, 32))
         >>> q.batch_shape, q.event_shape
@@ -122,7 +122,7 @@ def bernoulli(
     Returns:
         ``Independent(Bernoulli(...), event_dims)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> p = bernoulli(logits=torch.zeros(4, 1, 28, 28))
         >>> p.event_shape
@@ -161,7 +161,7 @@ def categorical(
         ``Independent(Categorical(logits), event_dims)``; ``x`` holds integer values in
         ``[0, K)`` and has ``logits``' shape without the category axis.
 
-    Example:
+    Examples:
         >>> import torch
         >>> p = categorical(torch.zeros(2, 256, 3, 8, 8), category_dim=1)
         >>> p.event_shape

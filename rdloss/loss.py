@@ -93,7 +93,7 @@ class RateDistortionLoss(nn.Module):
             default and always off while compiling. Independent of
             ``torch.distributions``' global default, which some libraries turn off at import.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from rdloss import RateDistortionLoss, helpers
         >>> loss_fn = RateDistortionLoss()

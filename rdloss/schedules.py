@@ -77,7 +77,7 @@ class Constant(Schedule):
     Args:
         value: the value.
 
-    Example:
+    Examples:
         >>> import torch
         >>> Constant(0.5)(torch.tensor(7))
         tensor(0.5000)
@@ -110,7 +110,7 @@ class Linear(Schedule):
         end: value from step ``steps`` on.
         steps: length ``T`` of the ramp, ``>= 1``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> Linear(0.0, 1.0, steps=10)(torch.tensor(5))
         tensor(0.5000)
@@ -151,7 +151,7 @@ class Cyclical(Schedule):
         cycles: number of cycles ``M``, ``>= 1``.
         ratio: fraction ``R`` of each cycle spent ramping, in ``(0, 1]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> schedule = Cyclical(steps=80)  # 4 cycles of 20 steps, ramps of 10 steps
         >>> [round(schedule(torch.tensor(t)).item(), 2) for t in (0, 5, 10, 19, 20, 25)]
@@ -211,7 +211,7 @@ class Sigmoid(Schedule):
         steps: width ``T`` of the ramp, ``>= 1``.
         steepness: ``s > 0``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> Sigmoid(0.0, 1.0, steps=100)(torch.tensor(50))
         tensor(0.5000)
@@ -248,7 +248,7 @@ class Cosine(Schedule):
         end: value from step ``steps`` on.
         steps: length ``T`` of the ramp, ``>= 1``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> Cosine(0.0, 1.0, steps=10)(torch.tensor(5))
         tensor(0.5000)

@@ -56,7 +56,7 @@ class StandardNormal(Marginal):
     Args:
         latent_dim: number of latent dimensions ``D``.
 
-    Example:
+    Examples:
         >>> m = StandardNormal(4)
         >>> m().event_shape
         torch.Size([4])
@@ -87,7 +87,7 @@ class DiagonalGaussian(Marginal):
     Args:
         latent_dim: number of latent dimensions ``D``.
 
-    Example:
+    Examples:
         >>> m = DiagonalGaussian(4)
         >>> m.rsample((2,)).shape
         torch.Size([2, 4])

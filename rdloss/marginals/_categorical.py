@@ -27,7 +27,7 @@ class Categorical(Marginal):
         one_hot: return ``OneHotCategorical`` (event ``(K,)``, for one-hot posteriors)
             instead of ``Categorical`` (event ``()``, for index posteriors).
 
-    Example:
+    Examples:
         >>> m = Categorical(30)
         >>> m().probs.shape, m().event_shape
         (torch.Size([30]), torch.Size([]))

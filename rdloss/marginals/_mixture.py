@@ -50,7 +50,7 @@ class GaussianMixture(Marginal):
         latent_dim: number of latent dimensions ``D``.
         n_components: number of components ``K``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> _ = torch.manual_seed(0)
         >>> m = GaussianMixture(8, n_components=10)
@@ -130,7 +130,7 @@ class VampPrior(Marginal):
         TypeError: ``encoder`` is not callable or ``pseudo_inputs`` not a float tensor.
         ValueError: ``pseudo_inputs`` has no rows.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> from rdloss import helpers

@@ -69,7 +69,7 @@ class GECO(Objective):
         multiplier: 0-dim buffer, the current λ.
         constraint_ma: 0-dim buffer, the moving average :math:`C^{ma}` of ``D - kappa``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> geco = GECO(10.0, lr=0.1)
         >>> with torch.no_grad():  # without gradients nothing advances
@@ -186,7 +186,7 @@ class RateController(Objective):
         beta: 0-dim buffer, the β of the last training step (``beta_min`` initially).
         integral: 0-dim buffer, the integrator :math:`I_t`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> controller = RateController(5.0, kp=0.01, ki=0.1)
         >>> out = controller(torch.tensor([6.0]), torch.tensor([1.0]))  # e = 5 - 6 = -1

@@ -57,7 +57,7 @@ class Beta(Objective):
     Args:
         beta: non-negative weight of the rate, a number or a schedule.
 
-    Example:
+    Examples:
         >>> import torch
         >>> Beta(0.5)(torch.tensor([2.0]), torch.tensor([10.0])).loss
         tensor(11.)
@@ -99,7 +99,7 @@ class TargetRate(Objective):
         weight: weight ``w`` of the penalty, ``> 0``, a number or a schedule.
         reduction: ``"batch"`` (the paper's) or ``"example"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> TargetRate(5.0)(torch.tensor([2.0, 4.0]), torch.tensor([10.0, 10.0])).loss
         tensor(12.)
@@ -152,7 +152,7 @@ class TargetDistortion(Objective):
         weight: weight ``w`` of the penalty, ``> 0``, a number or a schedule.
         reduction: ``"batch"`` (absolute value of the batch mean) or ``"example"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> TargetDistortion(5.0)(torch.tensor([2.0, 4.0]), torch.tensor([6.0, 8.0])).loss
         tensor(5.)
@@ -209,7 +209,7 @@ class FreeBits(Objective):
         lam: free nats per dimension (or in total), ``>= 0``, a number or a schedule.
         per: ``"dimension"`` or ``"total"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> objective = FreeBits(0.5)
         >>> r = torch.tensor([[0.1, 2.0], [0.3, 4.0]])  # dimension 0 has mean 0.2 < 0.5
@@ -280,7 +280,7 @@ class Capacity(Objective):
         capacity: ``C(t)`` in nats per example, ``>= 0``, a number or a schedule.
         gamma: weight of the penalty, ``> 0``, a number or a schedule.
 
-    Example:
+    Examples:
         >>> import torch
         >>> Capacity(3.0, gamma=10.0)(torch.tensor([2.0, 2.0]), torch.tensor([1.0, 3.0])).loss
         tensor(12.)

@@ -5,7 +5,7 @@ separately, bound the mutual information by them, and train at a chosen point of
 rate-distortion curve.
 """
 
-from rdloss import distributions, functional, helpers, marginals, objectives, schedules
+from rdloss import diagnostics, distributions, functional, helpers, marginals, objectives, schedules
 from rdloss._version import __version__
 from rdloss.loss import RateDistortionLoss, RDOutput
 
@@ -13,6 +13,7 @@ __all__ = [
     "RDOutput",
     "RateDistortionLoss",
     "__version__",
+    "diagnostics",
     "distributions",
     "functional",
     "helpers",

@@ -1,0 +1,26 @@
+"""Diagnostics: rate, distortion, mutual-information bounds, active units, ELBO surgery.
+
+Each diagnostic exists as a pure function in :mod:`rdloss.diagnostics.functional` and as a
+:class:`torchmetrics.Metric` that streams over batches, synchronises across processes and
+logs from Lightning (Alemi et al., 2018, "Fixing a Broken ELBO").
+"""
+
+from rdloss.diagnostics import functional
+from rdloss.diagnostics.iwae import importance_weighted_bound
+from rdloss.diagnostics.metrics import (
+    ActiveUnits,
+    MutualInformationBounds,
+    RateDistortion,
+    RatePerDimension,
+)
+from rdloss.diagnostics.mutual_information import MutualInformation
+
+__all__ = [
+    "ActiveUnits",
+    "MutualInformation",
+    "MutualInformationBounds",
+    "RateDistortion",
+    "RatePerDimension",
+    "functional",
+    "importance_weighted_bound",
+]

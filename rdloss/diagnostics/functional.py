@@ -1,0 +1,296 @@
+r"""Pure estimators behind the diagnostics metrics.
+
+Every function here is stateless and works on whole tensors; the
+:mod:`torchmetrics` classes in :mod:`rdloss.diagnostics` stream the same quantities over
+batches and processes. All values are in nats unless a name says ``bits``.
+
+The quantities follow Alemi et al., 2018, "Fixing a Broken ELBO" (arXiv:1711.00464): rate
+:math:`R = \mathbb{E}[\mathrm{KL}(e(z|x)\,\|\,m(z))]`, distortion
+:math:`D = -\mathbb{E}\log d(x|z)` and the sandwich :math:`H - D \le I(X;Z) \le R`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from rdloss._validation import check_nonnegative_number, check_tensor
+from rdloss.diagnostics.aggregate import (
+    AggregatePosterior,
+    aggregate_posterior,
+    minibatch_aggregate_posterior,
+    pairwise_gaussian_log_prob,
+)
+from rdloss.diagnostics.iwae import importance_weighted_bound
+
+__all__ = [
+    "ActiveUnitsResult",
+    "AggregatePosterior",
+    "DiscreteAggregate",
+    "MIBounds",
+    "RateDistortionResult",
+    "active_units",
+    "aggregate_posterior",
+    "discrete_mutual_information",
+    "importance_weighted_bound",
+    "minibatch_aggregate_posterior",
+    "mutual_information_bounds",
+    "pairwise_gaussian_log_prob",
+    "rate_distortion",
+    "rate_per_dimension",
+]
+
+LN2 = math.log(2.0)
+
+
+class RateDistortionResult(NamedTuple):
+    """Dataset means of rate, distortion and ELBO.
+
+    Attributes:
+        rate: ``R`` in nats.
+        distortion: ``D`` in nats.
+        elbo: ``-(D + R)`` in nats.
+        rate_bits: ``R / ln 2``.
+        distortion_bits: ``D / ln 2``.
+        bits_per_dim: ``(D + R) / (ln 2 * data_dims)``, the usual NLL-bound report; ``None``
+            when the number of data dimensions was not given.
+    """
+
+    rate: Tensor
+    distortion: Tensor
+    elbo: Tensor
+    rate_bits: Tensor
+    distortion_bits: Tensor
+    bits_per_dim: Tensor | None
+
+
+class MIBounds(NamedTuple):
+    r"""The sandwich :math:`H - D \le I(X;Z) \le R` (Alemi et al., 2018, Eq. 2).
+
+    Attributes:
+        lower: ``H - D`` when the data entropy ``H`` is known, else ``None``.
+        upper: ``R``.
+        entropy_upper: ``D + R = -ELBO``, an upper estimate of ``H`` (the best one seen,
+            for the streaming metric).
+    """
+
+    lower: Tensor | None
+    upper: Tensor
+    entropy_upper: Tensor
+
+
+class ActiveUnitsResult(NamedTuple):
+    r"""Active units (Burda et al., 2015, "Importance Weighted Autoencoders", Sec. 5.2).
+
+    Attributes:
+        num_active: 0-dim int64, the number of units with ``variance > threshold``.
+        variances: ``(D,)`` :math:`A_u = \mathrm{Var}_x\,\mathbb{E}_{e(z|x)}[z_u]`
+            (unbiased, ``correction=1``, as ``torch.var``).
+        active: ``(D,)`` bool mask.
+    """
+
+    num_active: Tensor
+    variances: Tensor
+    active: Tensor
+
+
+class DiscreteAggregate(NamedTuple):
+    r"""Exact ELBO-surgery terms for a discrete latent (Hoffman & Johnson, 2016).
+
+    Attributes:
+        mutual_information: :math:`I(n;z) = \sum_n w_n \mathrm{KL}(e(z|x_n)\,\|\,q(z))`.
+        marginal_gap: :math:`\mathrm{KL}(q(z)\,\|\,m(z))`.
+        rate: :math:`R = \sum_n w_n \mathrm{KL}(e(z|x_n)\,\|\,m(z))` = I + gap.
+        aggregate: ``(K,)`` :math:`q(z) = \sum_n w_n e(z|x_n)`.
+    """
+
+    mutual_information: Tensor
+    marginal_gap: Tensor
+    rate: Tensor
+    aggregate: Tensor
+
+
+def _per_example(name: str, value: Tensor) -> Tensor:
+    check_tensor(name, value)
+    if value.ndim > 1:
+        raise ValueError(f"{name} must be a scalar or (B,) per-example tensor, got {value.shape}")
+    return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+
+
+def rate_distortion(
+    rate: Tensor, distortion: Tensor, *, data_dims: int | None = None
+) -> RateDistortionResult:
+    """Dataset means of rate and distortion, the ELBO, and their conversions to bits.
+
+    Args:
+        rate: ``(B,)`` per-example rates (or a 0-dim mean), nats.
+        distortion: ``(B,)`` per-example distortions, same shape as ``rate``, nats.
+        data_dims: number of data dimensions per example (e.g. 784 for MNIST) for
+            ``bits_per_dim``.
+
+    Returns:
+        :class:`RateDistortionResult`.
+
+    Examples:
+        >>> import torch
+        >>> out = rate_distortion(torch.tensor([1.0, 3.0]), torch.tensor([10.0, 12.0]))
+        >>> out.rate.item(), out.elbo.item()
+        (2.0, -13.0)
+    """
+    rate, distortion = _per_example("rate", rate), _per_example("distortion", distortion)
+    if rate.shape != distortion.shape:
+        raise ValueError(
+            f"rate and distortion must have the same shape, got {tuple(rate.shape)} and "
+            f"{tuple(distortion.shape)}"
+        )
+    return _rd_result(rate.mean(), distortion.mean(), data_dims)
+
+
+def _rd_result(rate: Tensor, distortion: Tensor, data_dims: int | None) -> RateDistortionResult:
+    neg_elbo = rate + distortion
+    bpd = None if data_dims is None else neg_elbo / (LN2 * data_dims)
+    return RateDistortionResult(rate, distortion, -neg_elbo, rate / LN2, distortion / LN2, bpd)
+
+
+def mutual_information_bounds(
+    rate: Tensor, distortion: Tensor, data_entropy: float | None = None
+) -> MIBounds:
+    r"""Bounds on :math:`I(X;Z)` from rate and distortion: :math:`H - D \le I \le R`.
+
+    Args:
+        rate: ``(B,)`` per-example rates or their 0-dim mean, nats.
+        distortion: same shape as ``rate``, nats.
+        data_entropy: ``H`` in nats if known (e.g. for a synthetic dataset), else ``None``:
+            then only the upper bound and the upper estimate ``D + R`` of ``H`` exist.
+
+    Returns:
+        :class:`MIBounds`.
+
+    Examples:
+        >>> import torch
+        >>> b = mutual_information_bounds(torch.tensor(2.0), torch.tensor(5.0), 6.0)
+        >>> b.lower.item(), b.upper.item(), b.entropy_upper.item()
+        (1.0, 2.0, 7.0)
+    """
+    rd = rate_distortion(rate, distortion)
+    if data_entropy is not None:
+        data_entropy = check_nonnegative_number("data_entropy", data_entropy)
+    return _bounds(rd.rate, rd.distortion, data_entropy, rd.rate + rd.distortion)
+
+
+def _bounds(
+    rate: Tensor, distortion: Tensor, data_entropy: float | None, entropy_upper: Tensor
+) -> MIBounds:
+    lower = None if data_entropy is None else data_entropy - distortion
+    return MIBounds(lower, rate, entropy_upper)
+
+
+def active_units(posterior_mean: Tensor, threshold: float = 0.01) -> ActiveUnitsResult:
+    r"""Count latent units whose posterior mean varies across the data.
+
+    :math:`A_u = \mathrm{Var}_x\,\mathbb{E}_{e(z|x)}[z_u]`; unit ``u`` is active if
+    :math:`A_u > \text{threshold}` (Burda et al., 2015, default 0.01).
+
+    Args:
+        posterior_mean: ``(N, D)`` posterior means ``E_e[z]`` over the dataset, ``N >= 2``.
+        threshold: activity threshold on the variance.
+
+    Returns:
+        :class:`ActiveUnitsResult`.
+
+    Examples:
+        >>> import torch
+        >>> mu = torch.stack([torch.arange(4.0), torch.zeros(4)], dim=1)
+        >>> active_units(mu).num_active.item()
+        1
+    """
+    check_tensor("posterior_mean", posterior_mean, min_ndim=2)
+    if posterior_mean.ndim != 2 or posterior_mean.shape[0] < 2:
+        raise ValueError(
+            f"posterior_mean must have shape (N, D) with N >= 2, got {tuple(posterior_mean.shape)}"
+        )
+    threshold = check_nonnegative_number("threshold", threshold)
+    variances = posterior_mean.var(0)
+    active = variances > threshold
+    return ActiveUnitsResult(active.sum(), variances, active)
+
+
+def rate_per_dimension(rate_per_dimension: Tensor) -> Tensor:
+    """Mean rate (KL) per latent unit over the examples.
+
+    Args:
+        rate_per_dimension: ``(B, D)``, e.g. ``RDOutput.rate_per_dimension``.
+
+    Returns:
+        ``(D,)`` mean KL per unit in nats; its sum is the mean rate.
+    """
+    check_tensor("rate_per_dimension", rate_per_dimension, min_ndim=2)
+    if rate_per_dimension.ndim != 2:
+        raise ValueError(
+            f"rate_per_dimension must have shape (B, D), got {tuple(rate_per_dimension.shape)}"
+        )
+    return rate_per_dimension.mean(0)
+
+
+def _xlogy_ratio(p: Tensor, log_p: Tensor, log_r: Tensor) -> Tensor:
+    # 0 * log(0 / r) = 0: support points of zero probability contribute nothing.
+    return torch.where(p > 0, p * (log_p - log_r), torch.zeros_like(p))
+
+
+def discrete_mutual_information(
+    posterior_probs: Tensor,
+    marginal_probs: Tensor | None = None,
+    data_weights: Tensor | None = None,
+) -> DiscreteAggregate:
+    r"""Exact :math:`I(n;z)`, marginal gap and rate for a discrete latent.
+
+    With data weights :math:`w_n` (the data distribution), aggregate posterior
+    :math:`q(z) = \sum_n w_n e(z|x_n)` and marginal :math:`m`:
+    :math:`R = I(n;z) + \mathrm{KL}(q\,\|\,m)` holds exactly (Hoffman & Johnson, 2016).
+
+    Args:
+        posterior_probs: ``(N, K)`` rows :math:`e(z|x_n)` summing to one.
+        marginal_probs: ``(K,)`` :math:`m(z)`; default ``q`` itself (gap zero).
+        data_weights: ``(N,)`` non-negative weights, normalised; default uniform.
+
+    Returns:
+        :class:`DiscreteAggregate`.
+
+    Examples:
+        >>> import torch
+        >>> e = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> out = discrete_mutual_information(e, torch.tensor([0.5, 0.5]))
+        >>> round(out.mutual_information.item(), 4), out.marginal_gap.item()
+        (0.6931, 0.0)
+    """
+    check_tensor("posterior_probs", posterior_probs, min_ndim=2)
+    if posterior_probs.ndim != 2:
+        raise ValueError(
+            f"posterior_probs must have shape (N, K), got {tuple(posterior_probs.shape)}"
+        )
+    n, k = posterior_probs.shape
+    if data_weights is None:
+        weights = posterior_probs.new_full((n,), 1.0 / n)
+    else:
+        check_tensor("data_weights", data_weights)
+        if data_weights.shape != (n,):
+            raise ValueError(
+                f"data_weights must have shape (N,) = ({n},), got {tuple(data_weights.shape)}"
+            )
+        weights = data_weights / data_weights.sum()
+    aggregate = weights @ posterior_probs
+    if marginal_probs is None:
+        marginal_probs = aggregate
+    check_tensor("marginal_probs", marginal_probs)
+    if marginal_probs.shape != (k,):
+        raise ValueError(
+            f"marginal_probs must have shape (K,) = ({k},), got {tuple(marginal_probs.shape)}"
+        )
+    log_e, log_q, log_m = posterior_probs.log(), aggregate.log(), marginal_probs.log()
+    mi = weights @ _xlogy_ratio(posterior_probs, log_e, log_q).sum(-1)
+    rate = weights @ _xlogy_ratio(posterior_probs, log_e, log_m).sum(-1)
+    gap = _xlogy_ratio(aggregate, log_q, log_m).sum()
+    return DiscreteAggregate(mi, gap, rate, aggregate)

@@ -1,0 +1,165 @@
+r"""``MutualInformation``: aggregate-posterior estimates over a whole dataset.
+
+Stores every diagonal-Gaussian posterior seen by ``update`` (list states, concatenated
+across processes) and, at ``compute``, runs
+:func:`~rdloss.diagnostics.functional.aggregate_posterior` on all of them: :math:`I(n;z)`,
+the marginal gap :math:`\mathrm{KL}(q(z)\,\|\,m(z)) = R - I`, total correlation and
+dimension-wise KL (Hoffman & Johnson, 2016; Chen et al., 2018).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal
+from torchmetrics.utilities import dim_zero_cat
+from typing_extensions import override
+
+from rdloss._validation import check_tensor
+from rdloss.diagnostics.aggregate import AggregatePosterior, aggregate_posterior
+from rdloss.diagnostics.metrics import _Diagnostic
+from rdloss.functional import as_latent
+
+__all__ = ["MutualInformation"]
+
+
+def _normal_parameters(posterior: Distribution) -> tuple[Tensor, Tensor]:
+    dist = as_latent(posterior)
+    base = dist.base_dist if isinstance(dist, Independent) else dist
+    if not isinstance(base, Normal):
+        raise TypeError(
+            "MutualInformation needs diagonal-Gaussian posteriors (Normal or "
+            f"Independent(Normal)), got {type(posterior).__name__} over "
+            f"{type(base).__name__}"
+        )
+    batch = dist.batch_shape[0]
+    loc = base.loc.expand(base.batch_shape).reshape(batch, -1)
+    return loc, base.scale.expand(base.batch_shape).reshape(batch, -1)
+
+
+class MutualInformation(_Diagnostic):
+    r"""Whole-dataset :math:`I(n;z)`, marginal gap, total correlation, dimension-wise KL.
+
+    ``update`` stores posterior means and scales (``O(N D)`` memory); ``compute`` evaluates
+    the aggregate posterior :math:`q(z) = \frac1N\sum_n e(z|x_n)` exactly over all ``N``
+    stored posteriors in chunks (memory ``O(chunk * N)``, one matrix product per chunk) and
+    returns :class:`~rdloss.diagnostics.functional.AggregatePosterior`, which states the
+    saturation ``log N``, the Monte Carlo standard error and the samples used. The
+    samples are drawn from a generator seeded with ``seed`` so every process (and every
+    call) gets the same estimate.
+
+    Called as ``metric(...)`` (``forward``) it also returns the minibatch estimate of the
+    current batch, which saturates at ``log B``.
+
+    Args:
+        marginal: ``m(z)``: a marginal module or ``Distribution`` for the gap, the rate and
+            the dimension-wise KL; ``None`` reports ``I`` and the total correlation only.
+        tc_samples: points (of the ``N``) for total correlation and dimension-wise KL.
+        chunk_size: rows per chunk; default keeps each block near 32 MiB.
+        seed: seed of the sampling generator.
+        progress: tqdm progress bars during ``compute`` (off by default).
+        output: return only this field, e.g. ``"mutual_information"``.
+        **kwargs: forwarded to :class:`torchmetrics.Metric`.
+
+    Examples:
+        >>> import torch
+        >>> from rdloss import helpers
+        >>> from rdloss.marginals import StandardNormal
+        >>> metric = MutualInformation(StandardNormal(2), tc_samples=64)
+        >>> for _ in range(3):
+        ...     metric.update(helpers.normal(torch.randn(100, 2), scale=0.3))
+        >>> out = metric.compute()
+        >>> out.num_points, round(out.saturation, 3)
+        (300, 5.704)
+    """
+
+    _fields = AggregatePosterior._fields
+    loc: list[Tensor]
+    scale: list[Tensor]
+
+    def __init__(
+        self,
+        marginal: Distribution | nn.Module | None = None,
+        *,
+        tc_samples: int = 256,
+        chunk_size: int | None = None,
+        seed: int = 0,
+        progress: bool = False,
+        output: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(output=output, **kwargs)
+        if marginal is not None and not isinstance(marginal, (nn.Module, Distribution)):
+            raise TypeError(
+                "marginal must be a marginal module, a Distribution or None, got "
+                f"{type(marginal).__name__}"
+            )
+        if isinstance(tc_samples, bool) or not isinstance(tc_samples, int) or tc_samples < 0:
+            raise ValueError(f"tc_samples must be a non-negative int, got {tc_samples!r}")
+        self._require(
+            ("marginal_gap", "rate", "dimensionwise_kl"), marginal is not None, "a marginal"
+        )
+        self._require(("total_correlation",), tc_samples > 0, "tc_samples > 0")
+        self.marginal = marginal
+        self.tc_samples = tc_samples
+        self.chunk_size = chunk_size
+        self.seed = seed
+        self.progress = progress
+        self.add_state("loc", [], dist_reduce_fx="cat", persistent=True)
+        self.add_state("scale", [], dist_reduce_fx="cat", persistent=True)
+
+    @override
+    def update(
+        self,
+        posterior: Distribution | Tensor,
+        scale: Tensor | None = None,
+        *,
+        logvar: Tensor | None = None,
+    ) -> None:
+        """Store a batch of posteriors.
+
+        Args:
+            posterior: ``e(z|x)`` as ``Normal``/``Independent(Normal)`` with batch ``(B,)``,
+                or the ``(B, D)`` means with ``scale`` or ``logvar``.
+            scale: ``(B, D)`` standard deviations when ``posterior`` is a tensor.
+            logvar: ``(B, D)`` log-variances when ``posterior`` is a tensor.
+        """
+        if isinstance(posterior, Distribution):
+            if scale is not None or logvar is not None:
+                raise ValueError("scale/logvar are given by the posterior distribution")
+            loc, scale = _normal_parameters(posterior)
+        else:
+            loc = check_tensor("posterior", posterior, min_ndim=2)
+            if (scale is None) == (logvar is None):
+                raise ValueError("with tensor means, give exactly one of scale= or logvar=")
+            if scale is None:
+                assert logvar is not None  # narrowed by the exactly-one check above
+                scale = torch.exp(0.5 * check_tensor("logvar", logvar))
+            check_tensor("scale", scale)
+            if loc.ndim != 2 or scale.shape != loc.shape:
+                raise ValueError(
+                    f"means and scales must both have shape (B, D), got {tuple(loc.shape)} "
+                    f"and {tuple(scale.shape)}"
+                )
+        self.loc.append(loc.detach())
+        self.scale.append(scale.detach())
+
+    @override
+    def compute(self) -> Any:
+        """Return the :class:`AggregatePosterior` (or the ``output`` field)."""
+        if isinstance(self.loc, list) and not self.loc:
+            raise RuntimeError("MutualInformation.compute() called before any update()")
+        loc, scale = dim_zero_cat(self.loc), dim_zero_cat(self.scale)
+        generator = torch.Generator(device=loc.device).manual_seed(self.seed)
+        result = aggregate_posterior(
+            loc,
+            scale=scale,
+            marginal=self.marginal,
+            tc_samples=self.tc_samples,
+            chunk_size=self.chunk_size,
+            generator=generator,
+            progress=self.progress,
+        )
+        return self._select(result)

@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from rdloss import RateDistortionLoss, helpers
+from rdloss.diagnostics import (
+    ActiveUnits,
+    MutualInformationBounds,
+    RateDistortion,
+    RatePerDimension,
+)
+
+SPLITS = [[40], [1, 39], [13, 13, 14], [7, 20, 3, 10]]
+
+
+def _data(seed: int = 0, n: int = 40, d: int = 5) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "rate": torch.rand(n, generator=g, dtype=torch.float64) * 10,
+        "distortion": torch.rand(n, generator=g, dtype=torch.float64) * 100 + 50,
+        "mean": torch.randn(n, d, generator=g, dtype=torch.float64)
+        * torch.tensor([1.0, 0.5, 0.05, 0.01, 0.0], dtype=torch.float64),
+        "per_dim": torch.rand(n, d, generator=g, dtype=torch.float64),
+    }
+
+
+def _stream(metric, splits, *tensors):
+    metric.reset()
+    start = 0
+    for size in splits:
+        metric.update(*(t[start : start + size] for t in tensors))
+        start += size
+    return metric.compute()
+
+
+@pytest.mark.parametrize("splits", SPLITS)
+def test_rate_distortion_streaming_equals_full_pass(splits):
+    data = _data()
+    metric = RateDistortion(data_dims=784).set_dtype(torch.float64)
+    out = _stream(metric, splits, data["rate"], data["distortion"])
+    r, d = data["rate"].mean(), data["distortion"].mean()
+    assert_close(out.rate, r)
+    assert_close(out.distortion, d)
+    assert_close(out.elbo, -(r + d))
+    assert_close(out.rate_bits, r / math.log(2))
+    assert_close(out.distortion_bits, d / math.log(2))
+    assert_close(out.bits_per_dim, (r + d) / (784 * math.log(2)))
+
+
+@pytest.mark.parametrize("splits", SPLITS)
+def test_bounds_streaming_equals_full_pass(splits):
+    data = _data()
+    metric = MutualInformationBounds(data_entropy=100.0).set_dtype(torch.float64)
+    out = _stream(metric, splits, data["rate"], data["distortion"])
+    r, d = data["rate"].mean(), data["distortion"].mean()
+    assert_close(out.lower, 100.0 - d)
+    assert_close(out.upper, r)
+    assert_close(out.entropy_upper, r + d)
+
+
+@pytest.mark.parametrize("splits", SPLITS)
+def test_active_units_streaming_equals_full_pass(splits):
+    mean = _data()["mean"]
+    metric = ActiveUnits(threshold=0.01).set_dtype(torch.float64)
+    out = _stream(metric, splits, mean)
+    ref = mean.var(0)
+    assert_close(out.variances, ref)
+    assert out.num_active.item() == int((ref > 0.01).sum())
+    assert out.active.tolist() == (ref > 0.01).tolist()
+
+
+@pytest.mark.parametrize("splits", SPLITS)
+def test_rate_per_dimension_streaming_equals_full_pass(splits):
+    per_dim = _data()["per_dim"]
+    metric = RatePerDimension().set_dtype(torch.float64)
+    assert_close(_stream(metric, splits, per_dim), per_dim.mean(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_active_units_large_offset_is_stable(dtype):
+    g = torch.Generator().manual_seed(1)
+    # mean 1e4, variance 1e-2: E[x^2] - E[x]^2 cancels every digit of float32
+    x64 = 1e4 + 0.1 * torch.randn(5000, 3, generator=g, dtype=torch.float64)
+    x = x64.to(dtype)
+    metric = ActiveUnits(threshold=0.005)
+    if dtype == torch.float64:
+        metric.set_dtype(torch.float64)
+    for chunk in x.split(37):
+        metric.update(chunk)
+    out = metric.compute()
+    ref = torch.var(x, dim=0)
+    assert_close(out.variances, ref, rtol=1e-3, atol=0)
+    assert_close(out.variances, x.double().var(0).to(dtype), rtol=1e-4, atol=0)
+    assert out.num_active.item() == 3
+    naive = (x * x).mean(0) - x.mean(0) ** 2
+    if dtype == torch.float32:  # the test can fail: the naive formula is far off here
+        assert not torch.allclose(naive * 5000 / 4999, ref, rtol=1e-1)
+
+
+def test_reset_and_reuse():
+    data = _data()
+    metric = RateDistortion()
+    metric.update(data["rate"][:10] + 1000, data["distortion"][:10])
+    metric.reset()
+    metric.update(data["rate"], data["distortion"])
+    assert_close(metric.compute().rate, data["rate"].mean().float())
+    au = ActiveUnits()
+    au.update(torch.randn(8, 3))
+    au.reset()
+    au.update(torch.randn(8, 6))  # the lazily sized state is sized again
+    assert au.compute().variances.shape == (6,)
+
+
+def test_state_dict_round_trip():
+    data = _data()
+    metrics = {
+        "rd": (lambda: RateDistortion(), (data["rate"], data["distortion"])),
+        "mib": (lambda: MutualInformationBounds(3.0), (data["rate"], data["distortion"])),
+        "au": (lambda: ActiveUnits(latent_dim=5), (data["mean"],)),
+        "rpd": (lambda: RatePerDimension(latent_dim=5), (data["per_dim"],)),
+    }
+    for make, inputs in metrics.values():
+        first = make()
+        first.update(*(t[:25] for t in inputs))
+        restored = make()
+        restored.load_state_dict(first.state_dict())
+        for m in (first, restored):
+            m.update(*(t[25:] for t in inputs))
+        torch.testing.assert_close(tuple(first.compute()), tuple(restored.compute()))
+
+
+def test_entropy_upper_keeps_the_best_epoch():
+    metric = MutualInformationBounds()
+    for epoch_value, expected in [(5.0, 5.0), (3.0, 3.0), (4.0, 3.0)]:
+        metric.update(torch.tensor([1.0]), torch.tensor([epoch_value - 1.0]))
+        assert metric.compute().entropy_upper.item() == expected
+        metric.reset()
+    assert metric.best_entropy_upper.item() == 3.0
+    restored = MutualInformationBounds()
+    restored.load_state_dict(metric.state_dict())
+    assert restored.best_entropy_upper.item() == 3.0
+
+
+def test_forward_returns_batch_value_and_accumulates():
+    metric = RateDistortion(output="rate")
+    assert_close(metric(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.0])), torch.tensor(2.0))
+    assert_close(metric(torch.tensor([8.0]), torch.tensor([0.0])), torch.tensor(8.0))
+    assert_close(metric.compute(), torch.tensor(4.0))
+    au = ActiveUnits(output="num_active")
+    au(torch.tensor([[0.0], [1.0]]))
+    au(torch.tensor([[2.0]]))
+    assert_close(au.compute(), torch.tensor(1))
+
+
+def test_accepts_rdoutput():
+    torch.manual_seed(0)
+    loss_fn = RateDistortionLoss()
+    x = torch.randint(0, 2, (16, 10)).float()
+    q = helpers.normal(torch.randn(16, 4), logvar=torch.randn(16, 4) * 0.1)
+    out = loss_fn(x, posterior=q, likelihood=helpers.bernoulli(logits=torch.randn(16, 10)))
+    rd, rpd, mib = RateDistortion(), RatePerDimension(), MutualInformationBounds()
+    rd.update(out)
+    rpd.update(out)
+    mib.update(out)
+    assert_close(rd.compute().rate, out.rate)
+    assert_close(rd.compute().elbo, out.elbo)
+    assert_close(rpd.compute().sum(), out.rate)
+    assert_close(mib.compute().upper, out.rate)
+    au = ActiveUnits()
+    au.update(q)
+    assert_close(au.compute().variances, q.mean.var(0))
+
+
+def test_output_selection_and_validation():
+    assert RateDistortion(output="elbo").output == "elbo"
+    with pytest.raises(ValueError, match="output must be"):
+        RateDistortion(output="loss")
+    with pytest.raises(ValueError, match="data_dims"):
+        RateDistortion(data_dims=0)
+    with pytest.raises(ValueError, match="output='bits_per_dim' needs data_dims"):
+        RateDistortion(output="bits_per_dim")
+    with pytest.raises(ValueError, match="output='lower' needs data_entropy"):
+        MutualInformationBounds(output="lower")
+    with pytest.raises(ValueError, match="threshold"):
+        ActiveUnits(threshold=-1.0)
+    metric = RateDistortion()
+    with pytest.raises(ValueError, match="same shape"):
+        metric.update(torch.zeros(3), torch.zeros(4))
+    with pytest.raises(TypeError, match=r"rate must be a torch\.Tensor"):
+        metric.update([1.0], torch.zeros(1))
+    with pytest.raises(ValueError, match="distortion is required"):
+        metric.update(torch.zeros(3))
+    au = ActiveUnits()
+    with (
+        pytest.warns(UserWarning, match="before the ``update``"),
+        pytest.raises(RuntimeError, match="before any update"),
+    ):
+        au.compute()
+    au.update(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="3"):
+        au.update(torch.zeros(2, 4))
+    assert "threshold=0.01" in repr(au)

@@ -1,0 +1,92 @@
+"""The demo's figures, drawn with :mod:`rdloss.plot` from the result rows and histories."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rdloss.demo.results import Row
+from rdloss.demo.sweep import DigitsResult
+from rdloss.demo.toy import ToyResult
+from rdloss.plot import RDPoint, rd_plane, trajectory
+
+__all__ = ["save_figures"]
+
+
+_SYMBOL = {"beta": "\u03b2", "target_rate": "\u03c3", "elbo": ""}
+
+
+def _point(row: Row) -> RDPoint:
+    symbol = _SYMBOL.get(row.objective, "")
+    label = f"{symbol}={row.value:g}" if symbol else "ELBO"
+    group = f"{row.model}, {row.objective}" if row.dataset == "digits" else row.objective
+    return RDPoint(row.rate, row.distortion, label, group)
+
+
+def save_figures(
+    rows: Sequence[Row],
+    toy: Sequence[ToyResult],
+    digits: Sequence[DigitsResult],
+    folder: Path,
+) -> list[Path]:
+    """Write ``rd_plane.png`` (toy and digits planes) and ``trajectory.png``.
+
+    Args:
+        rows: all result rows.
+        toy: the toy runs (for their training histories).
+        digits: the digits runs (for their training histories).
+        folder: output folder.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        ImportError: matplotlib is missing.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    panels = [
+        ("toy", "toy model (exact H)"),
+        ("digits", "8x8 digits, held out (Ĥ = best \u2212ELBO)"),
+    ]
+    present = [(name, title) for name, title in panels if any(r.dataset == name for r in rows)]
+    if present:
+        fig, axes = plt.subplots(1, len(present), figsize=(6.0 * len(present), 4.8), squeeze=False)
+        for ax, (name, title) in zip(axes[0], present, strict=True):
+            chosen = [r for r in rows if r.dataset == name]
+            rd_plane(
+                [_point(r) for r in chosen],
+                entropy=chosen[0].entropy,
+                entropy_is_estimate=name == "digits",
+                ax=ax,
+                title=title,
+            )
+        fig.tight_layout()
+        path = folder / "rd_plane.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    runs = [(f"toy {t.objective}", t.history) for t in toy]
+    runs += [
+        (f"{d.spec.decoder}, {_SYMBOL[d.spec.objective]}={d.spec.value:g}", d.history)
+        for d in digits
+        if d.spec.decoder == "autoregressive" or d.spec.value == 1.0
+    ]
+    if runs:
+        fig, axes = plt.subplots(1, 2 if digits and toy else 1, figsize=(11.0, 4.2), squeeze=False)
+        for label, history in runs:
+            ax = axes[0][-1] if not label.startswith("toy") else axes[0][0]
+            trajectory(history[:, 0].tolist(), history[:, 1].tolist(), label=label, ax=ax)
+        axes[0][0].set_title("toy: exact R, D per Adam step (start \u25cb, end \u25cf)")
+        if digits and toy:
+            axes[0][1].set_title("digits: training-set R, D per epoch")
+        fig.tight_layout()
+        path = folder / "trajectory.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written

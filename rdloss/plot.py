@@ -1,0 +1,215 @@
+r"""Plots of the rate-distortion plane (Alemi et al., 2018, Fig. 1) from your own numbers.
+
+matplotlib is an optional extra (``pip install rdloss[plot]``); it is imported inside the
+functions, so ``import rdloss.plot`` works without it.
+
+* :func:`rd_plane`: models as points in the (R, D) plane, labelled and coloured by
+  objective, with ELBO iso-lines :math:`D + R = c`, the line :math:`D = H - R` and the
+  infeasible region below it when the data entropy ``H`` (or an estimate) is given.
+* :func:`trajectory`: the path a model takes through the plane while it trains.
+
+Examples:
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from rdloss.plot import RDPoint, rd_plane
+    >>> ax = rd_plane([RDPoint(0.0, 3.0, "ELBO", "elbo"), RDPoint(0.5, 2.5, "sigma=0.5", "target")],
+    ...               entropy=3.0)
+    >>> ax.get_xlabel()
+    'rate R (nats)'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+__all__ = ["RDPoint", "rd_plane", "trajectory"]
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LABEL_OFFSETS = ((5, 4, "left"), (-5, 4, "right"), (5, -11, "left"), (-5, -11, "right"))
+
+
+class RDPoint(NamedTuple):
+    """One model in the rate-distortion plane.
+
+    Attributes:
+        rate: R in nats.
+        distortion: D in nats.
+        label: text written next to the point (e.g. ``"β=0.3"``).
+        group: points of a group share colour and marker and one legend entry (e.g. the
+            objective or the decoder).
+    """
+
+    rate: float
+    distortion: float
+    label: str = ""
+    group: str = ""
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError(
+            "rdloss.plot needs matplotlib: pip install rdloss[plot] (or pip install matplotlib)"
+        ) from error
+    return plt
+
+
+def _axes(ax: Axes | None) -> Axes:
+    if ax is not None:
+        return ax
+    _, new = _pyplot().subplots(figsize=(6.0, 4.5))
+    axes: Axes = new
+    return axes
+
+
+def _as_point(point: RDPoint | tuple[float, float], index: int) -> RDPoint:
+    if isinstance(point, RDPoint):
+        return point
+    if isinstance(point, tuple) and len(point) == 2:
+        return RDPoint(float(point[0]), float(point[1]))
+    raise TypeError(
+        f"points[{index}] must be an RDPoint or a (rate, distortion) pair, got {point!r}"
+    )
+
+
+def rd_plane(
+    points: Sequence[RDPoint | tuple[float, float]],
+    *,
+    entropy: float | None = None,
+    entropy_is_estimate: bool = False,
+    elbo_levels: Sequence[float] | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    r"""Draw models in the rate-distortion plane.
+
+    Every point on the diagonal :math:`D = H - R` has the same ELBO :math:`-H`, the best
+    possible; no model lies below it (the sandwich :math:`H - D \le I \le R`), so that region
+    is shaded as infeasible. Dashed grey lines are ELBO iso-lines :math:`D + R = c`: models
+    on one line are indistinguishable by their ELBO however different their rates.
+
+    Args:
+        points: :class:`RDPoint` s or plain ``(rate, distortion)`` pairs, nats.
+        entropy: the data entropy ``H`` in nats, or an estimate of it; ``None`` draws no
+            diagonal and no infeasible region.
+        entropy_is_estimate: label ``H`` as an estimate (e.g. the best ``-ELBO`` seen, an
+            upper bound on ``H``); the shaded region is then only indicative.
+        elbo_levels: values ``c`` of ``D + R`` for the iso-lines; default the lowest and
+            highest ``D + R`` among the points.
+        ax: matplotlib axes to draw on; default a new figure.
+        title: axes title.
+
+    Returns:
+        The matplotlib ``Axes``.
+
+    Raises:
+        TypeError: a point is neither an ``RDPoint`` nor a pair.
+        ValueError: ``points`` is empty.
+        ImportError: matplotlib is not installed.
+    """
+    pts = [_as_point(p, i) for i, p in enumerate(points)]
+    if not pts:
+        raise ValueError("points must contain at least one (rate, distortion) point")
+    ax = _axes(ax)
+    totals = [p.rate + p.distortion for p in pts]
+    levels = [min(totals), max(totals)] if elbo_levels is None else list(elbo_levels)
+    reach = max(max(levels), entropy or 0.0, 1e-3) * 1.08
+    for c in sorted(set(levels)):
+        ax.plot([0, c], [c, 0], ls="--", lw=0.8, color="0.6", zorder=1)
+        ax.annotate(f"ELBO = {-c:.3g}", (0.8 * c, 0.2 * c), xytext=(4, 4), fontsize=7,
+                    textcoords="offset points", color="0.4")  # fmt: skip
+    if entropy is not None:
+        name = "Ĥ (estimate)" if entropy_is_estimate else "H"
+        ax.fill_between(
+            [0, entropy],
+            [entropy, 0],
+            0,
+            color="0.85",
+            hatch="//",
+            lw=0,
+            label=f"infeasible: D < {name} \u2212 R",
+            zorder=0,
+        )
+        ax.plot([0, entropy], [entropy, 0], color="k", lw=1.2, label=f"D = {name} \u2212 R")
+    groups = list(dict.fromkeys(p.group for p in pts))
+    for index, group in enumerate(groups):
+        members = [p for p in pts if p.group == group]
+        ax.scatter(
+            [p.rate for p in members],
+            [p.distortion for p in members],
+            s=36,
+            zorder=3,
+            marker=_MARKERS[index % len(_MARKERS)],
+            label=group or None,
+        )
+        # Each group writes its labels on another side, so coinciding points stay legible.
+        dx, dy, ha = _LABEL_OFFSETS[index % len(_LABEL_OFFSETS)]
+        for p in members:
+            if p.label:
+                ax.annotate(p.label, (p.rate, p.distortion), xytext=(dx, dy), ha=ha,
+                            fontsize=8, textcoords="offset points")  # fmt: skip
+    ax.set_xlim(0, max(reach, max(p.rate for p in pts) * 1.1))
+    ax.set_ylim(0, max(reach, max(p.distortion for p in pts) * 1.1))
+    ax.set_xlabel("rate R (nats)")
+    ax.set_ylabel("distortion D (nats)")
+    if title:
+        ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper right")
+    return ax
+
+
+def trajectory(
+    rate: Sequence[float],
+    distortion: Sequence[float],
+    *,
+    label: str = "",
+    entropy: float | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Draw a training trajectory in the rate-distortion plane (start ○, end ●).
+
+    Args:
+        rate: R at each logged step, nats (any sequence of numbers, e.g. a 1-D tensor).
+        distortion: D at the same steps.
+        label: legend entry.
+        entropy: ``H`` or an estimate; draws the diagonal ``D = H - R`` for reference.
+        ax: axes to draw on; default a new figure. Call again with the same ``ax`` to
+            overlay several runs.
+
+    Returns:
+        The matplotlib ``Axes``.
+
+    Raises:
+        ValueError: the sequences are empty or of different lengths.
+        ImportError: matplotlib is not installed.
+
+    Examples:
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> ax = trajectory([0.0, 0.3, 0.5], [3.0, 2.8, 2.5], label="sigma = 0.5")
+        >>> len(ax.lines)
+        1
+    """
+    rates, distortions = [float(r) for r in rate], [float(d) for d in distortion]
+    if not rates or len(rates) != len(distortions):
+        raise ValueError(
+            "rate and distortion must be non-empty and of equal length, got "
+            f"{len(rates)} and {len(distortions)}"
+        )
+    ax = _axes(ax)
+    (line,) = ax.plot(rates, distortions, lw=1.2, label=label or None)
+    ax.scatter(rates[:1], distortions[:1], s=30, facecolors="none", edgecolors=line.get_color())
+    ax.scatter(rates[-1:], distortions[-1:], s=30, color=line.get_color(), zorder=3)
+    if entropy is not None:
+        ax.axline((0.0, entropy), slope=-1.0, color="k", lw=0.8, ls=":")
+    ax.set_xlabel("rate R (nats)")
+    ax.set_ylabel("distortion D (nats)")
+    if label:
+        ax.legend(fontsize=7)
+    return ax

@@ -1,0 +1,81 @@
+"""Tests of rdloss.plot: the rate-distortion plane and trajectories."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from rdloss.plot import RDPoint, rd_plane, trajectory
+
+
+def test_rd_plane_draws_points_lines_and_region() -> None:
+    points = [
+        RDPoint(0.0, 3.0, "ELBO", "elbo"),
+        RDPoint(0.5, 2.5, "sigma=0.5", "target"),
+        (1.0, 2.4),
+    ]
+    ax = rd_plane(points, entropy=3.0, title="toy")
+    offsets = [c.get_offsets().tolist() for c in ax.collections if hasattr(c, "get_offsets")]
+    scattered = sorted(p for block in offsets for p in block if len(block) and len(p) == 2)
+    assert [0.0, 3.0] in scattered and [1.0, 2.4] in scattered
+    # The diagonal D = H - R runs from (0, H) to (H, 0).
+    diag = [ln for ln in ax.lines if ln.get_label() == "D = H \u2212 R"]
+    assert len(diag) == 1 and diag[0].get_xydata().tolist() == [[0.0, 3.0], [3.0, 0.0]]
+    # ELBO iso-lines at the lowest and highest D + R of the points: 3.0 and 3.4.
+    iso = sorted(ln.get_xydata()[0, 1] for ln in ax.lines if ln.get_linestyle() == "--")
+    assert iso == pytest.approx([3.0, 3.4])
+    labels = ax.get_legend_handles_labels()[1]
+    assert "elbo" in labels and "target" in labels and any("infeasible" in t for t in labels)
+    assert ax.get_title() == "toy"
+    plt.close("all")
+
+
+def test_rd_plane_estimate_and_custom_levels() -> None:
+    fig, ax = plt.subplots()
+    out = rd_plane(
+        [(5.0, 10.0)], entropy=14.0, entropy_is_estimate=True, elbo_levels=[15, 20], ax=ax
+    )
+    assert out is ax
+    assert any("estimate" in t for t in ax.get_legend_handles_labels()[1])
+    assert len([ln for ln in ax.lines if ln.get_linestyle() == "--"]) == 2
+    plt.close(fig)
+
+
+def test_rd_plane_rejects_bad_points() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        rd_plane([])
+    with pytest.raises(TypeError, match=r"points\[0\]"):
+        rd_plane([(1.0, 2.0, 3.0)])  # type: ignore[list-item]
+
+
+def test_trajectory_accepts_tensors_and_overlays() -> None:
+    history = torch.tensor([[0.0, 3.0], [0.2, 2.8], [0.5, 2.5]])
+    ax = trajectory(history[:, 0], history[:, 1], label="a")
+    trajectory([0.0, 1.0], [3.0, 2.0], label="b", entropy=3.0, ax=ax)
+    paths = [torch.from_numpy(ln.get_xydata()) for ln in ax.lines if ln.get_label() in ("a", "b")]
+    torch.testing.assert_close(paths[0], history.double())
+    assert len(paths) == 2
+    with pytest.raises(ValueError, match="equal length"):
+        trajectory([0.0], [1.0, 2.0])
+    plt.close("all")
+
+
+def test_import_without_matplotlib_is_lazy() -> None:
+    import subprocess
+    import sys
+
+    # rdloss itself (through torchmetrics, which probes for matplotlib) is imported first;
+    # then matplotlib is made unimportable, as it is where it is not installed.
+    code = (
+        "import sys, rdloss\n"
+        "sys.modules['matplotlib'] = None; sys.modules['matplotlib.pyplot'] = None\n"
+        "import rdloss.plot as p\n"
+        "try:\n    p.rd_plane([(0.0, 1.0)])\nexcept ImportError as e:\n    print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install rdloss[plot]" in proc.stdout

@@ -1,17 +1,17 @@
 r"""Distributions owned by rdloss.
 
-:class:`DiagonalGaussianMixture` is the mixture behind
-:class:`~rdloss.marginals.GaussianMixture` and :class:`~rdloss.marginals.VampPrior`
+`DiagonalGaussianMixture` is the mixture behind
+`GaussianMixture` and `VampPrior`
 (Tomczak & Welling, 2018), the learned marginals of "Fixing a Broken ELBO" (Alemi et al.,
 2018). Its ``log_prob`` never builds the ``(N, K, D)`` tensor of differences
-:math:`z_n - \mu_k` that ``MixtureSameFamily(Categorical, Independent(Normal))`` builds: it
+$z_n - \mu_k$ that ``MixtureSameFamily(Categorical, Independent(Normal))`` builds: it
 expands the square,
 
-.. math::
-
-    \sum_d \frac{(z_d - \mu_{kd})^2}{\sigma_{kd}^2}
-    = (z^2)\,{\sigma_k^{-2}}^\top - 2\, z\,(\mu_k \sigma_k^{-2})^\top
-      + \sum_d \mu_{kd}^2 \sigma_{kd}^{-2},
+$$
+\sum_d \frac{(z_d - \mu_{kd})^2}{\sigma_{kd}^2}
+= (z^2)\,{\sigma_k^{-2}}^\top - 2\, z\,(\mu_k \sigma_k^{-2})^\top
++ \sum_d \mu_{kd}^2 \sigma_{kd}^{-2},
+$$
 
 and evaluates every (point, component) pair with one matrix product of shapes
 ``(N, 2D + 1) x (2D + 1, K)``: ``O(N K)`` memory. No KL is registered for it (the rate against a
@@ -44,27 +44,27 @@ _REFINED = 4
 class DiagonalGaussianMixture(Distribution):
     r"""Mixture of ``K`` diagonal Gaussians with a memory-light ``log_prob``.
 
-    .. math::
-
-        m(z) = \sum_{k=1}^K \pi_k \prod_d \mathcal N(z_d;\, \mu_{kd},\, \sigma_{kd}^2),
-        \qquad \pi = \operatorname{softmax}(\text{logits}).
+    $$
+    m(z) = \sum_{k=1}^K \pi_k \prod_d \mathcal N(z_d;\, \mu_{kd},\, \sigma_{kd}^2),
+    \qquad \pi = \operatorname{softmax}(\text{logits}).
+    $$
 
     The log-sum-exp runs over components of the **joint** log-density (summed over all
     latent dimensions), never per dimension. Equal to
     ``MixtureSameFamily(Categorical(logits=logits), Independent(Normal(loc, scale), n))``
     with ``n = loc.ndim - 1``, but ``log_prob`` of ``N`` points costs one
-    ``(N, 2D + 1) x (2D + 1, K)`` matrix product (features :math:`[z^2, z, 1]`) and
+    ``(N, 2D + 1) x (2D + 1, K)`` matrix product (features $[z^2, z, 1]$) and
     ``O(N K)`` memory instead of ``O(N K D)``; ``D`` is the flattened event size.
 
     Precision: the expanded square cancels catastrophically in float32 when
-    :math:`|z - c|` is large against the scales. Two measures keep ``log_prob`` within
+    $|z - c|$ is large against the scales. Two measures keep ``log_prob`` within
     ``1e-4`` relative of float64: (1) ``z`` and the means are shifted by the (detached,
     hence gradient-neutral) mean of the component means ``c`` before expanding, which helps
     when data and mixture sit far from the origin; (2) for each point the
     ``min(K, 4)`` components with the largest approximate joint density are recomputed
-    exactly from :math:`z - \mu_k` (an ``(N, 4, D)`` gather), which helps when components
+    exactly from $z - \mu_k$ (an ``(N, 4, D)`` gather), which helps when components
     are far apart and narrow. A residual error of about
-    :math:`\epsilon \sum_d (z_d - c_d)^2/\sigma_{kd}^2` remains for the other components; it
+    $\epsilon \sum_d (z_d - c_d)^2/\sigma_{kd}^2$ remains for the other components; it
     matters only when more than four components are within a few nats of the best one at a
     point far from ``c``.
 

@@ -1,4 +1,4 @@
-"""Pure functions behind :class:`rdloss.RateDistortionLoss`.
+"""Pure functions behind `rdloss.RateDistortionLoss`.
 
 Conventions (Alemi et al., 2018, "Fixing a Broken ELBO", arXiv:1711.00464):
 
@@ -181,7 +181,7 @@ def rate(
     z: Tensor | None = None,
     estimator: RateEstimator = "auto",
 ) -> Rate:
-    r"""Per-example rate :math:`R = \mathrm{KL}(e(z|x) \,\|\, m(z))` in nats.
+    r"""Per-example rate $R = \mathrm{KL}(e(z|x) \,\|\, m(z))$ in nats.
 
     Args:
         posterior: ``e(z|x)`` with ``batch_shape (B,)`` (extra batch dims become event dims).
@@ -190,11 +190,11 @@ def rate(
             that fed the decoder. Required for ``"mc"`` and for ``"auto"`` when no closed
             form is registered.
         estimator: ``"analytic"`` uses ``torch.distributions.kl_divergence``; ``"mc"`` the
-            single-sample estimate :math:`\frac1S\sum_s \log e(z_s|x) - \log m(z_s)`;
+            single-sample estimate $\frac1S\sum_s \log e(z_s|x) - \log m(z_s)$;
             ``"auto"`` the closed form where one is registered, else Monte Carlo.
 
     Returns:
-        :class:`Rate` with ``per_example (B,)``, ``per_dimension (B, D)`` or ``None``, and
+        `Rate` with ``per_example (B,)``, ``per_dimension (B, D)`` or ``None``, and
         the estimator used.
 
     Raises:
@@ -265,14 +265,14 @@ def enumerate_posterior(posterior: Distribution) -> tuple[Tensor, Tensor]:
 def enumerated_rate(posterior: Distribution, marginal: Distribution) -> Rate:
     r"""Exact rate of a discrete posterior.
 
-    The closed-form KL where one is registered, else :math:`\sum_k q_k \log(q_k/m_k)`.
+    The closed-form KL where one is registered, else $\sum_k q_k \log(q_k/m_k)$.
 
     Args:
         posterior: ``Categorical`` or ``OneHotCategorical`` with ``batch_shape (B,)``.
         marginal: a distribution over the same support, ``batch_shape ()``.
 
     Returns:
-        :class:`Rate` with ``estimator`` ``"analytic"`` or ``"enumerate"``.
+        `Rate` with ``estimator`` ``"analytic"`` or ``"enumerate"``.
     """
     z, probs = enumerate_posterior(posterior)
     marginal = as_marginal(marginal, posterior.event_shape)
@@ -286,7 +286,7 @@ def enumerated_rate(posterior: Distribution, marginal: Distribution) -> Rate:
 
 
 def distortion(x: Tensor, likelihood: Distribution) -> Tensor:
-    r"""Per-sample distortion :math:`-\log d(x|z)` summed over data dimensions.
+    r"""Per-sample distortion $-\log d(x|z)$ summed over data dimensions.
 
     The likelihood must cover ``x`` exactly: ``batch_shape + event_shape == x.shape``, or
     ``(S,) + x.shape`` for ``S`` latent samples per example. Nothing else is broadcast, so a
@@ -350,7 +350,7 @@ def sample_mean(values: Tensor, probs: Tensor | None = None) -> Tensor:
 
 
 def batch_mean(values: Tensor, weight: Tensor | None = None) -> Tensor:
-    r"""Batch mean of per-example values, optionally weighted: :math:`\sum_i w_i v_i / \sum_i w_i`.
+    r"""Batch mean of per-example values, optionally weighted: $\sum_i w_i v_i / \sum_i w_i$.
 
     Args:
         values: ``(B,)`` per-example values.

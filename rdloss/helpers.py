@@ -57,7 +57,7 @@ def normal(
         loc: ``(B, ...)`` means.
         scale: standard deviation, a float or a tensor broadcastable to ``loc``'s shape.
         logvar: log-variance, same shape as ``loc``;
-            :math:`\sigma = \exp(\tfrac12 \mathrm{logvar})`.
+            $\sigma = \exp(\tfrac12 \mathrm{logvar})$.
         event_dims: trailing dims summed over; default all but the batch dim.
         validate_args: passed to ``torch.distributions.Normal``.
 

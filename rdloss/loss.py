@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,7 @@ MarginalLike = nn.Module | Distribution
 
 
 class RDOutput(NamedTuple):
-    """Result of :class:`RateDistortionLoss`.
+    """Result of `RateDistortionLoss`.
 
     Attributes:
         loss: 0-dim training loss from the objective.
@@ -73,19 +73,19 @@ class RDOutput(NamedTuple):
 class RateDistortionLoss(nn.Module):
     r"""Rate-distortion loss for an existing VAE (Alemi et al., 2018, "Fixing a Broken ELBO").
 
-    Computes per example the rate :math:`R = \mathrm{KL}(e(z|x)\,\|\,m(z))` (summed over
-    latent dims) and the distortion :math:`D = -\mathbb{E}_e \log d(x|z)` (summed over data
-    dims), reports their batch means and the ELBO :math:`-(D + R)`, and trains on the
-    objective (default :class:`~rdloss.objectives.Beta` ``(1.0)``: the negative ELBO).
+    Computes per example the rate $R = \mathrm{KL}(e(z|x)\,\|\,m(z))$ (summed over
+    latent dims) and the distortion $D = -\mathbb{E}_e \log d(x|z)$ (summed over data
+    dims), reports their batch means and the ELBO $-(D + R)$, and trains on the
+    objective (default `Beta` ``(1.0)``: the negative ELBO).
 
     Note the reduction: ``loss`` is a **batch mean** of per-example sums. The classic
     ``recon_sum + kld_sum`` over a batch equals ``B * loss``.
 
     Args:
-        marginal: ``m(z)``: a :class:`~rdloss.marginals.Marginal`, any module whose
+        marginal: ``m(z)``: a `Marginal`, any module whose
             ``forward()`` returns a ``Distribution`` (e.g. a zuko flow), a ``Distribution``
             (not moved by ``.to()``), or ``None`` for ``N(0, I)`` sized from the posterior.
-        objective: an :class:`~rdloss.objectives.Objective`; default ``Beta(1.0)``.
+        objective: an `Objective`; default ``Beta(1.0)``.
         rate_estimator: ``"analytic"``, ``"mc"`` or ``"auto"`` (closed form where
             ``torch.distributions`` registers one, else Monte Carlo with the decoder's z).
         validate_args: value checks (NaN/inf in ``x`` and ``weight``, negative weights,
@@ -104,6 +104,9 @@ class RateDistortionLoss(nn.Module):
         >>> round(out.distortion.item(), 1), out.rate.item(), out.estimator
         (543.4, 0.0, 'analytic')
     """
+
+    if TYPE_CHECKING:  # nn.Module.__call__ is typed Any; keep RDOutput for type checkers
+        __call__: Callable[..., RDOutput]
 
     def __init__(
         self,
@@ -185,7 +188,7 @@ class RateDistortionLoss(nn.Module):
             weight: ``(B,)`` non-negative per-example weights, normalised over the batch.
 
         Returns:
-            :class:`RDOutput`.
+            `RDOutput`.
 
         Raises:
             TypeError: an argument has the wrong type.

@@ -3,10 +3,10 @@ r"""Plots of the rate-distortion plane (Alemi et al., 2018, Fig. 1) from your ow
 matplotlib is an optional extra (``pip install rdloss[plot]``); it is imported inside the
 functions, so ``import rdloss.plot`` works without it.
 
-* :func:`rd_plane`: models as points in the (R, D) plane, labelled and coloured by
-  objective, with ELBO iso-lines :math:`D + R = c`, the line :math:`D = H - R` and the
+* `rd_plane`: models as points in the (R, D) plane, labelled and coloured by
+  objective, with ELBO iso-lines $D + R = c$, the line $D = H - R$ and the
   infeasible region below it when the data entropy ``H`` (or an estimate) is given.
-* :func:`trajectory`: the path a model takes through the plane while it trains.
+* `trajectory`: the path a model takes through the plane while it trains.
 
 Examples:
     >>> import matplotlib
@@ -88,13 +88,13 @@ def rd_plane(
 ) -> Axes:
     r"""Draw models in the rate-distortion plane.
 
-    Every point on the diagonal :math:`D = H - R` has the same ELBO :math:`-H`, the best
-    possible; no model lies below it (the sandwich :math:`H - D \le I \le R`), so that region
-    is shaded as infeasible. Dashed grey lines are ELBO iso-lines :math:`D + R = c`: models
+    Every point on the diagonal $D = H - R$ has the same ELBO $-H$, the best
+    possible; no model lies below it (the sandwich $H - D \le I \le R$), so that region
+    is shaded as infeasible. Dashed grey lines are ELBO iso-lines $D + R = c$: models
     on one line are indistinguishable by their ELBO however different their rates.
 
     Args:
-        points: :class:`RDPoint` s or plain ``(rate, distortion)`` pairs, nats.
+        points: `RDPoint` s or plain ``(rate, distortion)`` pairs, nats.
         entropy: the data entropy ``H`` in nats, or an estimate of it; ``None`` draws no
             diagonal and no infeasible region.
         entropy_is_estimate: label ``H`` as an estimate (e.g. the best ``-ELBO`` seen, an

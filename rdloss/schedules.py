@@ -3,13 +3,13 @@ r"""Schedules: hyperparameters as pure functions of the training step.
 A schedule maps the step ``t`` (a 0-dim tensor) to a 0-dim floating tensor. Schedules are
 stateless ``nn.Module`` subclasses: they have no parameters and no buffers, so they show in
 the objective's ``repr`` but add nothing to its ``state_dict``; the step itself is a buffer
-of the objective that uses them (:attr:`rdloss.objectives.Objective.step`), which is what
+of the objective that uses them (`rdloss.objectives.Objective.step`), which is what
 makes checkpoint and resume exact. Because the step enters as a tensor, a compiled loss
 does not recompile as it changes.
 
 Every objective hyperparameter that takes a number also takes a schedule, e.g.
 ``Beta(Linear(0.0, 1.0, steps=10_000))`` for KL warm-up. Write your own by subclassing
-:class:`Schedule` and implementing :meth:`Schedule.forward` with tensor operations only.
+`Schedule` and implementing `Schedule.forward` with tensor operations only.
 
 The output dtype is the step's dtype if it is floating, else the default dtype
 (objectives pass the step as a floating tensor of at least float32).
@@ -88,7 +88,7 @@ class Constant(Schedule):
         self.value = _real("value", value)
 
     def forward(self, step: Tensor) -> Tensor:
-        """``value``; see :meth:`Schedule.forward`."""
+        """``value``; see `Schedule.forward`."""
         return torch.full_like(_as_float(step), self.value)
 
     @override
@@ -99,7 +99,9 @@ class Constant(Schedule):
 class Linear(Schedule):
     r"""Linear ramp from ``start`` to ``end`` over ``steps`` steps, then ``end``.
 
-    .. math:: v(t) = \mathrm{start} + (\mathrm{end} - \mathrm{start})\,\min(t / T, 1)
+    $$
+    v(t) = \mathrm{start} + (\mathrm{end} - \mathrm{start})\,\min(t / T, 1)
+    $$
 
     KL warm-up (Bowman et al., 2016; Sønderby et al., 2016) is ``Linear(0.0, 1.0, steps=T)``
     for ``beta``; Burgess et al. (2018) raise the capacity with ``Linear(0.0, 25.0,
@@ -123,7 +125,7 @@ class Linear(Schedule):
         self.steps = _positive_int("steps", steps)
 
     def forward(self, step: Tensor) -> Tensor:
-        """Linear ramp; see :meth:`Schedule.forward`."""
+        """Linear ramp; see `Schedule.forward`."""
         return _lerp(self.start, self.end, (_as_float(step) / self.steps).clamp(0.0, 1.0))
 
     @override
@@ -138,9 +140,10 @@ class Cyclical(Schedule):
     Within each cycle the value rises linearly from ``start`` to ``end`` over the first
     fraction ``R = ratio`` of the cycle and then holds ``end``:
 
-    .. math::
-        \tau = \frac{t \bmod (T/M)}{T/M}, \qquad
-        v(t) = \mathrm{start} + (\mathrm{end} - \mathrm{start})\,\min(\tau / R, 1),
+    $$
+    \tau = \frac{t \bmod (T/M)}{T/M}, \qquad
+    v(t) = \mathrm{start} + (\mathrm{end} - \mathrm{start})\,\min(\tau / R, 1),
+    $$
 
     and ``v(t) = end`` from step ``T`` on. The defaults ``M = 4``, ``R = 0.5`` are the paper's.
 
@@ -177,7 +180,7 @@ class Cyclical(Schedule):
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
 
     def forward(self, step: Tensor) -> Tensor:
-        """Cyclical ramp; see :meth:`Schedule.forward`."""
+        """Cyclical ramp; see `Schedule.forward`."""
         t = _as_float(step)
         period = self.steps / self.cycles
         tau = torch.remainder(t, period) / period
@@ -196,13 +199,14 @@ class Cyclical(Schedule):
 class Sigmoid(Schedule):
     r"""Logistic ramp from ``start`` to ``end`` centred at ``steps / 2``.
 
-    .. math::
-        v(t) = \mathrm{start} + (\mathrm{end} - \mathrm{start})\,
-        \mathrm{sigmoid}\big(s\,(t / T - \tfrac12)\big)
+    $$
+    v(t) = \mathrm{start} + (\mathrm{end} - \mathrm{start})\,
+    \mathrm{sigmoid}\big(s\,(t / T - \tfrac12)\big)
+    $$
 
     with ``T = steps`` and ``s = steepness``; with the default ``s = 10`` the value is within
     0.7% of the range of ``start`` at step 0 and of ``end`` at step ``T``. Bowman et al.
-    (2016) used the logistic KL weight :math:`1/(1 + e^{-k(t - t_0)})`: that is ``T = 2 t_0``,
+    (2016) used the logistic KL weight $1/(1 + e^{-k(t - t_0)})$: that is ``T = 2 t_0``,
     ``s = k T``.
 
     Args:
@@ -227,7 +231,7 @@ class Sigmoid(Schedule):
             raise ValueError(f"steepness must be > 0, got {self.steepness}")
 
     def forward(self, step: Tensor) -> Tensor:
-        """Logistic ramp; see :meth:`Schedule.forward`."""
+        """Logistic ramp; see `Schedule.forward`."""
         weight = torch.sigmoid(self.steepness * (_as_float(step) / self.steps - 0.5))
         return _lerp(self.start, self.end, weight)
 
@@ -239,9 +243,10 @@ class Sigmoid(Schedule):
 class Cosine(Schedule):
     r"""Half-cosine ramp from ``start`` to ``end`` over ``steps`` steps, then ``end``.
 
-    .. math::
-        v(t) = \mathrm{start} + (\mathrm{end} - \mathrm{start})\,
-        \tfrac12\big(1 - \cos(\pi \min(t / T, 1))\big)
+    $$
+    v(t) = \mathrm{start} + (\mathrm{end} - \mathrm{start})\,
+    \tfrac12\big(1 - \cos(\pi \min(t / T, 1))\big)
+    $$
 
     Args:
         start: value at step 0.
@@ -261,7 +266,7 @@ class Cosine(Schedule):
         self.steps = _positive_int("steps", steps)
 
     def forward(self, step: Tensor) -> Tensor:
-        """Half-cosine ramp; see :meth:`Schedule.forward`."""
+        """Half-cosine ramp; see `Schedule.forward`."""
         progress = (_as_float(step) / self.steps).clamp(0.0, 1.0)
         return _lerp(self.start, self.end, 0.5 * (1.0 - torch.cos(math.pi * progress)))
 

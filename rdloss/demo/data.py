@@ -50,17 +50,17 @@ class Digits(NamedTuple):
 class ToyData(NamedTuple):
     r"""The exact data distribution of the paper's toy model (Alemi et al., 2018, Sec. 4).
 
-    :math:`z^* \sim \mathrm{Ber}(0.7)`, :math:`h \sim N(\mu_{z^*}, s^2)`, and ``x`` is the
+    $z^* \sim \mathrm{Ber}(0.7)$, $h \sim N(\mu_{z^*}, s^2)$, and ``x`` is the
     index of ``h``'s bin among ``n_bins`` equal bins on ``[lo, hi]``; the tails beyond the
     range fold into the two edge bins.
 
     Attributes:
-        probs: ``(n_bins,)`` float64 :math:`p^*(x)`.
-        joint: ``(2, n_bins)`` float64 :math:`p(z^*, x)`.
+        probs: ``(n_bins,)`` float64 $p^*(x)$.
+        joint: ``(2, n_bins)`` float64 $p(z^*, x)$.
         means: ``(mu_0, mu_1)``, the component means (``-mu, +mu``).
         scale: the common standard deviation ``s`` solved for.
-        entropy: :math:`H = -\sum_x p^*(x) \log p^*(x)` in nats.
-        mutual_information: :math:`I(x; z^*)` in nats (the target, to ~1e-10).
+        entropy: $H = -\sum_x p^*(x) \log p^*(x)$ in nats.
+        mutual_information: $I(x; z^*)$ in nats (the target, to ~1e-10).
         edges: ``(n_bins + 1,)`` bin edges.
     """
 
@@ -77,7 +77,7 @@ def load_digits() -> Digits:
     """Load the embedded binarised 8x8 digits (torch and the standard library only).
 
     Returns:
-        :class:`Digits` with 1,797 images; see :data:`DIGITS_ATTRIBUTION` for the source.
+        `Digits` with 1,797 images; see `DIGITS_ATTRIBUTION` for the source.
 
     Examples:
         >>> d = load_digits()
@@ -134,22 +134,22 @@ def toy_data(
     hi: float = 3.0,
     target: float = 0.5,
 ) -> ToyData:
-    r"""Solve the toy model's common scale so that :math:`I(x; z^*)` equals ``target``.
+    r"""Solve the toy model's common scale so that $I(x; z^*)$ equals ``target``.
 
-    The components sit at :math:`\pm` ``mu`` with one standard deviation ``s``; ``I`` falls
+    The components sit at $\pm$ ``mu`` with one standard deviation ``s``; ``I`` falls
     monotonically as ``s`` grows, so bisection on ``s`` (100 halvings) finds the scale to
     machine precision. The paper gives only ``I = 0.5`` nats, not the parameters.
 
     Args:
         n_bins: number of equal bins (the paper's 30).
-        prior: :math:`P(z^* = 1)` (the paper's 0.7).
+        prior: $P(z^* = 1)$ (the paper's 0.7).
         mu: half the distance between the component means.
         lo: left end of the binned range (mass below folds into the first bin).
         hi: right end (mass above folds into the last bin).
-        target: :math:`I(x; z^*)` in nats, below :math:`H(z^*)`.
+        target: $I(x; z^*)$ in nats, below $H(z^*)$.
 
     Returns:
-        :class:`ToyData`.
+        `ToyData`.
 
     Raises:
         ValueError: an argument is out of range or the target cannot be reached.

@@ -1,4 +1,4 @@
-"""The demo's figures, drawn with :mod:`rdloss.plot` from the result rows and histories."""
+"""The demo's figures, drawn with `rdloss.plot` from the result rows and histories."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 r"""Small reference models for the demo: an MLP encoder and two Bernoulli decoders.
 
-They show how an existing VAE plugs into :class:`rdloss.RateDistortionLoss`; they are not
+They show how an existing VAE plugs into `rdloss.RateDistortionLoss`; they are not
 part of the core API. Both decoders map ``(z, x)`` to ``d(x|z)``: the factorised one ignores
 ``x``, the autoregressive one (MADE, Germain et al., 2015) reads the pixels before each
 pixel, as a PixelCNN does, which lets it model the data without the latent code: the
@@ -45,7 +45,7 @@ class MLPEncoder(nn.Module):
 
 
 class FactorizedDecoder(nn.Module):
-    r"""Factorised Bernoulli decoder :math:`d(x|z) = \prod_i \mathrm{Ber}(x_i; f_i(z))`.
+    r"""Factorised Bernoulli decoder $d(x|z) = \prod_i \mathrm{Ber}(x_i; f_i(z))$.
 
     Args:
         latent_dim: latent size.
@@ -82,7 +82,7 @@ class _MaskedLinear(nn.Linear):
 
 
 class MADEDecoder(nn.Module):
-    r"""Autoregressive Bernoulli decoder :math:`d(x|z) = \prod_i \mathrm{Ber}(x_i; f_i(x_{<i}, z))`.
+    r"""Autoregressive Bernoulli decoder $d(x|z) = \prod_i \mathrm{Ber}(x_i; f_i(x_{<i}, z))$.
 
     A one-hidden-layer MADE (Germain et al., 2015) over the pixels in raster order; the latent
     enters every hidden unit and every output unconstrained. Given ``x`` (teacher forcing) one

@@ -172,7 +172,7 @@ def findings(rows: Sequence[Row]) -> list[Finding]:
     10% of sigma with an ELBO within 5% of the β = 1 autoregressive model's.
 
     Returns:
-        One :class:`Finding` per claim.
+        One `Finding` per claim.
     """
     out: list[Finding] = []
     toy = [r for r in rows if r.dataset == "toy"]

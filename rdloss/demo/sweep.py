@@ -1,9 +1,9 @@
 r"""The digits experiment: β sweep and target rate on the embedded binarised 8x8 digits.
 
-Each run trains :class:`~rdloss.demo.models.MLPEncoder` with a factorised or an
-autoregressive (MADE) Bernoulli decoder through :class:`rdloss.RateDistortionLoss`, then
+Each run trains `MLPEncoder` with a factorised or an
+autoregressive (MADE) Bernoulli decoder through `rdloss.RateDistortionLoss`, then
 reports R, D, ELBO, the mutual-information bounds and the active units on a held-out split,
-the way a user would with :mod:`rdloss.diagnostics` (Alemi et al., 2018, Sec. 4).
+the way a user would with `rdloss.diagnostics` (Alemi et al., 2018, Sec. 4).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def train_digits(
         device: torch device.
 
     Returns:
-        :class:`DigitsResult`.
+        `DigitsResult`.
     """
     from tqdm.auto import tqdm
 

@@ -1,10 +1,10 @@
 r"""The paper's toy experiment with exact expectations (Alemi et al., 2018, Sec. 4, App. E).
 
-The encoder :math:`e(z|x)` and the decoder :math:`d(x|z)` are free ``30 x 30`` logit tables,
-the marginal is :class:`rdloss.marginals.Categorical` ``(30)``, and every expectation is a
+The encoder $e(z|x)$ and the decoder $d(x|z)$ are free ``30 x 30`` logit tables,
+the marginal is `rdloss.marginals.Categorical` ``(30)``, and every expectation is a
 sum: the loss enumerates the latent (``samples="enumerate"``) over the 30 values of ``x`` as
-one batch weighted by the exact :math:`p^*(x)`, so R and D are exact, and
-:math:`I(x; z)` is computed from the joint :math:`p^*(x)\,e(z|x)`.
+one batch weighted by the exact $p^*(x)$, so R and D are exact, and
+$I(x; z)$ is computed from the joint $p^*(x)\,e(z|x)$.
 """
 
 from __future__ import annotations
@@ -66,10 +66,10 @@ class ToyResult(NamedTuple):
         rate: exact R.
         distortion: exact D.
         elbo: ``-(D + R)``.
-        entropy: H of :math:`p^*(x)`.
-        mutual_information: exact :math:`I(x; z)` of the joint :math:`p^*(x) e(z|x)`.
+        entropy: H of $p^*(x)$.
+        mutual_information: exact $I(x; z)$ of the joint $p^*(x) e(z|x)$.
         cluster_masses: ``(m_0, m_1)`` aggregate-posterior mass of the latent states that
-            decode to the left and the right component (see :func:`cluster_masses`).
+            decode to the left and the right component (see `cluster_masses`).
         used_states: number of latent states with more than 1% aggregate mass.
         history: ``(steps, 2)`` float tensor of (R, D) during training.
     """
@@ -89,17 +89,17 @@ class ToyResult(NamedTuple):
 def cluster_masses(data: ToyData, model: ToyModel, encoder_probs: Tensor) -> tuple[float, float]:
     r"""Aggregate-posterior mass of the latent states grouped by where they decode.
 
-    With the aggregate posterior :math:`p_e(z) = \sum_x p^*(x) e(z|x)`, state ``z`` joins
-    cluster 0 if its decoder :math:`d(x|z)` has its mean bin centre below the midpoint of the
-    two component means (it stands for the :math:`z^* = 0` component on the left), else
-    cluster 1. A model that ignores ``x`` decodes every state to :math:`p^*(x)`, whose mean
+    With the aggregate posterior $p_e(z) = \sum_x p^*(x) e(z|x)$, state ``z`` joins
+    cluster 0 if its decoder $d(x|z)$ has its mean bin centre below the midpoint of the
+    two component means (it stands for the $z^* = 0$ component on the left), else
+    cluster 1. A model that ignores ``x`` decodes every state to $p^*(x)$, whose mean
     lies right of the midpoint, so all its mass lands in cluster 1: one cluster. The paper's
     target-rate model has two clusters holding about 30% and 70%, the component weights.
 
     Args:
         data: the toy distribution.
         model: the trained tables.
-        encoder_probs: ``(n_bins, K)`` rows :math:`e(z|x)`.
+        encoder_probs: ``(n_bins, K)`` rows $e(z|x)$.
 
     Returns:
         ``(m_0, m_1)``, summing to one.
@@ -127,16 +127,16 @@ def train_toy(
     Full-batch Adam on the exact objective, float64.
 
     Args:
-        data: the toy distribution from :func:`rdloss.demo.data.toy_data`.
+        data: the toy distribution from `rdloss.demo.data.toy_data`.
         target_rate: sigma in nats, or ``None`` for the ELBO (``Beta(1)``).
         steps: Adam steps.
         lr: Adam learning rate.
-        init_scale: standard deviation of the initial logits (see :class:`ToyModel`).
+        init_scale: standard deviation of the initial logits (see `ToyModel`).
         seed: seeds the initial logits.
         progress: show a tqdm bar.
 
     Returns:
-        :class:`ToyResult` with exact R, D, ELBO, H and I.
+        `ToyResult` with exact R, D, ELBO, H and I.
     """
     from tqdm.auto import tqdm
 

@@ -1,7 +1,7 @@
 """Diagnostics: rate, distortion, mutual-information bounds, active units, ELBO surgery.
 
-Each diagnostic exists as a pure function in :mod:`rdloss.diagnostics.functional` and as a
-:class:`torchmetrics.Metric` that streams over batches, synchronises across processes and
+Each diagnostic exists as a pure function in `rdloss.diagnostics.functional` and as a
+`torchmetrics.Metric` that streams over batches, synchronises across processes and
 logs from Lightning (Alemi et al., 2018, "Fixing a Broken ELBO").
 """
 

@@ -1,24 +1,25 @@
 r"""Aggregate-posterior estimates for diagonal-Gaussian posteriors (ELBO surgery).
 
-With stored posteriors :math:`e(z|x_n) = \mathcal N(\mu_n, \mathrm{diag}\,s_n^2)`,
-:math:`n = 1..N`, the aggregate posterior is the mixture :math:`q(z) = \frac1N \sum_n
+With stored posteriors $e(z|x_n) = \mathcal N(\mu_n, \mathrm{diag}\,s_n^2)$,
+$n = 1..N$, the aggregate posterior is the mixture :math:`q(z) = \frac1N \sum_n
 e(z|x_n)`. Hoffman & Johnson (2016, "ELBO surgery") split the mean rate as
 
-.. math::
-    R = \underbrace{\mathbb E_n \mathbb E_{e(z|x_n)}[\log e(z|x_n) - \log q(z)]}_{I(n;z)}
-      + \underbrace{\mathbb E_{q(z)}[\log q(z) - \log m(z)]}_{\mathrm{KL}(q\|m)},
+$$
+R = \underbrace{\mathbb E_n \mathbb E_{e(z|x_n)}[\log e(z|x_n) - \log q(z)]}_{I(n;z)}
++ \underbrace{\mathbb E_{q(z)}[\log q(z) - \log m(z)]}_{\mathrm{KL}(q\|m)},
+$$
 
 and Chen et al. (2018, β-TCVAE) split the gap further into the total correlation
-:math:`\mathrm{KL}(q(z)\,\|\,\prod_j q(z_j))` and the dimension-wise KL
-:math:`\sum_j \mathrm{KL}(q(z_j)\,\|\,m(z_j))`.
+$\mathrm{KL}(q(z)\,\|\,\prod_j q(z_j))$ and the dimension-wise KL
+$\sum_j \mathrm{KL}(q(z_j)\,\|\,m(z_j))$.
 
 All-pairs log-densities use one matrix product per chunk of rows (expand the square):
 :math:`\log\mathcal N(z;\mu_n,s_n) = [z^2, z, 1] \cdot [-\tfrac{1}{2s_n^2}, \tfrac{\mu_n}{s_n^2},
 c_n]`, an ``(M, 2D+1) @ (2D+1, N)`` product, followed by a row-wise log-sum-exp; memory is
-``O(chunk * N)``. The data are centred on the mean of :math:`\mu` first, which keeps the
-expanded square accurate in float32. The constant :math:`\log N` of
-:math:`\log q(z) = \mathrm{logsumexp}_n \log e(z|x_n) - \log N` is kept, so
-:math:`0 \le I(n;z) \le \log N` (the estimate saturates there).
+``O(chunk * N)``. The data are centred on the mean of $\mu$ first, which keeps the
+expanded square accurate in float32. The constant $\log N$ of
+$\log q(z) = \mathrm{logsumexp}_n \log e(z|x_n) - \log N$ is kept, so
+$0 \le I(n;z) \le \log N$ (the estimate saturates there).
 """
 
 from __future__ import annotations
@@ -53,17 +54,17 @@ class AggregatePosterior(NamedTuple):
     r"""Aggregate-posterior estimates in nats (one Monte Carlo sample per point).
 
     Attributes:
-        mutual_information: :math:`I(n;z)`, in ``[0, log N]``.
-        marginal_gap: :math:`\mathrm{KL}(q(z)\,\|\,m(z))`; ``None`` without a marginal.
-        rate: Monte Carlo rate :math:`\mathbb E[\log e - \log m]` from the same samples, so
+        mutual_information: $I(n;z)$, in ``[0, log N]``.
+        marginal_gap: $\mathrm{KL}(q(z)\,\|\,m(z))$; ``None`` without a marginal.
+        rate: Monte Carlo rate $\mathbb E[\log e - \log m]$ from the same samples, so
             ``rate == mutual_information + marginal_gap`` up to rounding; ``None`` without a
             marginal.
-        total_correlation: :math:`\mathrm{KL}(q(z)\,\|\,\prod_j q(z_j))` on ``tc_samples``
+        total_correlation: $\mathrm{KL}(q(z)\,\|\,\prod_j q(z_j))$ on ``tc_samples``
             points; ``None`` if ``tc_samples == 0``.
-        dimensionwise_kl: :math:`\sum_j \mathrm{KL}(q(z_j)\,\|\,m(z_j))` on the same
+        dimensionwise_kl: $\sum_j \mathrm{KL}(q(z_j)\,\|\,m(z_j))$ on the same
             points; ``None`` without a marginal that factorises over dimensions.
         mutual_information_stderr: Monte Carlo standard error of ``mutual_information``
-            (standard deviation of the per-point terms over :math:`\sqrt{N}`).
+            (standard deviation of the per-point terms over $\sqrt{N}$).
         num_points: ``N``, the number of posteriors in the mixture ``q(z)``.
         saturation: ``log N``: no estimate of ``I`` can exceed it.
         num_samples: latent samples behind ``mutual_information`` and ``marginal_gap``.
@@ -170,7 +171,7 @@ def _logsumexp_(block: Tensor, dim: int = 1) -> Tensor:
 def pairwise_gaussian_log_prob(
     z: Tensor, loc: Tensor, scale: Tensor, *, centre: bool = True
 ) -> Tensor:
-    r"""All-pairs diagonal-Gaussian log-densities :math:`\log\mathcal N(z_m; \mu_n, s_n^2)`.
+    r"""All-pairs diagonal-Gaussian log-densities $\log\mathcal N(z_m; \mu_n, s_n^2)$.
 
     One ``(M, 2D+1) @ (2D+1, N)`` matrix product; no ``(M, N, D)`` tensor is formed.
 
@@ -248,16 +249,16 @@ def aggregate_posterior(
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> AggregatePosterior:
-    r"""Whole-dataset :math:`I(n;z)`, marginal gap, total correlation and dimension-wise KL.
+    r"""Whole-dataset $I(n;z)$, marginal gap, total correlation and dimension-wise KL.
 
-    Draws one :math:`z_n \sim e(z|x_n)` per point (or uses ``z``) and evaluates
-    :math:`\log q(z_n)` against all ``N`` components exactly, in chunks of rows. Total
+    Draws one $z_n \sim e(z|x_n)$ per point (or uses ``z``) and evaluates
+    $\log q(z_n)$ against all ``N`` components exactly, in chunks of rows. Total
     correlation and dimension-wise KL need per-dimension mixtures, an ``(M, N, D)``
     computation, so they use a random subsample of ``tc_samples`` of the same points
     (still against all ``N`` components).
 
     Errors: the Monte Carlo standard error of ``I`` is reported; every estimate is capped
-    by :math:`I(n;z) \le \log N` (``saturation``), so when ``I`` approaches ``log N`` it
+    by $I(n;z) \le \log N$ (``saturation``), so when ``I`` approaches ``log N`` it
     measures the dataset size, not the encoder.
 
     Args:
@@ -273,7 +274,7 @@ def aggregate_posterior(
         progress: show tqdm progress bars (off by default).
 
     Returns:
-        :class:`AggregatePosterior`.
+        `AggregatePosterior`.
 
     Examples:
         >>> import torch
@@ -342,7 +343,7 @@ def minibatch_aggregate_posterior(
 ) -> AggregatePosterior:
     """Cheap estimate from one minibatch: the batch stands in for the dataset.
 
-    The same estimator as :func:`aggregate_posterior` with ``q(z)`` the mixture of the
+    The same estimator as `aggregate_posterior` with ``q(z)`` the mixture of the
     ``B`` posteriors of the batch and every point used for the total correlation. It
     saturates at ``log B`` (reported as ``saturation``): with ``B = 128``, no estimate
     exceeds 4.85 nats.
@@ -356,7 +357,7 @@ def minibatch_aggregate_posterior(
         generator: random generator when ``z`` is not given.
 
     Returns:
-        :class:`AggregatePosterior` with ``saturation = log B``.
+        `AggregatePosterior` with ``saturation = log B``.
     """
     batch = _check_loc(loc).shape[0]
     return aggregate_posterior(

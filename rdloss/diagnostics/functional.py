@@ -1,12 +1,12 @@
 r"""Pure estimators behind the diagnostics metrics.
 
 Every function here is stateless and works on whole tensors; the
-:mod:`torchmetrics` classes in :mod:`rdloss.diagnostics` stream the same quantities over
+`torchmetrics` classes in `rdloss.diagnostics` stream the same quantities over
 batches and processes. All values are in nats unless a name says ``bits``.
 
 The quantities follow Alemi et al., 2018, "Fixing a Broken ELBO" (arXiv:1711.00464): rate
-:math:`R = \mathbb{E}[\mathrm{KL}(e(z|x)\,\|\,m(z))]`, distortion
-:math:`D = -\mathbb{E}\log d(x|z)` and the sandwich :math:`H - D \le I(X;Z) \le R`.
+$R = \mathbb{E}[\mathrm{KL}(e(z|x)\,\|\,m(z))]$, distortion
+$D = -\mathbb{E}\log d(x|z)$ and the sandwich $H - D \le I(X;Z) \le R$.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class RateDistortionResult(NamedTuple):
 
 
 class MIBounds(NamedTuple):
-    r"""The sandwich :math:`H - D \le I(X;Z) \le R` (Alemi et al., 2018, Eq. 2).
+    r"""The sandwich $H - D \le I(X;Z) \le R$ (Alemi et al., 2018, Eq. 2).
 
     Attributes:
         lower: ``H - D`` when the data entropy ``H`` is known, else ``None``.
@@ -87,7 +87,7 @@ class ActiveUnitsResult(NamedTuple):
 
     Attributes:
         num_active: 0-dim int64, the number of units with ``variance > threshold``.
-        variances: ``(D,)`` :math:`A_u = \mathrm{Var}_x\,\mathbb{E}_{e(z|x)}[z_u]`
+        variances: ``(D,)`` $A_u = \mathrm{Var}_x\,\mathbb{E}_{e(z|x)}[z_u]$
             (unbiased, ``correction=1``, as ``torch.var``).
         active: ``(D,)`` bool mask.
     """
@@ -101,10 +101,10 @@ class DiscreteAggregate(NamedTuple):
     r"""Exact ELBO-surgery terms for a discrete latent (Hoffman & Johnson, 2016).
 
     Attributes:
-        mutual_information: :math:`I(n;z) = \sum_n w_n \mathrm{KL}(e(z|x_n)\,\|\,q(z))`.
-        marginal_gap: :math:`\mathrm{KL}(q(z)\,\|\,m(z))`.
-        rate: :math:`R = \sum_n w_n \mathrm{KL}(e(z|x_n)\,\|\,m(z))` = I + gap.
-        aggregate: ``(K,)`` :math:`q(z) = \sum_n w_n e(z|x_n)`.
+        mutual_information: $I(n;z) = \sum_n w_n \mathrm{KL}(e(z|x_n)\,\|\,q(z))$.
+        marginal_gap: $\mathrm{KL}(q(z)\,\|\,m(z))$.
+        rate: $R = \sum_n w_n \mathrm{KL}(e(z|x_n)\,\|\,m(z))$ = I + gap.
+        aggregate: ``(K,)`` $q(z) = \sum_n w_n e(z|x_n)$.
     """
 
     mutual_information: Tensor
@@ -132,7 +132,7 @@ def rate_distortion(
             ``bits_per_dim``.
 
     Returns:
-        :class:`RateDistortionResult`.
+        `RateDistortionResult`.
 
     Examples:
         >>> import torch
@@ -158,7 +158,7 @@ def _rd_result(rate: Tensor, distortion: Tensor, data_dims: int | None) -> RateD
 def mutual_information_bounds(
     rate: Tensor, distortion: Tensor, data_entropy: float | None = None
 ) -> MIBounds:
-    r"""Bounds on :math:`I(X;Z)` from rate and distortion: :math:`H - D \le I \le R`.
+    r"""Bounds on $I(X;Z)$ from rate and distortion: $H - D \le I \le R$.
 
     Args:
         rate: ``(B,)`` per-example rates or their 0-dim mean, nats.
@@ -167,7 +167,7 @@ def mutual_information_bounds(
             then only the upper bound and the upper estimate ``D + R`` of ``H`` exist.
 
     Returns:
-        :class:`MIBounds`.
+        `MIBounds`.
 
     Examples:
         >>> import torch
@@ -191,15 +191,15 @@ def _bounds(
 def active_units(posterior_mean: Tensor, threshold: float = 0.01) -> ActiveUnitsResult:
     r"""Count latent units whose posterior mean varies across the data.
 
-    :math:`A_u = \mathrm{Var}_x\,\mathbb{E}_{e(z|x)}[z_u]`; unit ``u`` is active if
-    :math:`A_u > \text{threshold}` (Burda et al., 2015, default 0.01).
+    $A_u = \mathrm{Var}_x\,\mathbb{E}_{e(z|x)}[z_u]$; unit ``u`` is active if
+    $A_u > \text{threshold}$ (Burda et al., 2015, default 0.01).
 
     Args:
         posterior_mean: ``(N, D)`` posterior means ``E_e[z]`` over the dataset, ``N >= 2``.
         threshold: activity threshold on the variance.
 
     Returns:
-        :class:`ActiveUnitsResult`.
+        `ActiveUnitsResult`.
 
     Examples:
         >>> import torch
@@ -245,19 +245,19 @@ def discrete_mutual_information(
     marginal_probs: Tensor | None = None,
     data_weights: Tensor | None = None,
 ) -> DiscreteAggregate:
-    r"""Exact :math:`I(n;z)`, marginal gap and rate for a discrete latent.
+    r"""Exact $I(n;z)$, marginal gap and rate for a discrete latent.
 
-    With data weights :math:`w_n` (the data distribution), aggregate posterior
-    :math:`q(z) = \sum_n w_n e(z|x_n)` and marginal :math:`m`:
-    :math:`R = I(n;z) + \mathrm{KL}(q\,\|\,m)` holds exactly (Hoffman & Johnson, 2016).
+    With data weights $w_n$ (the data distribution), aggregate posterior
+    $q(z) = \sum_n w_n e(z|x_n)$ and marginal $m$:
+    $R = I(n;z) + \mathrm{KL}(q\,\|\,m)$ holds exactly (Hoffman & Johnson, 2016).
 
     Args:
-        posterior_probs: ``(N, K)`` rows :math:`e(z|x_n)` summing to one.
-        marginal_probs: ``(K,)`` :math:`m(z)`; default ``q`` itself (gap zero).
+        posterior_probs: ``(N, K)`` rows $e(z|x_n)$ summing to one.
+        marginal_probs: ``(K,)`` $m(z)$; default ``q`` itself (gap zero).
         data_weights: ``(N,)`` non-negative weights, normalised; default uniform.
 
     Returns:
-        :class:`DiscreteAggregate`.
+        `DiscreteAggregate`.
 
     Examples:
         >>> import torch

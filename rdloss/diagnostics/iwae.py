@@ -1,13 +1,14 @@
-r"""Importance-weighted estimate of :math:`\log p(x)` for reporting NLL.
+r"""Importance-weighted estimate of $\log p(x)$ for reporting NLL.
 
 Burda, Grosse & Salakhutdinov (2015), "Importance Weighted Autoencoders":
 
-.. math::
-    \mathcal L_k(x) = \log \frac1k \sum_{i=1}^k \frac{d(x|z_i)\, m(z_i)}{e(z_i|x)},
-    \qquad z_i \sim e(z|x),
+$$
+\mathcal L_k(x) = \log \frac1k \sum_{i=1}^k \frac{d(x|z_i)\, m(z_i)}{e(z_i|x)},
+\qquad z_i \sim e(z|x),
+$$
 
-a lower bound on :math:`\log p(x)` in expectation, equal to the ELBO for ``k = 1``,
-non-decreasing in ``k`` and converging to :math:`\log p(x)` as ``k`` grows.
+a lower bound on $\log p(x)$ in expectation, equal to the ELBO for ``k = 1``,
+non-decreasing in ``k`` and converging to $\log p(x)$ as ``k`` grows.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def importance_weighted_bound(
     chunk_size: int = 100,
     progress: bool = False,
 ) -> Tensor:
-    r"""IWAE estimate :math:`\mathcal L_k(x)` of :math:`\log p(x)`, per example, in nats.
+    r"""IWAE estimate $\mathcal L_k(x)$ of $\log p(x)$, per example, in nats.
 
     The ``k`` samples are drawn and decoded ``chunk_size`` at a time and combined with a
     running log-sum-exp, so memory is that of one ``chunk_size * B`` decoder call. Report
@@ -50,7 +51,7 @@ def importance_weighted_bound(
         posterior: ``e(z|x)`` with ``batch_shape (B,)`` (extra batch dims become latent
             dims), supporting ``sample``.
         decoder: maps ``(N, *event)`` latents to a likelihood over ``(N, *x.shape[1:])``,
-            as for :class:`rdloss.RateDistortionLoss`.
+            as for `rdloss.RateDistortionLoss`.
         marginal: ``m(z)``: a ``Distribution``, a marginal module, or ``None`` for
             ``N(0, I)``.
         k: number of importance samples.
@@ -58,7 +59,7 @@ def importance_weighted_bound(
         progress: show a tqdm progress bar over the chunks (off by default).
 
     Returns:
-        ``(B,)`` estimates of :math:`\log p(x)`; ``k = 1`` is a single-sample ELBO.
+        ``(B,)`` estimates of $\log p(x)$; ``k = 1`` is a single-sample ELBO.
 
     Examples:
         >>> import torch

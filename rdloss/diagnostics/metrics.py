@@ -1,4 +1,4 @@
-r"""Streaming diagnostics as :class:`torchmetrics.Metric` classes.
+r"""Streaming diagnostics as `torchmetrics.Metric` classes.
 
 ``update`` per batch, ``compute`` at the end of an epoch, ``reset`` between epochs; states
 are synchronised across processes by torchmetrics and saved by ``state_dict`` (they are
@@ -101,13 +101,13 @@ class _Diagnostic(Metric):
 class RateDistortion(_Diagnostic):
     """Running dataset means of rate ``R``, distortion ``D`` and the ELBO ``-(D + R)``.
 
-    ``compute`` returns a :class:`~rdloss.diagnostics.functional.RateDistortionResult` (nats
+    ``compute`` returns a `RateDistortionResult` (nats
     and bits; bits per dimension when ``data_dims`` is given), or one field with ``output=``.
 
     Args:
         data_dims: data dimensions per example (784 for MNIST) for ``bits_per_dim``.
         output: return only this field, e.g. ``"rate"``, for ``self.log`` in Lightning.
-        **kwargs: forwarded to :class:`torchmetrics.Metric`.
+        **kwargs: forwarded to `torchmetrics.Metric`.
 
     Examples:
         >>> import torch
@@ -130,20 +130,20 @@ class RateDistortion(_Diagnostic):
 
     @override
     def update(self, rate: Tensor | RDOutput, distortion: Tensor | None = None) -> None:
-        """Add a batch: an :class:`~rdloss.RDOutput`, or ``(B,)`` rate and distortion."""
+        """Add a batch: an `RDOutput`, or ``(B,)`` rate and distortion."""
         self._update_sums(rate, distortion)
 
     @override
     def compute(self) -> Any:
-        """Return the :class:`RateDistortionResult` (or the ``output`` field)."""
+        """Return the `RateDistortionResult` (or the ``output`` field)."""
         rate, distortion = self.sums[0] / self.sums[2], self.sums[1] / self.sums[2]
         return self._select(_rd_result(rate, distortion, self.data_dims))
 
 
 class MutualInformationBounds(_Diagnostic):
-    r"""The sandwich :math:`H - D \le I(X;Z) \le R` (Alemi et al., 2018, Eq. 2).
+    r"""The sandwich $H - D \le I(X;Z) \le R$ (Alemi et al., 2018, Eq. 2).
 
-    ``compute`` returns :class:`~rdloss.diagnostics.functional.MIBounds`: ``lower = H - D``
+    ``compute`` returns `MIBounds`: ``lower = H - D``
     (``None`` without ``data_entropy``), ``upper = R`` and ``entropy_upper``, the best (lowest)
     dataset-level ``-ELBO = D + R`` seen so far, an upper estimate of ``H``. The best value
     is kept across ``reset`` (it is folded in when an epoch that was computed is reset) and
@@ -152,7 +152,7 @@ class MutualInformationBounds(_Diagnostic):
     Args:
         data_entropy: ``H`` in nats, if known.
         output: return only this field (``"upper"``, ``"lower"``, ``"entropy_upper"``).
-        **kwargs: forwarded to :class:`torchmetrics.Metric`.
+        **kwargs: forwarded to `torchmetrics.Metric`.
 
     Examples:
         >>> import torch
@@ -180,12 +180,12 @@ class MutualInformationBounds(_Diagnostic):
 
     @override
     def update(self, rate: Tensor | RDOutput, distortion: Tensor | None = None) -> None:
-        """Add a batch: an :class:`~rdloss.RDOutput`, or ``(B,)`` rate and distortion."""
+        """Add a batch: an `RDOutput`, or ``(B,)`` rate and distortion."""
         self._update_sums(rate, distortion)
 
     @override
     def compute(self) -> Any:
-        """Return the :class:`MIBounds` (or the ``output`` field)."""
+        """Return the `MIBounds` (or the ``output`` field)."""
         rate, distortion = self.sums[0] / self.sums[2], self.sums[1] / self.sums[2]
         current = rate + distortion
         self._epoch_entropy_upper = current.detach()
@@ -230,13 +230,13 @@ def _merge_moments(stacked: Tensor) -> Tensor:
 
 
 class ActiveUnits(_Diagnostic):
-    r"""Active units (Burda et al., 2015): unit ``u`` is active if :math:`A_u > \text{threshold}`.
+    r"""Active units (Burda et al., 2015): unit ``u`` is active if $A_u > \text{threshold}$.
 
-    :math:`A_u = \mathrm{Var}_x\,\mathbb E_{e(z|x)}[z_u]` is accumulated as shifted sums
+    $A_u = \mathrm{Var}_x\,\mathbb E_{e(z|x)}[z_u]$ is accumulated as shifted sums
     (count, and sums of ``x - shift`` and its square, with ``shift`` a data row) that are
     merged exactly across processes (Chan, Golub & LeVeque), so large offsets such as
     means of 1e4 with variance 1e-2 lose no precision in float32. ``compute`` returns
-    :class:`~rdloss.diagnostics.functional.ActiveUnitsResult` (count, per-unit variances
+    `ActiveUnitsResult` (count, per-unit variances
     with ``correction=1``, mask) or one field with ``output=``.
 
     Args:
@@ -244,7 +244,7 @@ class ActiveUnits(_Diagnostic):
         latent_dim: number of units ``D``; ``None`` sizes the state at the first update
             (then every process must see at least one batch before ``compute``).
         output: return only this field, e.g. ``"num_active"``.
-        **kwargs: forwarded to :class:`torchmetrics.Metric`.
+        **kwargs: forwarded to `torchmetrics.Metric`.
 
     Examples:
         >>> import torch
@@ -304,7 +304,7 @@ class ActiveUnits(_Diagnostic):
 
     @override
     def compute(self) -> Any:
-        """Return the :class:`ActiveUnitsResult` (or the ``output`` field)."""
+        """Return the `ActiveUnitsResult` (or the ``output`` field)."""
         if self.moments.numel() == 0:
             raise RuntimeError("ActiveUnits.compute() called before any update()")
         dim = (self.moments.numel() - 1) // 3
@@ -327,7 +327,7 @@ class RatePerDimension(_Diagnostic):
 
     Args:
         latent_dim: number of units ``D``; ``None`` sizes the state at the first update.
-        **kwargs: forwarded to :class:`torchmetrics.Metric`.
+        **kwargs: forwarded to `torchmetrics.Metric`.
 
     Examples:
         >>> import torch
@@ -350,7 +350,7 @@ class RatePerDimension(_Diagnostic):
 
     @override
     def update(self, rate_per_dimension: Tensor | RDOutput) -> None:
-        """Add ``(B, D)`` per-unit rates, or an :class:`~rdloss.RDOutput` that has them."""
+        """Add ``(B, D)`` per-unit rates, or an `RDOutput` that has them."""
         if isinstance(rate_per_dimension, RDOutput):
             if rate_per_dimension.rate_per_dimension is None:
                 raise ValueError(

@@ -2,8 +2,8 @@ r"""``MutualInformation``: aggregate-posterior estimates over a whole dataset.
 
 Stores every diagonal-Gaussian posterior seen by ``update`` (list states, concatenated
 across processes) and, at ``compute``, runs
-:func:`~rdloss.diagnostics.functional.aggregate_posterior` on all of them: :math:`I(n;z)`,
-the marginal gap :math:`\mathrm{KL}(q(z)\,\|\,m(z)) = R - I`, total correlation and
+`aggregate_posterior` on all of them: $I(n;z)$,
+the marginal gap $\mathrm{KL}(q(z)\,\|\,m(z)) = R - I$, total correlation and
 dimension-wise KL (Hoffman & Johnson, 2016; Chen et al., 2018).
 """
 
@@ -40,12 +40,12 @@ def _normal_parameters(posterior: Distribution) -> tuple[Tensor, Tensor]:
 
 
 class MutualInformation(_Diagnostic):
-    r"""Whole-dataset :math:`I(n;z)`, marginal gap, total correlation, dimension-wise KL.
+    r"""Whole-dataset $I(n;z)$, marginal gap, total correlation, dimension-wise KL.
 
     ``update`` stores posterior means and scales (``O(N D)`` memory); ``compute`` evaluates
-    the aggregate posterior :math:`q(z) = \frac1N\sum_n e(z|x_n)` exactly over all ``N``
+    the aggregate posterior $q(z) = \frac1N\sum_n e(z|x_n)$ exactly over all ``N``
     stored posteriors in chunks (memory ``O(chunk * N)``, one matrix product per chunk) and
-    returns :class:`~rdloss.diagnostics.functional.AggregatePosterior`, which states the
+    returns `AggregatePosterior`, which states the
     saturation ``log N``, the Monte Carlo standard error and the samples used. The
     samples are drawn from a generator seeded with ``seed`` so every process (and every
     call) gets the same estimate.
@@ -61,7 +61,7 @@ class MutualInformation(_Diagnostic):
         seed: seed of the sampling generator.
         progress: tqdm progress bars during ``compute`` (off by default).
         output: return only this field, e.g. ``"mutual_information"``.
-        **kwargs: forwarded to :class:`torchmetrics.Metric`.
+        **kwargs: forwarded to `torchmetrics.Metric`.
 
     Examples:
         >>> import torch
@@ -148,7 +148,7 @@ class MutualInformation(_Diagnostic):
 
     @override
     def compute(self) -> Any:
-        """Return the :class:`AggregatePosterior` (or the ``output`` field)."""
+        """Return the `AggregatePosterior` (or the ``output`` field)."""
         if isinstance(self.loc, list) and not self.loc:
             raise RuntimeError("MutualInformation.compute() called before any update()")
         loc, scale = dim_zero_cat(self.loc), dim_zero_cat(self.scale)

@@ -2,18 +2,18 @@
 
 This is zuko's ``LazyDistribution`` convention, so any zuko flow (or any module whose
 ``forward()`` takes no required argument and returns a distribution) is accepted as
-``marginal=`` by :class:`rdloss.RateDistortionLoss` with no adapter. The returned
+``marginal=`` by `rdloss.RateDistortionLoss` with no adapter. The returned
 distribution has ``batch_shape == ()`` and the latent event shape.
 
 The optimal marginal for a fixed encoder is the aggregate posterior ``p_e(z)``; every gap
 between ``m(z)`` and ``p_e(z)`` is paid as rate (Alemi et al., 2018, Sec. 2).
 
-* :class:`StandardNormal`, :class:`DiagonalGaussian`: closed-form KL against Gaussian
+* `StandardNormal`, `DiagonalGaussian`: closed-form KL against Gaussian
   posteriors.
-* :class:`GaussianMixture`, :class:`VampPrior`: learned mixtures evaluated by
-  :class:`rdloss.distributions.DiagonalGaussianMixture` in ``O(B K)`` memory; the rate is
+* `GaussianMixture`, `VampPrior`: learned mixtures evaluated by
+  `rdloss.distributions.DiagonalGaussianMixture` in ``O(B K)`` memory; the rate is
   estimated by Monte Carlo.
-* :class:`Categorical`: learned ``pi`` for discrete latents; exact KL.
+* `Categorical`: learned ``pi`` for discrete latents; exact KL.
 """
 
 from rdloss.marginals._base import DiagonalGaussian, Marginal, StandardNormal

@@ -26,8 +26,8 @@ def check_positive_int(name: str, value: object) -> int:
 class Marginal(nn.Module, ABC):
     """Base class: a learnable (or fixed) distribution over latents.
 
-    Subclasses implement :meth:`forward`; :meth:`log_prob`, :meth:`sample` and
-    :meth:`rsample` are shortcuts through it.
+    Subclasses implement `forward`; `log_prob`, `sample` and
+    `rsample` are shortcuts through it.
     """
 
     @abstractmethod

@@ -14,12 +14,12 @@ __all__ = ["Categorical"]
 
 
 class Categorical(Marginal):
-    r"""Learned :math:`m(z = i) = \pi_i`, :math:`\pi = \operatorname{softmax}(\text{logits})`.
+    r"""Learned $m(z = i) = \pi_i$, $\pi = \operatorname{softmax}(\text{logits})$.
 
     The marginal of the paper's toy model (Alemi et al., 2018, Sec. 4): one discrete latent
     with ``n_categories`` values. ``torch.distributions`` registers the closed-form KL
     between two categoricals, so the rate is exact, and ``samples="enumerate"`` in
-    :class:`rdloss.RateDistortionLoss` makes the distortion exact too. The weights start
+    `rdloss.RateDistortionLoss` makes the distortion exact too. The weights start
     uniform.
 
     Args:
@@ -45,7 +45,7 @@ class Categorical(Marginal):
 
     @property
     def probs(self) -> Tensor:
-        r"""``(K,)`` the current weights :math:`\pi`."""
+        r"""``(K,)`` the current weights $\pi$."""
         return self.logits.softmax(-1)
 
     def forward(self) -> Distribution:

@@ -30,20 +30,20 @@ Encoder = nn.Module | Callable[[Tensor], Distribution]
 class GaussianMixture(Marginal):
     r"""Learned mixture of diagonal Gaussians.
 
-    .. math::
-
-        m(z) = \sum_{k=1}^K \pi_k\, \mathcal N(z;\, \mu_k,\, \operatorname{diag}\sigma_k^2),
-        \qquad \pi = \operatorname{softmax}(\text{logits}),\quad
-        \sigma = \operatorname{softplus}(\rho).
+    $$
+    m(z) = \sum_{k=1}^K \pi_k\, \mathcal N(z;\, \mu_k,\, \operatorname{diag}\sigma_k^2),
+    \qquad \pi = \operatorname{softmax}(\text{logits}),\quad
+    \sigma = \operatorname{softplus}(\rho).
+    $$
 
     A richer marginal lowers the rate at every point of the frontier, since the rate pays
-    the gap :math:`\mathrm{KL}(p_e(z)\,\|\,m(z))` (Alemi et al., 2018). The density is a
-    :class:`~rdloss.distributions.DiagonalGaussianMixture`, whose ``log_prob`` costs
+    the gap $\mathrm{KL}(p_e(z)\,\|\,m(z))$ (Alemi et al., 2018). The density is a
+    `DiagonalGaussianMixture`, whose ``log_prob`` costs
     ``O(B K)`` memory; there is no closed-form KL, so the loss estimates the rate by Monte
     Carlo (``out.estimator == "mc"``).
 
-    Initialisation: uniform weights, means drawn from :math:`\mathcal N(0, \tfrac12 I)` and
-    scales :math:`\sqrt{1/2}`, so the mixture's covariance is about ``I`` (close to
+    Initialisation: uniform weights, means drawn from $\mathcal N(0, \tfrac12 I)$ and
+    scales $\sqrt{1/2}$, so the mixture's covariance is about ``I`` (close to
     ``N(0, I)``) while the components start apart and do not move in lockstep.
 
     Args:
@@ -87,20 +87,20 @@ class GaussianMixture(Marginal):
 class VampPrior(Marginal):
     r"""VampPrior: the mixture of the encoder's posteriors at learned pseudo-inputs.
 
-    .. math::
-
-        m(z) = \sum_{k=1}^K w_k\, e(z \mid u_k),
-        \qquad w = \operatorname{softmax}(\text{logits})
+    $$
+    m(z) = \sum_{k=1}^K w_k\, e(z \mid u_k),
+    \qquad w = \operatorname{softmax}(\text{logits})
+    $$
 
     (Tomczak & Welling, 2018), with learned mixture weights as in Alemi et al. (2018), or
-    uniform weights :math:`1/K` (the original) with ``learn_weights=False``. The
-    pseudo-inputs :math:`u_k` start from the tensor given (e.g. a random subset of the
+    uniform weights $1/K$ (the original) with ``learn_weights=False``. The
+    pseudo-inputs $u_k$ start from the tensor given (e.g. a random subset of the
     training data, or noise) and are learned.
 
     The components are recomputed on every call, so gradients reach the pseudo-inputs and
     the encoder. When the encoder returns independent Normals (``Independent(Normal)`` or a
     ``Normal`` with batch ``(K, *event)``) the result is a
-    :class:`~rdloss.distributions.DiagonalGaussianMixture` (``O(B K)`` memory); any other
+    `DiagonalGaussianMixture` (``O(B K)`` memory); any other
     posterior family gives ``MixtureSameFamily(Categorical(logits), posterior)``. Either way
     the log-sum-exp runs over the *joint* log-density of each component (summed over latent
     dimensions), never per dimension.
@@ -109,7 +109,7 @@ class VampPrior(Marginal):
     ``.to()`` moves it and its parameters are the prior's too; a module tree holding both
     the VAE and the loss lists them once) or any callable, mapping ``(K, *input)`` to a
     distribution with batch ``(K,)`` and the latent event shape. Wrap an encoder that
-    returns ``(mu, logvar)`` in a small module that calls :func:`rdloss.helpers.normal`.
+    returns ``(mu, logvar)`` in a small module that calls `rdloss.helpers.normal`.
 
     Layers with batch statistics (BatchNorm): the pseudo-inputs pass through the encoder in
     its current mode, but they never update its running statistics. In ``train()`` the K

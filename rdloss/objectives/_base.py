@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 Hyperparameter: TypeAlias = float | Schedule
-"""A number (constant) or a :class:`~rdloss.schedules.Schedule` of the objective's step."""
+"""A number (constant) or a `Schedule` of the objective's step."""
 
 
 def as_hyperparameter(name: str, value: object, *, positive: bool = False) -> float | Schedule:
@@ -29,7 +29,7 @@ def as_hyperparameter(name: str, value: object, *, positive: bool = False) -> fl
 
     Args:
         name: argument name used in error messages.
-        value: a :class:`~rdloss.schedules.Schedule` or a real number (or 0-dim tensor).
+        value: a `Schedule` or a real number (or 0-dim tensor).
         positive: require a number ``> 0`` rather than ``>= 0``.
 
     Returns:
@@ -65,10 +65,10 @@ class ObjectiveOutput(NamedTuple):
 class Objective(nn.Module, ABC):
     """Base class of objectives.
 
-    Subclasses implement :meth:`forward` on per-example terms. Every objective owns a
+    Subclasses implement `forward` on per-example terms. Every objective owns a
     ``step`` buffer (int64, 0-dim): the number of forward calls made while
-    :attr:`advancing`. Schedules are evaluated at the current step, and a subclass's
-    :meth:`forward` ends with :meth:`advance`, so the first training step sees step 0. Keep
+    `advancing`. Schedules are evaluated at the current step, and a subclass's
+    `forward` ends with `advance`, so the first training step sees step 0. Keep
     any further state in registered buffers as well: then ``state_dict()`` /
     ``load_state_dict()`` resume training exactly.
 
@@ -88,7 +88,7 @@ class Objective(nn.Module, ABC):
         return self.training and torch.is_grad_enabled()
 
     def advance(self) -> None:
-        """Count one step if :attr:`advancing` (in place, so it compiles)."""
+        """Count one step if `advancing` (in place, so it compiles)."""
         if self.advancing:
             self.step.add_(1)
 
@@ -126,5 +126,5 @@ class Objective(nn.Module, ABC):
             weight: ``(B,)`` non-negative per-example weights (normalised).
 
         Returns:
-            :class:`ObjectiveOutput`.
+            `ObjectiveOutput`.
         """

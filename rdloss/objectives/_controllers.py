@@ -36,38 +36,41 @@ class GECO(Objective):
     r"""Minimise the rate subject to a distortion bound (Rezende & Viola, 2018, "Taming VAEs").
 
     GECO (generalised ELBO with constrained optimisation) solves
-    :math:`\min \bar R \;\text{s.t.}\; \bar D \le \kappa` with the Lagrangian
+    $\min \bar R \;\text{s.t.}\; \bar D \le \kappa$ with the Lagrangian
 
-    .. math:: \mathcal{L} = \bar R + \lambda\, C, \qquad C = \bar D - \kappa,
+    $$
+    \mathcal{L} = \bar R + \lambda\, C, \qquad C = \bar D - \kappa,
+    $$
 
     and updates the multiplier from a moving average of the constraint:
 
-    .. math::
-        C^{ma}_t = \alpha\, C^{ma}_{t-1} + (1 - \alpha)\, C_t \;(C^{ma}_0 = C_0), \qquad
-        \lambda_{t+1} = \lambda_t \exp(\nu\, C^{ma}_t).
+    $$
+    C^{ma}_t = \alpha\, C^{ma}_{t-1} + (1 - \alpha)\, C_t \;(C^{ma}_0 = C_0), \qquad
+    \lambda_{t+1} = \lambda_t \exp(\nu\, C^{ma}_t).
+    $$
 
-    The loss uses :math:`C_t + \mathrm{sg}(C^{ma}_t - C_t)`: its value is :math:`\lambda C^{ma}`
+    The loss uses $C_t + \mathrm{sg}(C^{ma}_t - C_t)$: its value is $\lambda C^{ma}$
     but its gradient is that of the current batch's constraint. λ rises while the distortion
     is above ``kappa`` and falls once it is below; it is clamped to ``[min_multiplier,
     max_multiplier]`` so it stays positive and finite. Dividing by λ shows the equivalent
-    β-VAE weight, :math:`\beta = 1/\lambda`. Outside training (``eval()`` or no gradients)
+    β-VAE weight, $\beta = 1/\lambda$. Outside training (``eval()`` or no gradients)
     nothing updates and the loss uses the batch's own constraint.
 
-    Choose ``lr`` (:math:`\nu`) for the scale of your distortion: λ changes by a factor
-    :math:`e^{\nu C^{ma}}` per step, so :math:`\nu |C|` should stay well below 1.
+    Choose ``lr`` ($\nu$) for the scale of your distortion: λ changes by a factor
+    $e^{\nu C^{ma}}$ per step, so $\nu |C|$ should stay well below 1.
 
     Args:
         target_distortion: bound κ on the batch-mean distortion, nats per example; a number
             or a schedule.
         alpha: decay of the moving average, in ``[0, 1)`` (paper: 0.99).
-        lr: step size :math:`\nu` of the multiplier update, ``> 0``; a number or a schedule.
+        lr: step size $\nu$ of the multiplier update, ``> 0``; a number or a schedule.
         multiplier: initial λ₀ ``> 0`` (paper: 1, i.e. the ELBO).
         min_multiplier: lower clamp of λ, ``> 0``.
         max_multiplier: upper clamp of λ.
 
     Attributes:
         multiplier: 0-dim buffer, the current λ.
-        constraint_ma: 0-dim buffer, the moving average :math:`C^{ma}` of ``D - kappa``.
+        constraint_ma: 0-dim buffer, the moving average $C^{ma}$ of ``D - kappa``.
 
     Examples:
         >>> import torch
@@ -120,7 +123,7 @@ class GECO(Objective):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        r""":math:`\bar R + \lambda (\bar D - \kappa)`; see :meth:`Objective.forward`."""
+        r"""$\bar R + \lambda (\bar D - \kappa)$; see `Objective.forward`."""
         target = self.hyperparameter(self.target_distortion, rate)
         constraint = batch_mean(distortion, weight) - target
         # Clone: the buffers are updated in place below, after the loss has used them.
@@ -157,34 +160,35 @@ class GECO(Objective):
 class RateController(Objective):
     r"""Hold the rate at a set point with a PI controller on β (Shao et al., 2020, ControlVAE).
 
-    Trains on :math:`\bar D + \beta_t \bar R` with β set every step from the error
-    :math:`e_t = R_{set} - \bar R_t` of the detached batch-mean rate:
+    Trains on $\bar D + \beta_t \bar R$ with β set every step from the error
+    $e_t = R_{set} - \bar R_t$ of the detached batch-mean rate:
 
-    .. math::
-        \beta_t = \frac{K_p}{1 + e^{e_t}} + I_t + \beta_{min}, \qquad
-        I_t = I_{t-1} - K_i\, e_t.
+    $$
+    \beta_t = \frac{K_p}{1 + e^{e_t}} + I_t + \beta_{min}, \qquad
+    I_t = I_{t-1} - K_i\, e_t.
+    $$
 
-    A rate above the set point (:math:`e_t < 0`) raises β, one below lowers it. Anti-windup
-    by integrator clamping: :math:`I_t` is limited to the range that keeps the unclamped β in
+    A rate above the set point ($e_t < 0$) raises β, one below lowers it. Anti-windup
+    by integrator clamping: $I_t$ is limited to the range that keeps the unclamped β in
     ``[beta_min, beta_max]``, so the integrator never accumulates beyond saturation and β
     leaves a bound as soon as the error changes sign. (The paper instead freezes the
     integrator whenever the previous β was out of bounds, which can lock β at a bound.)
     Outside training nothing updates and the last β is used.
 
-    Defaults are the paper's: :math:`K_p = 0.01`, :math:`K_i = 10^{-4}`, β in ``[0, 1]``
+    Defaults are the paper's: $K_p = 0.01$, $K_i = 10^{-4}$, β in ``[0, 1]``
     (its language-modelling setting). Small gains move β slowly; raise them (and
     ``beta_max``) for short runs or large rates.
 
     Args:
-        target_rate: set point :math:`R_{set}`, nats per example; a number or a schedule.
-        kp: proportional gain :math:`K_p \ge 0`; a number or a schedule.
-        ki: integral gain :math:`K_i \ge 0`; a number or a schedule.
+        target_rate: set point $R_{set}$, nats per example; a number or a schedule.
+        kp: proportional gain $K_p \ge 0$; a number or a schedule.
+        ki: integral gain $K_i \ge 0$; a number or a schedule.
         beta_min: lower bound of β, ``>= 0``.
         beta_max: upper bound of β, ``> beta_min``.
 
     Attributes:
         beta: 0-dim buffer, the β of the last training step (``beta_min`` initially).
-        integral: 0-dim buffer, the integrator :math:`I_t`.
+        integral: 0-dim buffer, the integrator $I_t$.
 
     Examples:
         >>> import torch
@@ -225,7 +229,7 @@ class RateController(Objective):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        r""":math:`\bar D + \beta_t \bar R` with a controlled β; see :meth:`Objective.forward`."""
+        r"""$\bar D + \beta_t \bar R$ with a controlled β; see `Objective.forward`."""
         target = self.hyperparameter(self.target_rate, rate)
         mean_rate = batch_mean(rate, weight)
         if self.advancing:

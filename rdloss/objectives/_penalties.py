@@ -1,7 +1,7 @@
 r"""Objectives whose only state is the step: fixed or scheduled weights and targets.
 
 ``Beta``, ``TargetRate``, ``TargetDistortion``, ``FreeBits`` and ``Capacity``. Every
-hyperparameter takes a number or a :class:`~rdloss.schedules.Schedule` of the step.
+hyperparameter takes a number or a `Schedule` of the step.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _target_penalty(
 
 
 class Beta(Objective):
-    r"""The β-VAE objective :math:`\bar D + \beta \bar R` (Higgins et al., 2017).
+    r"""The β-VAE objective $\bar D + \beta \bar R$ (Higgins et al., 2017).
 
     ``beta = 1`` is the negative ELBO; ``beta < 1`` moves towards the auto-encoding limit
     (more rate, less distortion), which the paper recommends with powerful decoders. The
@@ -75,7 +75,7 @@ class Beta(Objective):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        r""":math:`\bar D + \beta \bar R`; see :meth:`Objective.forward`."""
+        r"""$\bar D + \beta \bar R$; see `Objective.forward`."""
         beta = self.hyperparameter(self.beta, rate)
         loss = batch_mean(distortion, weight) + beta * batch_mean(rate, weight)
         self.advance()
@@ -87,11 +87,11 @@ class Beta(Objective):
 
 
 class TargetRate(Objective):
-    r"""The paper's fix: :math:`\bar D + w\,|\sigma - \bar R|` (Alemi et al., 2018, Sec. 4).
+    r"""The paper's fix: $\bar D + w\,|\sigma - \bar R|$ (Alemi et al., 2018, Sec. 4).
 
     The rate is held near the target ``sigma`` whatever the decoder's power. By default the
     absolute value applies to the *batch-mean* rate, as in the paper; ``reduction="example"``
-    gives the different objective :math:`\overline{D_i + w|\sigma - R_i|}` that some public
+    gives the different objective $\overline{D_i + w|\sigma - R_i|}$ that some public
     implementations use, which pushes every example to the same rate.
 
     Args:
@@ -125,7 +125,7 @@ class TargetRate(Objective):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        r""":math:`\bar D + w|\sigma - \bar R|`; see :meth:`Objective.forward`."""
+        r"""$\bar D + w|\sigma - \bar R|$; see `Objective.forward`."""
         sigma = self.hyperparameter(self.sigma, rate)
         penalty = _target_penalty(rate, sigma, weight, self.reduction)
         loss = batch_mean(distortion, weight) + self.hyperparameter(self.weight, rate) * penalty
@@ -139,13 +139,13 @@ class TargetRate(Objective):
 
 
 class TargetDistortion(Objective):
-    r"""Rate at a fixed distortion: :math:`\bar R + w\,|\delta - \bar D|`.
+    r"""Rate at a fixed distortion: $\bar R + w\,|\delta - \bar D|$.
 
-    The mirror image of :class:`TargetRate` (Alemi et al., 2018, Sec. 4): the distortion is
+    The mirror image of `TargetRate` (Alemi et al., 2018, Sec. 4): the distortion is
     held near ``delta`` and the rate is minimised, i.e. the point of the frontier at
-    ``D = delta``. Reduction options as for :class:`TargetRate`. Because :math:`\bar D` is
-    typically much larger than :math:`\bar R`, a weight ``w > 1`` keeps the constraint
-    tight; :class:`GECO` adapts that weight instead.
+    ``D = delta``. Reduction options as for `TargetRate`. Because $\bar D$ is
+    typically much larger than $\bar R$, a weight ``w > 1`` keeps the constraint
+    tight; `GECO` adapts that weight instead.
 
     Args:
         delta: target distortion in nats per example, ``>= 0``, a number or a schedule.
@@ -178,7 +178,7 @@ class TargetDistortion(Objective):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        r""":math:`\bar R + w|\delta - \bar D|`; see :meth:`Objective.forward`."""
+        r"""$\bar R + w|\delta - \bar D|$; see `Objective.forward`."""
         delta = self.hyperparameter(self.delta, rate)
         penalty = _target_penalty(distortion, delta, weight, self.reduction)
         loss = batch_mean(rate, weight) + self.hyperparameter(self.weight, rate) * penalty
@@ -196,12 +196,14 @@ class FreeBits(Objective):
 
     With ``per="dimension"`` (the paper's, one group per latent dimension ``j``)
 
-    .. math:: \bar D + \sum_j \max\big(\lambda, \overline{R_j}\big),
+    $$
+    \bar D + \sum_j \max\big(\lambda, \overline{R_j}\big),
+    $$
 
-    where :math:`\overline{R_j}` is the batch mean of dimension ``j``'s rate; it needs the
+    where $\overline{R_j}$ is the batch mean of dimension ``j``'s rate; it needs the
     per-dimension rate, which the loss provides where the KL factorises over latent
     dimensions (not for mixture or flow marginals). ``per="total"`` clamps the total rate
-    instead: :math:`\bar D + \max(\lambda, \bar R)`. Dimensions below ``lam`` receive no
+    instead: $\bar D + \max(\lambda, \bar R)$. Dimensions below ``lam`` receive no
     gradient from the rate term. The loss's reported ``rate`` stays unclamped; the hyper
     entry ``clamped_rate`` is the clamped rate term that enters the loss.
 
@@ -234,7 +236,7 @@ class FreeBits(Objective):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        r""":math:`\bar D + \sum_j \max(\lambda, \overline{R_j})`; see :meth:`Objective.forward`.
+        r"""$\bar D + \sum_j \max(\lambda, \overline{R_j})$; see `Objective.forward`.
 
         Raises:
             ValueError: ``per="dimension"`` and ``rate_per_dimension`` is None.
@@ -270,7 +272,7 @@ class FreeBits(Objective):
 
 
 class Capacity(Objective):
-    r"""Controlled capacity increase (Burgess et al., 2018): :math:`\bar D + \gamma|\bar R - C(t)|`.
+    r"""Controlled capacity increase (Burgess et al., 2018): $\bar D + \gamma|\bar R - C(t)|$.
 
     The rate is pulled towards a capacity ``C(t)`` that usually grows during training, so
     the model spends its nats gradually. The paper's setting is
@@ -299,7 +301,7 @@ class Capacity(Objective):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        r""":math:`\bar D + \gamma|\bar R - C(t)|`; see :meth:`Objective.forward`."""
+        r"""$\bar D + \gamma|\bar R - C(t)|$; see `Objective.forward`."""
         capacity = self.hyperparameter(self.capacity, rate)
         gamma = self.hyperparameter(self.gamma, rate)
         penalty = (batch_mean(rate, weight) - capacity).abs()

@@ -5,7 +5,7 @@ C. Kaynak, 1998; https://doi.org/10.24432/C50P49), licence CC BY 4.0, in the cop
 scikit-learn bundles as ``sklearn.datasets.load_digits`` (1,797 images of 8x8 pixels with
 intensities 0..16). Each pixel is binarised as ``intensity >= 8`` (half the range).
 
-File layout (gzip-compressed, read by :func:`rdloss.demo.data.load_digits` with torch and
+File layout (gzip-compressed, read by `rdloss.demo.data.load_digits` with torch and
 the standard library only):
 
 * 16-byte header: ``b"RDLOSSDIGITS"`` then the image count as a little-endian uint32;

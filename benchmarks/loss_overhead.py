@@ -47,14 +47,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--batch", type=int, default=B, help="batch size (default 128)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch = args.batch
 
     torch.manual_seed(0)
-    x = torch.randint(0, 2, (B, PIXELS)).float()
+    x = torch.randint(0, 2, (batch, PIXELS)).float()
     leaves = [
-        torch.randn(B, LATENT, requires_grad=True),
-        torch.randn(B, LATENT, requires_grad=True),
-        torch.randn(B, PIXELS, requires_grad=True),
+        torch.randn(batch, LATENT, requires_grad=True),
+        torch.randn(batch, LATENT, requires_grad=True),
+        torch.randn(batch, PIXELS, requires_grad=True),
     ]
 
     def run(fn):
@@ -67,7 +72,7 @@ def main() -> None:
     torch.testing.assert_close(make_rdloss(True)(x, *leaves), reference)
 
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, B={B}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, B={batch}, "
         f"latent={LATENT}, pixels={PIXELS}, forward+backward"
     )
     rows = [

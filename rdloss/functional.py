@@ -17,8 +17,10 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import (
+    Bernoulli,
     Categorical,
     Distribution,
     Independent,
@@ -332,8 +334,25 @@ def distortion(x: Tensor, likelihood: Distribution) -> Tensor:
             f"start with {tuple(shape[:n_lead])}, got {tuple(likelihood.batch_shape)} "
             "(build it with event_dims counting data dims only)"
         )
-    log_prob = likelihood.log_prob(x)
-    return -log_prob.flatten(n_lead).sum(-1) if log_prob.ndim > n_lead else -log_prob
+    per_element = _negative_log_prob(likelihood, x)
+    return per_element.flatten(n_lead).sum(-1) if per_element.ndim > n_lead else per_element
+
+
+def _negative_log_prob(likelihood: Distribution, x: Tensor) -> Tensor:
+    """``-likelihood.log_prob(x)``, elementwise over a factorised Bernoulli's pixels.
+
+    ``Bernoulli.log_prob`` negates the binary cross-entropy, and with the negation in the
+    backward pass that is two extra passes over every pixel (about 1.4x the loss's cost on
+    CPU); the cross-entropy itself is the negative log-likelihood, so it is used directly.
+    """
+    base = likelihood.base_dist if isinstance(likelihood, Independent) else likelihood
+    if type(base) is Bernoulli:
+        if base._validate_args:
+            base._validate_sample(x)
+        # logits already span the full (S?, B, *data) shape; x broadcasts over S only.
+        logits = base.logits
+        return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
+    return -likelihood.log_prob(x)
 
 
 def sample_mean(values: Tensor, probs: Tensor | None = None) -> Tensor:

@@ -172,3 +172,33 @@ def test_batch_mean_weights_are_normalised() -> None:
         F.batch_mean(values, torch.tensor([2.0, 2.0, 4.0])),
         F.batch_mean(values, torch.tensor([1.0, 1.0, 2.0])),
     )
+
+
+@pytest.mark.parametrize("event_dims", [0, 1, 2])
+@pytest.mark.parametrize("samples", [False, True])
+def test_bernoulli_fast_path_equals_log_prob_with_gradients(event_dims, samples) -> None:
+    # distortion() uses the cross-entropy directly for Bernoulli decoders; it must equal
+    # -log_prob in value and gradient, for logits and probs, with and without samples.
+    x = torch.randint(0, 2, (3, 4, 5)).double()
+    shape = (2, 3, 4, 5) if samples else (3, 4, 5)
+    for param in ("logits", "probs"):
+        raw = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        value = torch.sigmoid(raw) if param == "probs" else raw
+        dist = Bernoulli(**{param: value})
+        dist = Independent(dist, event_dims) if event_dims else dist
+        ours = F.distortion(x, dist)
+        n_lead = 2 if samples else 1
+        reference = -dist.log_prob(x)
+        reference = reference.flatten(n_lead).sum(-1) if reference.ndim > n_lead else reference
+        assert_close(ours, reference)
+        (g_ours,) = torch.autograd.grad(ours.sum(), raw, retain_graph=True)
+        (g_ref,) = torch.autograd.grad(reference.sum(), raw)
+        assert_close(g_ours, g_ref)
+
+
+def test_bernoulli_fast_path_keeps_support_validation() -> None:
+    dist = Independent(Bernoulli(logits=torch.zeros(2, 3), validate_args=True), 1)
+    with pytest.raises(ValueError, match="support"):
+        F.distortion(torch.full((2, 3), 0.5), dist)
+    soft = Independent(Bernoulli(logits=torch.zeros(2, 3), validate_args=False), 1)
+    assert_close(F.distortion(torch.full((2, 3), 0.5), soft), torch.full((2,), 3 * math.log(2)))

@@ -96,7 +96,25 @@ class Constant(Schedule):
         return f"value={self.value}"
 
 
-class Linear(Schedule):
+class _Ramp(Schedule):
+    """Shared by ramps from ``start`` to ``end`` over ``steps`` steps."""
+
+    def __init__(self, start: float, end: float, *, steps: int) -> None:
+        super().__init__()
+        self.start = _real("start", start)
+        self.end = _real("end", end)
+        self.steps = _positive_int("steps", steps)
+
+    def _progress(self, step: Tensor) -> Tensor:
+        """Fraction of the ramp done at ``step``, in ``[0, 1]``."""
+        return (_as_float(step) / self.steps).clamp(0.0, 1.0)
+
+    @override
+    def extra_repr(self) -> str:
+        return f"start={self.start}, end={self.end}, steps={self.steps}"
+
+
+class Linear(_Ramp):
     r"""Linear ramp from ``start`` to ``end`` over ``steps`` steps, then ``end``.
 
     $$
@@ -118,19 +136,9 @@ class Linear(Schedule):
         tensor(0.5000)
     """
 
-    def __init__(self, start: float, end: float, *, steps: int) -> None:
-        super().__init__()
-        self.start = _real("start", start)
-        self.end = _real("end", end)
-        self.steps = _positive_int("steps", steps)
-
     def forward(self, step: Tensor) -> Tensor:
         """Linear ramp; see `Schedule.forward`."""
-        return _lerp(self.start, self.end, (_as_float(step) / self.steps).clamp(0.0, 1.0))
-
-    @override
-    def extra_repr(self) -> str:
-        return f"start={self.start}, end={self.end}, steps={self.steps}"
+        return _lerp(self.start, self.end, self._progress(step))
 
 
 class Cyclical(Schedule):
@@ -240,7 +248,7 @@ class Sigmoid(Schedule):
         return f"start={self.start}, end={self.end}, steps={self.steps}, steepness={self.steepness}"
 
 
-class Cosine(Schedule):
+class Cosine(_Ramp):
     r"""Half-cosine ramp from ``start`` to ``end`` over ``steps`` steps, then ``end``.
 
     $$
@@ -259,17 +267,7 @@ class Cosine(Schedule):
         tensor(0.5000)
     """
 
-    def __init__(self, start: float, end: float, *, steps: int) -> None:
-        super().__init__()
-        self.start = _real("start", start)
-        self.end = _real("end", end)
-        self.steps = _positive_int("steps", steps)
-
     def forward(self, step: Tensor) -> Tensor:
         """Half-cosine ramp; see `Schedule.forward`."""
-        progress = (_as_float(step) / self.steps).clamp(0.0, 1.0)
+        progress = self._progress(step)
         return _lerp(self.start, self.end, 0.5 * (1.0 - torch.cos(math.pi * progress)))
-
-    @override
-    def extra_repr(self) -> str:
-        return f"start={self.start}, end={self.end}, steps={self.steps}"

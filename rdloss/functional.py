@@ -24,6 +24,7 @@ from torch.distributions import (
     Categorical,
     Distribution,
     Independent,
+    Normal,
     OneHotCategorical,
     kl_divergence,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "enumerated_rate",
     "rate",
     "sample_mean",
+    "standard_normal",
 ]
 
 RateEstimator = Literal["analytic", "mc", "auto"]
@@ -176,9 +178,31 @@ def _mc_rate(posterior: Distribution, marginal: Distribution, z: Tensor) -> Rate
     return Rate(log_ratio.mean(0) if n_sample else log_ratio, None, "mc")
 
 
+def standard_normal(posterior: Distribution) -> Distribution:
+    """``N(0, I)`` over the posterior's event shape, in its dtype and on its device."""
+    loc = posterior.mean.new_zeros(posterior.event_shape).detach()
+    # Known-valid parameters: skip torch's argument checks (a host sync each).
+    unit = Normal(loc, torch.ones_like(loc), validate_args=False)
+    return Independent(unit, len(posterior.event_shape), validate_args=False)
+
+
+def _standard_normal_rate(posterior: Distribution) -> Rate | None:
+    r"""Closed-form KL to $\mathcal N(0, I)$ of a product of Normals, else ``None``.
+
+    $\tfrac12(\mu^2 + \sigma^2 - 1) - \log\sigma$ per dimension: the same value as torch's
+    Normal-Normal KL, without building the marginal or dividing by its unit scale.
+    """
+    if not (isinstance(posterior, Independent) and type(posterior.base_dist) is Normal):
+        return None
+    base = posterior.base_dist
+    per_dimension = 0.5 * (base.loc.square() + base.scale.square() - 1.0) - base.scale.log()
+    per_dimension = per_dimension.reshape(posterior.batch_shape[0], -1)
+    return Rate(per_dimension.sum(-1), per_dimension, "analytic")
+
+
 def rate(
     posterior: Distribution,
-    marginal: Distribution,
+    marginal: Distribution | None = None,
     *,
     z: Tensor | None = None,
     estimator: RateEstimator = "auto",
@@ -187,7 +211,9 @@ def rate(
 
     Args:
         posterior: ``e(z|x)`` with ``batch_shape (B,)`` (extra batch dims become event dims).
-        marginal: ``m(z)`` with ``batch_shape ()`` and the posterior's event shape.
+        marginal: ``m(z)`` with ``batch_shape ()`` and the posterior's event shape;
+            ``None`` for $\mathcal N(0, I)$ (closed form for diagonal-Gaussian posteriors
+            without building the marginal).
         z: ``(B, *event)`` or ``(S, B, *event)`` samples from the posterior, the same ones
             that fed the decoder. Required for ``"mc"`` and for ``"auto"`` when no closed
             form is registered.
@@ -214,6 +240,12 @@ def rate(
     if estimator not in ("analytic", "mc", "auto"):
         raise ValueError(f"estimator must be 'analytic', 'mc' or 'auto', got {estimator!r}")
     posterior = as_latent(posterior)
+    if marginal is None:
+        if estimator != "mc":
+            closed = _standard_normal_rate(posterior)
+            if closed is not None:
+                return closed
+        marginal = standard_normal(posterior)
     marginal = as_marginal(marginal, posterior.event_shape)
     if z is not None:
         check_tensor("z", z)

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution
 from typing_extensions import override
 
 from rdloss import functional as F
 from rdloss._validation import check_distribution, check_finite, check_tensor, should_validate
+from rdloss.marginals import StandardNormal
 from rdloss.objectives import Beta, Objective
 
 __all__ = ["RDOutput", "RateDistortionLoss"]
@@ -141,12 +142,16 @@ class RateDistortionLoss(nn.Module):
 
     def marginal_distribution(self, posterior: Distribution) -> Distribution:
         """Resolve ``m(z)`` for a posterior (``batch_shape (B,)``): call the module if needed."""
+        marginal = self._marginal(posterior)
+        return F.standard_normal(posterior) if marginal is None else marginal
+
+    def _marginal(self, posterior: Distribution) -> Distribution | None:
+        """``m(z)``, or ``None`` for ``N(0, I)``, whose rate has a cheaper closed form."""
         marginal = self.marginal
         if marginal is None:
-            loc = posterior.mean.new_zeros(posterior.event_shape).detach()
-            # Known-valid parameters: skip torch's argument checks (a host sync each).
-            standard = Normal(loc, torch.ones_like(loc), validate_args=False)
-            return Independent(standard, len(posterior.event_shape), validate_args=False)
+            return None
+        if type(marginal) is StandardNormal and posterior.event_shape == (marginal.latent_dim,):
+            return None
         if isinstance(marginal, nn.Module):
             dist = marginal()
             if not isinstance(dist, Distribution):
@@ -213,7 +218,7 @@ class RateDistortionLoss(nn.Module):
             check_finite(x=x, **({} if weight is None else {"weight": weight}))
             if weight is not None and not bool((weight >= 0).all() and weight.sum() > 0):
                 raise ValueError("weight must be non-negative with a positive sum")
-        marginal = self.marginal_distribution(posterior)
+        marginal = self._marginal(posterior)
 
         if (likelihood is None) == (decoder is None):
             raise ValueError("pass exactly one of likelihood= or decoder=")
@@ -257,7 +262,7 @@ class RateDistortionLoss(nn.Module):
         self,
         x: Tensor,
         posterior: Distribution,
-        marginal: Distribution,
+        marginal: Distribution | None,
         decoder: Callable[[Tensor], Distribution],
         samples: int | Literal["enumerate"],
     ) -> tuple[Tensor, F.Rate]:
@@ -267,6 +272,12 @@ class RateDistortionLoss(nn.Module):
         probs: Tensor | None = None
         if samples == "enumerate":
             z, probs = F.enumerate_posterior(posterior)
+            if marginal is None:
+                raise ValueError(
+                    "samples='enumerate' needs a discrete marginal such as "
+                    "rdloss.marginals.Categorical(K); the default N(0, I) is continuous"
+                )
+            rate = F.enumerated_rate(posterior, marginal)
         elif isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1:
             if not posterior.has_rsample:
                 raise ValueError(
@@ -285,10 +296,9 @@ class RateDistortionLoss(nn.Module):
                 f"{type(likelihood).__name__}"
             )
         per_draw = F.distortion(rows, likelihood).reshape(n_draws, x.shape[0])
-        distortion = F.sample_mean(per_draw, probs)
-        if probs is not None:
-            return distortion, F.enumerated_rate(posterior, marginal)
-        return distortion, F.rate(posterior, marginal, z=z, estimator=self.rate_estimator)
+        if probs is None:
+            rate = F.rate(posterior, marginal, z=z, estimator=self.rate_estimator)
+        return F.sample_mean(per_draw, probs), rate
 
     @staticmethod
     def _distortion_given(

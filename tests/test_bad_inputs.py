@@ -177,6 +177,16 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
         ValueError,
         r"Categorical has no rsample",
     ),
+    "enumerate with the default continuous marginal": (
+        lambda: _loss()(
+            _x(),
+            posterior=Categorical(logits=torch.zeros(B, 5)),
+            decoder=lambda z: _p(),
+            samples="enumerate",
+        ),
+        ValueError,
+        r"samples='enumerate' needs a discrete marginal",
+    ),
     "unknown rate estimator": (
         lambda: _loss(rate_estimator="exact"),
         ValueError,

@@ -202,3 +202,32 @@ def test_bernoulli_fast_path_keeps_support_validation() -> None:
         F.distortion(torch.full((2, 3), 0.5), dist)
     soft = Independent(Bernoulli(logits=torch.zeros(2, 3), validate_args=False), 1)
     assert_close(F.distortion(torch.full((2, 3), 0.5), soft), torch.full((2,), 3 * math.log(2)))
+
+
+def test_standard_normal_closed_form_equals_torch_kl_with_gradients() -> None:
+    loc = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    log_scale = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    q = Independent(Normal(loc, log_scale.exp()), 1)
+    unit = Independent(
+        Normal(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)), 1
+    )
+    ours = F.rate(q, None)
+    reference = torch.distributions.kl_divergence(q, unit)
+    assert ours.estimator == "analytic"
+    assert_close(ours.per_example, reference)
+    grads = torch.autograd.grad(ours.per_example.sum(), (loc, log_scale), retain_graph=True)
+    ref_grads = torch.autograd.grad(reference.sum(), (loc, log_scale))
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert_close(g, r)
+    z = q.sample((4,))
+    mc = F.rate(q, None, z=z, estimator="mc")
+    assert_close(mc.per_example, (q.log_prob(z) - unit.log_prob(z)).mean(0))
+
+
+def test_standard_normal_default_for_other_posteriors_builds_the_marginal() -> None:
+    q = Independent(StudentT(4.0, torch.zeros(2, 3), torch.ones(2, 3)), 1)
+    z = q.sample()
+    result = F.rate(q, None, z=z)
+    unit = Independent(Normal(torch.zeros(3), torch.ones(3)), 1)
+    assert result.estimator == "mc"
+    assert_close(result.per_example, q.log_prob(z) - unit.log_prob(z))

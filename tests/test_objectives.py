@@ -449,3 +449,22 @@ def test_compiles_fullgraph_without_recompiling(objective: Objective) -> None:
     assert counter.frame_count == 1
     torch.testing.assert_close(compiled_fn.state_dict(), eager_fn.state_dict())
     assert compiled_fn.objective.step.item() == 6
+
+
+def test_constant_hyperparameters_follow_dtype_and_survive_inference_mode() -> None:
+    # Constants are cached per dtype and device; one first built under inference_mode must
+    # not be reused in training, where autograd saves it for the backward pass.
+    objective = Beta(0.5)
+    rate, distortion = torch.tensor([2.0, 4.0]), torch.tensor([10.0, 20.0])
+    with torch.inference_mode():
+        objective(rate, distortion)
+    rate64 = rate.double().requires_grad_()
+    out = objective(rate64, distortion.double())
+    out.loss.backward()
+    assert out.hyper["beta"].dtype == torch.float64
+    assert rate64.grad is not None
+    torch.testing.assert_close(rate64.grad, torch.full((2,), 0.25, dtype=torch.float64))
+    rate32 = rate.clone().requires_grad_()
+    objective(rate32, distortion).loss.backward()
+    assert objective(rate, distortion).hyper["beta"].dtype == torch.float32
+    torch.testing.assert_close(rate32.grad, torch.full((2,), 0.25))

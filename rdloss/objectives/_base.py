@@ -81,6 +81,7 @@ class Objective(nn.Module, ABC):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._constants: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
 
     @property
     def advancing(self) -> bool:
@@ -106,7 +107,16 @@ class Objective(nn.Module, ABC):
         if isinstance(value, Schedule):
             scheduled: Tensor = value(self.step.to(dtype))
             return scheduled.to(dtype)
-        return torch.tensor(value, dtype=dtype, device=like.device)
+        if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+            # A graph constant needs no cache; an inference tensor must not be cached, as
+            # autograd cannot save it for a later training step.
+            return torch.tensor(value, dtype=dtype, device=like.device)
+        # Eager: one tensor per constant, dtype and device, not a new one every step.
+        key = (value, dtype, like.device)
+        constant = self._constants.get(key)
+        if constant is None:
+            constant = self._constants[key] = torch.tensor(value, dtype=dtype, device=like.device)
+        return constant
 
     @abstractmethod
     def forward(

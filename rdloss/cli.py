@@ -40,6 +40,26 @@ def _nonnegative(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**64:  # torch.manual_seed's range
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64), got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -58,7 +78,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=f"output folder, created if needed (default: ./{DEFAULT_OUT})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--threads",
         type=_positive_int,
@@ -135,7 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(toy)
     toy.add_argument("--steps", type=_positive_int, default=2000, help="Adam steps (default: 2000)")
-    toy.add_argument("--lr", type=float, default=0.01, help="Adam learning rate (default: 0.01)")
+    toy.add_argument(
+        "--lr", type=_positive, default=0.01, help="Adam learning rate, > 0 (default: 0.01)"
+    )
     toy.add_argument(
         "--target-rate",
         type=_nonnegative,

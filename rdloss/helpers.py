@@ -8,6 +8,8 @@ precision inputs are computed in float32 (``exp(logvar)`` overflows float16).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
@@ -15,6 +17,13 @@ from torch.distributions import Bernoulli, Categorical, Distribution, Independen
 from rdloss._validation import check_tensor
 
 __all__ = ["bernoulli", "categorical", "normal"]
+
+
+def _floating(name: str, t: Tensor) -> Tensor:
+    """Reject integer parameters: ``full_like`` and ``exp`` would silently round them."""
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    return t
 
 
 def _upcast(t: Tensor) -> Tensor:
@@ -70,19 +79,19 @@ def normal(
         >>> q.batch_shape, q.event_shape
         (torch.Size([8]), torch.Size([32]))
     """
-    check_tensor("loc", loc, min_ndim=1)
+    _floating("loc", check_tensor("loc", loc, min_ndim=1))
     if (scale is None) == (logvar is None):
         raise ValueError("give exactly one of scale= or logvar=")
     loc = _upcast(loc)
     if logvar is not None:
-        check_tensor("logvar", logvar)
+        _floating("logvar", check_tensor("logvar", logvar))
         if logvar.shape != loc.shape:
             raise ValueError(
                 f"logvar must have loc's shape {tuple(loc.shape)}, got {tuple(logvar.shape)}"
             )
         sigma = torch.exp(0.5 * _upcast(logvar))
     elif isinstance(scale, Tensor):
-        sigma = _upcast(scale)
+        sigma = _upcast(_floating("scale", scale))
         if torch.broadcast_shapes(loc.shape, sigma.shape) != loc.shape:
             raise ValueError(
                 f"scale of shape {tuple(sigma.shape)} must broadcast to loc's shape "
@@ -90,8 +99,8 @@ def normal(
             )
         sigma = sigma.expand_as(loc)
     elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
-        if not scale > 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
+        if not 0 < scale < math.inf:
+            raise ValueError(f"scale must be > 0 and finite, got {scale}")
         sigma = torch.full_like(loc, float(scale))
     else:
         raise TypeError(f"scale must be a float or a Tensor, got {type(scale).__name__}")
@@ -134,7 +143,7 @@ def bernoulli(
         name, param = "probs", probs
     else:
         raise ValueError("give exactly one of logits= or probs=")
-    check_tensor(name, param, min_ndim=1)
+    _floating(name, check_tensor(name, param, min_ndim=1))
     param = _upcast(param)
     dims = _event_dims(name, param, event_dims)
     dist = Bernoulli(**{name: param}, validate_args=validate_args)
@@ -167,7 +176,9 @@ def categorical(
         >>> p.event_shape
         torch.Size([3, 8, 8])
     """
-    check_tensor("logits", logits, min_ndim=2)
+    _floating("logits", check_tensor("logits", logits, min_ndim=2))
+    if isinstance(category_dim, bool) or not isinstance(category_dim, int):
+        raise TypeError(f"category_dim must be an int, got {type(category_dim).__name__}")
     if not -logits.ndim <= category_dim < logits.ndim:
         raise ValueError(
             f"category_dim must index logits of shape {tuple(logits.shape)}, got {category_dim}"

@@ -20,6 +20,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -61,19 +62,47 @@ def _pyplot() -> Any:
 
 def _axes(ax: Axes | None) -> Axes:
     if ax is not None:
+        from matplotlib.axes import Axes
+
+        if not isinstance(ax, Axes):
+            raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
         return ax
     _, new = _pyplot().subplots(figsize=(6.0, 4.5))
     axes: Axes = new
     return axes
 
 
+def _number(name: str, value: object) -> float:
+    """``value`` as a finite float (numbers and 0-dim tensors), else raise naming it."""
+    if isinstance(value, (str, bytes, bool)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number}")
+    return number
+
+
+def _numbers(name: str, values: object) -> list[float]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of numbers, got {type(values).__name__}")
+    return [_number(f"{name}[{i}]", v) for i, v in enumerate(values)]
+
+
 def _as_point(point: RDPoint | tuple[float, float], index: int) -> RDPoint:
     if isinstance(point, RDPoint):
-        return point
-    if isinstance(point, tuple) and len(point) == 2:
-        return RDPoint(float(point[0]), float(point[1]))
-    raise TypeError(
-        f"points[{index}] must be an RDPoint or a (rate, distortion) pair, got {point!r}"
+        given = point
+    elif isinstance(point, tuple) and len(point) == 2:
+        given = RDPoint(point[0], point[1])
+    else:
+        raise TypeError(
+            f"points[{index}] must be an RDPoint or a (rate, distortion) pair, got {point!r}"
+        )
+    return given._replace(
+        rate=_number(f"points[{index}].rate", given.rate),
+        distortion=_number(f"points[{index}].distortion", given.distortion),
     )
 
 
@@ -108,16 +137,23 @@ def rd_plane(
         The matplotlib ``Axes``.
 
     Raises:
-        TypeError: a point is neither an ``RDPoint`` nor a pair.
-        ValueError: ``points`` is empty.
+        TypeError: a point is neither an ``RDPoint`` nor a pair, a value is not a number,
+            or ``ax`` is not an ``Axes``.
+        ValueError: ``points`` or ``elbo_levels`` is empty, or a value is NaN/inf.
         ImportError: matplotlib is not installed.
     """
     pts = [_as_point(p, i) for i, p in enumerate(points)]
     if not pts:
         raise ValueError("points must contain at least one (rate, distortion) point")
-    ax = _axes(ax)
+    entropy = None if entropy is None else _number("entropy", entropy)
     totals = [p.rate + p.distortion for p in pts]
-    levels = [min(totals), max(totals)] if elbo_levels is None else list(elbo_levels)
+    if elbo_levels is None:
+        levels = [min(totals), max(totals)]
+    else:
+        levels = _numbers("elbo_levels", elbo_levels)
+        if not levels:
+            raise ValueError("elbo_levels must contain at least one value, or be None")
+    ax = _axes(ax)
     reach = max(max(levels), entropy or 0.0, 1e-3) * 1.08
     for c in sorted(set(levels)):
         ax.plot([0, c], [c, 0], ls="--", lw=0.8, color="0.6", zorder=1)
@@ -186,7 +222,8 @@ def trajectory(
         The matplotlib ``Axes``.
 
     Raises:
-        ValueError: the sequences are empty or of different lengths.
+        TypeError: a value is not a number, or ``ax`` is not an ``Axes``.
+        ValueError: the sequences are empty or of different lengths, or a value is NaN/inf.
         ImportError: matplotlib is not installed.
 
     Examples:
@@ -196,7 +233,8 @@ def trajectory(
         >>> len(ax.lines)
         1
     """
-    rates, distortions = [float(r) for r in rate], [float(d) for d in distortion]
+    rates, distortions = _numbers("rate", rate), _numbers("distortion", distortion)
+    entropy = None if entropy is None else _number("entropy", entropy)
     if not rates or len(rates) != len(distortions):
         raise ValueError(
             "rate and distortion must be non-empty and of equal length, got "

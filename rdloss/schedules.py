@@ -9,7 +9,9 @@ does not recompile as it changes.
 
 Every objective hyperparameter that takes a number also takes a schedule, e.g.
 ``Beta(Linear(0.0, 1.0, steps=10_000))`` for KL warm-up. Write your own by subclassing
-`Schedule` and implementing `Schedule.forward` with tensor operations only.
+`Schedule` and implementing `Schedule.forward` with tensor operations only; implement
+`Schedule.value_range` as well if objectives should check its values when they are built
+(the built-in schedules do, so ``Beta(Linear(-1.0, 1.0, steps=T))`` is rejected at once).
 
 The output dtype is the step's dtype if it is floating, else the default dtype
 (objectives pass the step as a floating tensor of at least float32).
@@ -48,6 +50,11 @@ def _positive_int(name: str, value: object) -> int:
 
 
 def _as_float(step: Tensor) -> Tensor:
+    # A type check is free at trace time, so it also runs under torch.compile.
+    if not isinstance(step, Tensor):
+        raise TypeError(
+            f"step must be a torch.Tensor (0-dim, the objective's step), got {type(step).__name__}"
+        )
     return step if step.is_floating_point() else step.to(torch.get_default_dtype())
 
 
@@ -69,6 +76,18 @@ class Schedule(nn.Module, ABC):
         Returns:
             0-dim floating tensor.
         """
+
+    def value_range(self) -> tuple[float, float] | None:
+        """Smallest and largest value taken over the steps ``t >= 0``, if known.
+
+        Objectives use it to reject, when they are built, a schedule that would give a
+        hyperparameter a forbidden value (e.g. a negative ``beta``) at some step.
+
+        Returns:
+            ``(low, high)``, or ``None`` for a schedule that does not know its range (the
+            default for subclasses written by users).
+        """
+        return None
 
 
 class Constant(Schedule):
@@ -92,6 +111,10 @@ class Constant(Schedule):
         return torch.full_like(_as_float(step), self.value)
 
     @override
+    def value_range(self) -> tuple[float, float]:
+        return (self.value, self.value)
+
+    @override
     def extra_repr(self) -> str:
         return f"value={self.value}"
 
@@ -108,6 +131,10 @@ class _Ramp(Schedule):
     def _progress(self, step: Tensor) -> Tensor:
         """Fraction of the ramp done at ``step``, in ``[0, 1]``."""
         return (_as_float(step) / self.steps).clamp(0.0, 1.0)
+
+    @override
+    def value_range(self) -> tuple[float, float]:
+        return (min(self.start, self.end), max(self.start, self.end))
 
     @override
     def extra_repr(self) -> str:
@@ -159,7 +186,7 @@ class Cyclical(Schedule):
         start: value at the beginning of each cycle.
         end: value held for the rest of each cycle.
         steps: total number of steps ``T`` covered by the cycles.
-        cycles: number of cycles ``M``, ``>= 1``.
+        cycles: number of cycles ``M``, from 1 to ``steps`` (a cycle lasts at least a step).
         ratio: fraction ``R`` of each cycle spent ramping, in ``(0, 1]``.
 
     Examples:
@@ -186,6 +213,11 @@ class Cyclical(Schedule):
         self.ratio = _real("ratio", ratio)
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.cycles > self.steps:
+            raise ValueError(
+                f"cycles must be <= steps (each cycle lasts at least one step), got "
+                f"cycles={self.cycles} and steps={self.steps}"
+            )
 
     def forward(self, step: Tensor) -> Tensor:
         """Cyclical ramp; see `Schedule.forward`."""
@@ -195,6 +227,10 @@ class Cyclical(Schedule):
         weight = (tau / self.ratio).clamp(max=1.0)
         weight = torch.where(t >= self.steps, torch.ones_like(weight), weight)
         return _lerp(self.start, self.end, weight)
+
+    @override
+    def value_range(self) -> tuple[float, float]:
+        return (min(self.start, self.end), max(self.start, self.end))
 
     @override
     def extra_repr(self) -> str:
@@ -242,6 +278,13 @@ class Sigmoid(Schedule):
         """Logistic ramp; see `Schedule.forward`."""
         weight = torch.sigmoid(self.steepness * (_as_float(step) / self.steps - 0.5))
         return _lerp(self.start, self.end, weight)
+
+    @override
+    def value_range(self) -> tuple[float, float]:
+        # From v(0) towards ``end``, which is approached but never passed.
+        tail = math.exp(-0.5 * self.steepness)  # sigmoid(-s / 2), without overflow
+        first = self.start + (self.end - self.start) * tail / (1.0 + tail)
+        return (min(first, self.end), max(first, self.end))
 
     @override
     def extra_repr(self) -> str:

@@ -33,12 +33,13 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 from tqdm.auto import tqdm
 
-from rdloss._validation import check_distribution, check_tensor
+from rdloss._validation import check_distribution, check_tensor, should_validate
 from rdloss.functional import as_marginal
 
 __all__ = [
     "AggregatePosterior",
     "aggregate_posterior",
+    "check_gaussian_parameters",
     "minibatch_aggregate_posterior",
     "pairwise_gaussian_log_prob",
 ]
@@ -100,6 +101,29 @@ def _resolve_scale(loc: Tensor, scale: Tensor | None, logvar: Tensor | None) -> 
             f"scale must have loc's shape {tuple(loc.shape)}, got {tuple(scale.shape)}"
         )
     return scale.to(loc.dtype)
+
+
+def check_gaussian_parameters(loc: Tensor, scale: Tensor, z: Tensor | None = None) -> None:
+    """Raise on NaN/inf in ``loc`` or ``z``, or a ``scale`` that is not positive and finite.
+
+    One host synchronisation for all three; skipped while compiling. A zero or negative
+    scale would otherwise turn every estimate into NaN or inf.
+    """
+    if not should_validate(True):
+        return
+    checks = [torch.isfinite(loc).all(), ((scale > 0) & torch.isfinite(scale)).all()]
+    if z is not None:
+        checks.append(torch.isfinite(z).all())
+    flags = torch.stack(checks).tolist()
+    if not flags[0]:
+        raise ValueError("non-finite values (NaN or inf) in loc")
+    if not flags[1]:
+        raise ValueError(
+            f"scale must be positive and finite, got values in [{scale.min().item():.4g}, "
+            f"{scale.max().item():.4g}] (NaN counts as invalid)"
+        )
+    if z is not None and not flags[2]:
+        raise ValueError("non-finite values (NaN or inf) in z")
 
 
 def _check_loc(loc: Tensor) -> Tensor:
@@ -200,6 +224,7 @@ def pairwise_gaussian_log_prob(
             f"expected z (M, D), loc (N, D), scale (N, D) with the same D, got "
             f"{tuple(z.shape)}, {tuple(loc.shape)}, {tuple(scale.shape)}"
         )
+    check_gaussian_parameters(loc, scale, z)
     shift = loc.mean(0) if centre else torch.zeros_like(loc[0])
     return _Components(loc, scale.to(loc.dtype), shift).log_prob(z.to(loc.dtype))
 
@@ -276,6 +301,10 @@ def aggregate_posterior(
     Returns:
         `AggregatePosterior`.
 
+    Raises:
+        ValueError: a shape disagrees, ``tc_samples`` or ``chunk_size`` is invalid, ``loc``
+            or ``z`` holds NaN/inf, or a ``scale`` is not positive and finite.
+
     Examples:
         >>> import torch
         >>> from rdloss.marginals import StandardNormal
@@ -291,14 +320,15 @@ def aggregate_posterior(
     n, d = loc.shape
     if isinstance(tc_samples, bool) or not isinstance(tc_samples, int) or tc_samples < 0:
         raise ValueError(f"tc_samples must be a non-negative int, got {tc_samples!r}")
-    if z is None:
-        z = torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
-        z.mul_(scale).add_(loc)
-    else:
+    if z is not None:
         check_tensor("z", z)
         if z.shape != loc.shape:
             raise ValueError(f"z must have loc's shape {tuple(loc.shape)}, got {tuple(z.shape)}")
         z = z.to(loc.dtype)
+    check_gaussian_parameters(loc, scale, z)
+    if z is None:
+        z = torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
+        z.mul_(scale).add_(loc)
     m_dist = None if marginal is None else resolve_marginal(marginal, torch.Size([d]))
 
     components = _Components(loc, scale, loc.mean(0))

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from rdloss._validation import check_nonnegative_number, check_tensor
+from rdloss._validation import check_nonnegative_number, check_tensor, should_validate
 from rdloss.diagnostics.aggregate import (
     AggregatePosterior,
     aggregate_posterior,
@@ -117,7 +117,40 @@ def _per_example(name: str, value: Tensor) -> Tensor:
     check_tensor(name, value)
     if value.ndim > 1:
         raise ValueError(f"{name} must be a scalar or (B,) per-example tensor, got {value.shape}")
+    if value.numel() == 0:
+        raise ValueError(f"{name} has no examples (shape {tuple(value.shape)}): its mean is NaN")
     return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+
+
+def _check_data_dims(value: object) -> int | None:
+    """Return ``value`` if it is ``None`` or an int >= 1, else raise naming ``data_dims``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"data_dims must be a positive int or None, got {value!r}")
+    return value
+
+
+def _check_probabilities(**named: tuple[Tensor, int]) -> None:
+    """Raise unless every tensor is non-negative and sums to one over the given dim.
+
+    One host synchronisation for all of them (skipped while compiling).
+    """
+    if not should_validate(True):
+        return
+    flags = []
+    for value, dim in named.values():
+        total = value.sum(dim)
+        flags.append(
+            (value >= 0).all() & torch.isclose(total, torch.ones_like(total), atol=1e-4).all()
+        )
+    for name, ok in zip(named, torch.stack(flags).tolist(), strict=True):
+        if not ok:
+            value, dim = named[name]
+            raise ValueError(
+                f"{name} must be non-negative and sum to 1 over dim {dim}, got min "
+                f"{value.min().item():.4g} and sums {value.sum(dim).flatten()[:4].tolist()}"
+            )
 
 
 def rate_distortion(
@@ -146,7 +179,7 @@ def rate_distortion(
             f"rate and distortion must have the same shape, got {tuple(rate.shape)} and "
             f"{tuple(distortion.shape)}"
         )
-    return _rd_result(rate.mean(), distortion.mean(), data_dims)
+    return _rd_result(rate.mean(), distortion.mean(), _check_data_dims(data_dims))
 
 
 def _rd_result(rate: Tensor, distortion: Tensor, data_dims: int | None) -> RateDistortionResult:
@@ -259,6 +292,12 @@ def discrete_mutual_information(
     Returns:
         `DiscreteAggregate`.
 
+    Raises:
+        TypeError: ``posterior_probs`` is not a floating-point tensor.
+        ValueError: a shape is wrong, a row of ``posterior_probs`` or ``marginal_probs`` is
+            not a probability vector (checked to 1e-4), or ``data_weights`` has a negative
+            entry or sums to zero.
+
     Examples:
         >>> import torch
         >>> e = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -267,6 +306,10 @@ def discrete_mutual_information(
         (0.6931, 0.0)
     """
     check_tensor("posterior_probs", posterior_probs, min_ndim=2)
+    if not posterior_probs.is_floating_point():
+        raise TypeError(
+            f"posterior_probs must be a floating-point tensor, got dtype {posterior_probs.dtype}"
+        )
     if posterior_probs.ndim != 2:
         raise ValueError(
             f"posterior_probs must have shape (N, K), got {tuple(posterior_probs.shape)}"
@@ -280,6 +323,11 @@ def discrete_mutual_information(
             raise ValueError(
                 f"data_weights must have shape (N,) = ({n},), got {tuple(data_weights.shape)}"
             )
+        if should_validate(True) and not bool((data_weights >= 0).all() & (data_weights.sum() > 0)):
+            raise ValueError(
+                "data_weights must be non-negative with a positive sum, got min "
+                f"{data_weights.min().item():.4g} and sum {data_weights.sum().item():.4g}"
+            )
         weights = data_weights / data_weights.sum()
     aggregate = weights @ posterior_probs
     if marginal_probs is None:
@@ -289,6 +337,7 @@ def discrete_mutual_information(
         raise ValueError(
             f"marginal_probs must have shape (K,) = ({k},), got {tuple(marginal_probs.shape)}"
         )
+    _check_probabilities(posterior_probs=(posterior_probs, 1), marginal_probs=(marginal_probs, 0))
     log_e, log_q, log_m = posterior_probs.log(), aggregate.log(), marginal_probs.log()
     mi = weights @ _xlogy_ratio(posterior_probs, log_e, log_q).sum(-1)
     rate = weights @ _xlogy_ratio(posterior_probs, log_e, log_m).sum(-1)

@@ -98,6 +98,11 @@ def importance_weighted_bound(
         z = posterior.sample((draws,))
         rows = x.expand(draws, *x.shape).reshape(draws * batch, *x.shape[1:])
         likelihood = decoder(z.reshape(draws * batch, *z.shape[2:]))
+        if not isinstance(likelihood, Distribution):
+            raise TypeError(
+                "decoder must return a torch.distributions.Distribution, got "
+                f"{type(likelihood).__name__}"
+            )
         log_lik = -F.distortion(rows, likelihood).reshape(draws, batch)
         log_w = log_lik + m_dist.log_prob(z) - posterior.log_prob(z)
         chunk = log_w.logsumexp(0)

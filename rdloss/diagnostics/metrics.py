@@ -3,7 +3,9 @@ r"""Streaming diagnostics as `torchmetrics.Metric` classes.
 ``update`` per batch, ``compute`` at the end of an epoch, ``reset`` between epochs; states
 are synchronised across processes by torchmetrics and saved by ``state_dict`` (they are
 registered ``persistent``). States use torchmetrics' default float32; call
-``metric.set_dtype(torch.float64)`` for float64 accumulation.
+``metric.set_dtype(torch.float64)`` for float64 accumulation. Shapes are always checked;
+NaN/inf in an update raise ``ValueError`` unless the metric was built with
+``validate_args=False`` (the check costs one host synchronisation per update).
 
 Metrics whose ``compute`` returns a named tuple take ``output=`` to return one field
 instead, so that Lightning's ``self.log(name, metric)`` (which needs a tensor) works::
@@ -18,6 +20,8 @@ instead, so that Lightning's ``self.log(name, metric)`` (which needs a tensor) w
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -26,7 +30,12 @@ from torch.distributions import Distribution
 from torchmetrics import Metric
 from typing_extensions import override
 
-from rdloss._validation import check_nonnegative_number, check_tensor
+from rdloss._validation import (
+    check_finite,
+    check_nonnegative_number,
+    check_tensor,
+    should_validate,
+)
 from rdloss.diagnostics.functional import (
     ActiveUnitsResult,
     MIBounds,
@@ -57,11 +66,37 @@ class _Diagnostic(Metric):
     _fields: ClassVar[tuple[str, ...]] = ()
     sums: Tensor
 
-    def __init__(self, *, output: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, output: str | None = None, validate_args: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if output is not None and output not in self._fields:
             raise ValueError(f"output must be None or one of {self._fields}, got {output!r}")
+        if not isinstance(validate_args, bool):
+            raise TypeError(f"validate_args must be a bool, got {type(validate_args).__name__}")
         self.output = output
+        self.validate_args = validate_args
+
+    def _check_finite(self, **tensors: Tensor) -> None:
+        """NaN/inf check of an update's inputs (one host sync), if ``validate_args``."""
+        if should_validate(self.validate_args):
+            check_finite(**tensors)
+
+    @override
+    def _wrap_compute(self, compute: Callable[..., Any]) -> Callable[..., Any]:
+        # torchmetrics squeezes every one-element tensor that compute returns, which would
+        # turn a (D,) per-unit result into a 0-dim tensor when D = 1.
+        wrapped = super()._wrap_compute(compute)
+
+        @functools.wraps(wrapped)
+        def keep_shapes(*args: Any, **kwargs: Any) -> Any:
+            return self._restore_shapes(wrapped(*args, **kwargs))
+
+        return keep_shapes
+
+    def _restore_shapes(self, value: Any) -> Any:
+        """Undo torchmetrics' squeeze of one-element results that have a shape."""
+        return value
 
     def _require(self, fields: tuple[str, ...], condition: bool, needs: str) -> None:
         """Reject an ``output`` field that would always be ``None`` (Lightning needs a tensor)."""
@@ -90,6 +125,7 @@ class _Diagnostic(Metric):
                 "rate and distortion must be per-example tensors of the same shape (B,), got "
                 f"{tuple(rate.shape)} and {tuple(distortion.shape)}"
             )
+        self._check_finite(rate=rate, distortion=distortion)
         batch = torch.stack([rate.detach(), distortion.detach(), torch.ones_like(rate)])
         self.sums.add_(batch.sum(1))
 
@@ -107,7 +143,9 @@ class RateDistortion(_Diagnostic):
     Args:
         data_dims: data dimensions per example (784 for MNIST) for ``bits_per_dim``.
         output: return only this field, e.g. ``"rate"``, for ``self.log`` in Lightning.
-        **kwargs: forwarded to `torchmetrics.Metric`.
+        **kwargs: ``validate_args`` (default ``True``: NaN/inf in an update raise
+            ``ValueError``, at one host synchronisation per update) and the options of
+            `torchmetrics.Metric`.
 
     Examples:
         >>> import torch
@@ -152,7 +190,9 @@ class MutualInformationBounds(_Diagnostic):
     Args:
         data_entropy: ``H`` in nats, if known.
         output: return only this field (``"upper"``, ``"lower"``, ``"entropy_upper"``).
-        **kwargs: forwarded to `torchmetrics.Metric`.
+        **kwargs: ``validate_args`` (default ``True``: NaN/inf in an update raise
+            ``ValueError``, at one host synchronisation per update) and the options of
+            `torchmetrics.Metric`.
 
     Examples:
         >>> import torch
@@ -244,7 +284,9 @@ class ActiveUnits(_Diagnostic):
         latent_dim: number of units ``D``; ``None`` sizes the state at the first update
             (then every process must see at least one batch before ``compute``).
         output: return only this field, e.g. ``"num_active"``.
-        **kwargs: forwarded to `torchmetrics.Metric`.
+        **kwargs: ``validate_args`` (default ``True``: NaN/inf in an update raise
+            ``ValueError``, at one host synchronisation per update) and the options of
+            `torchmetrics.Metric`.
 
     Examples:
         >>> import torch
@@ -283,6 +325,7 @@ class ActiveUnits(_Diagnostic):
             raise ValueError(
                 f"posterior_mean must have shape (B, D), got {tuple(posterior_mean.shape)}"
             )
+        self._check_finite(posterior_mean=posterior_mean)
         values = posterior_mean.detach().to(self.moments.dtype)
         dim = values.shape[1]
         if self.moments.numel() not in (0, 1 + 3 * dim):
@@ -304,7 +347,14 @@ class ActiveUnits(_Diagnostic):
 
     @override
     def compute(self) -> Any:
-        """Return the `ActiveUnitsResult` (or the ``output`` field)."""
+        """Return the `ActiveUnitsResult` (or the ``output`` field).
+
+        With a single example in total the variances are NaN (undefined) and no unit is
+        active; ``forward`` on a batch of one row returns that as the batch value.
+
+        Raises:
+            RuntimeError: no update since the last reset.
+        """
         if self.moments.numel() == 0:
             raise RuntimeError("ActiveUnits.compute() called before any update()")
         dim = (self.moments.numel() - 1) // 3
@@ -312,6 +362,14 @@ class ActiveUnits(_Diagnostic):
         variances = (s2 - s1.square() / count) / (count - 1.0)
         active = variances > self.threshold
         return self._select(ActiveUnitsResult(active.sum(), variances, active))
+
+    @override
+    def _restore_shapes(self, value: Any) -> Any:
+        if isinstance(value, ActiveUnitsResult):
+            return value._replace(
+                variances=value.variances.reshape(-1), active=value.active.reshape(-1)
+            )
+        return value.reshape(-1) if self.output in ("variances", "active") else value
 
     @override
     def extra_repr(self) -> str:
@@ -327,7 +385,9 @@ class RatePerDimension(_Diagnostic):
 
     Args:
         latent_dim: number of units ``D``; ``None`` sizes the state at the first update.
-        **kwargs: forwarded to `torchmetrics.Metric`.
+        **kwargs: ``validate_args`` (default ``True``: NaN/inf in an update raise
+            ``ValueError``, at one host synchronisation per update) and the options of
+            `torchmetrics.Metric`.
 
     Examples:
         >>> import torch
@@ -363,6 +423,7 @@ class RatePerDimension(_Diagnostic):
             raise ValueError(
                 f"rate_per_dimension must have shape (B, D), got {tuple(rate_per_dimension.shape)}"
             )
+        self._check_finite(rate_per_dimension=rate_per_dimension)
         values = rate_per_dimension.detach().to(self.rate_sum.dtype)
         if self.rate_sum.numel() == 0:
             self.rate_sum = values.new_zeros(values.shape[1])
@@ -378,3 +439,7 @@ class RatePerDimension(_Diagnostic):
     def compute(self) -> Tensor:
         """Return the ``(D,)`` mean KL per unit."""
         return self.rate_sum / self.count
+
+    @override
+    def _restore_shapes(self, value: Any) -> Any:
+        return value.reshape(-1)

@@ -17,8 +17,12 @@ from torch.distributions import Distribution, Independent, Normal
 from torchmetrics.utilities import dim_zero_cat
 from typing_extensions import override
 
-from rdloss._validation import check_tensor
-from rdloss.diagnostics.aggregate import AggregatePosterior, aggregate_posterior
+from rdloss._validation import check_tensor, should_validate
+from rdloss.diagnostics.aggregate import (
+    AggregatePosterior,
+    aggregate_posterior,
+    check_gaussian_parameters,
+)
 from rdloss.diagnostics.metrics import _Diagnostic
 from rdloss.functional import as_latent
 
@@ -61,7 +65,9 @@ class MutualInformation(_Diagnostic):
         seed: seed of the sampling generator.
         progress: tqdm progress bars during ``compute`` (off by default).
         output: return only this field, e.g. ``"mutual_information"``.
-        **kwargs: forwarded to `torchmetrics.Metric`.
+        **kwargs: ``validate_args`` (default ``True``: NaN/inf in an update raise
+            ``ValueError``, at one host synchronisation per update) and the options of
+            `torchmetrics.Metric`.
 
     Examples:
         >>> import torch
@@ -98,6 +104,15 @@ class MutualInformation(_Diagnostic):
             )
         if isinstance(tc_samples, bool) or not isinstance(tc_samples, int) or tc_samples < 0:
             raise ValueError(f"tc_samples must be a non-negative int, got {tc_samples!r}")
+        # Checked here, not first at compute() after a whole epoch of updates.
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
         self._require(
             ("marginal_gap", "rate", "dimensionwise_kl"), marginal is not None, "a marginal"
         )
@@ -143,6 +158,8 @@ class MutualInformation(_Diagnostic):
                     f"means and scales must both have shape (B, D), got {tuple(loc.shape)} "
                     f"and {tuple(scale.shape)}"
                 )
+        if should_validate(self.validate_args):
+            check_gaussian_parameters(loc, scale)
         self.loc.append(loc.detach())
         self.scale.append(scale.detach())
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 from typing_extensions import override
 
-__all__ = ["DiagonalGaussian", "Marginal", "StandardNormal", "check_positive_int"]
+__all__ = ["DiagonalGaussian", "Marginal", "StandardNormal", "check_positive_int", "check_shape"]
 
 
 def check_positive_int(name: str, value: object) -> int:
@@ -21,6 +21,18 @@ def check_positive_int(name: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
+
+
+def check_shape(name: str, value: object) -> torch.Size:
+    """Return ``value`` as a ``torch.Size`` if it is a tuple (or list) of ints >= 0."""
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value
+    ):
+        raise TypeError(
+            f"{name} must be a tuple of non-negative ints or a torch.Size (e.g. (16,)), "
+            f"got {value!r}"
+        )
+    return torch.Size(value)
 
 
 class Marginal(nn.Module, ABC):
@@ -35,19 +47,33 @@ class Marginal(nn.Module, ABC):
         """Return ``m(z)`` with ``batch_shape ()`` and the latent event shape."""
 
     def log_prob(self, z: Tensor) -> Tensor:
-        """``log m(z)`` for ``z`` of shape ``(..., *event)``; returns shape ``(...)``."""
+        """``log m(z)`` for ``z`` of shape ``(..., *event)``; returns shape ``(...)``.
+
+        Raises:
+            TypeError: ``z`` is not a tensor.
+            ValueError: ``z``'s trailing dimensions are not the event shape (no silent
+                broadcasting of, e.g., ``(B, 1)`` against a ``(D,)`` event).
+        """
         dist: Distribution = self()
+        if not isinstance(z, Tensor):
+            raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
+        event = tuple(dist.event_shape)
+        if z.ndim < len(event) or tuple(z.shape[z.ndim - len(event) :]) != event:
+            raise ValueError(
+                f"z must have shape (..., *event_shape) = (..., {', '.join(map(str, event))}) "
+                f"for this marginal, got {tuple(z.shape)}"
+            )
         return dist.log_prob(z)
 
     def sample(self, shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Draw ``shape + event_shape`` samples without gradients."""
         dist: Distribution = self()
-        return dist.sample(torch.Size(shape))
+        return dist.sample(check_shape("shape", shape))
 
     def rsample(self, shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
         """Draw reparameterised samples where the distribution supports it."""
         dist: Distribution = self()
-        return dist.rsample(torch.Size(shape))
+        return dist.rsample(check_shape("shape", shape))
 
 
 class StandardNormal(Marginal):

@@ -17,6 +17,7 @@ __all__ = [
     "Objective",
     "ObjectiveOutput",
     "as_hyperparameter",
+    "check_terms",
     "numbers_repr",
 ]
 
@@ -27,6 +28,9 @@ Hyperparameter: TypeAlias = float | Schedule
 def as_hyperparameter(name: str, value: object, *, positive: bool = False) -> float | Schedule:
     """Validate a hyperparameter: a schedule is kept, a number becomes a float.
 
+    A built-in schedule whose range (`Schedule.value_range`) goes below 0 is rejected; a
+    user schedule without a known range is trusted.
+
     Args:
         name: argument name used in error messages.
         value: a `Schedule` or a real number (or 0-dim tensor).
@@ -36,6 +40,14 @@ def as_hyperparameter(name: str, value: object, *, positive: bool = False) -> fl
         The schedule, or the number as a float.
     """
     if isinstance(value, Schedule):
+        # A schedule may touch 0 where a number must be > 0 (a warm-up such as
+        # lr=Linear(0.0, 0.1, steps=T)), but never go negative.
+        bounds = value.value_range()
+        if bounds is not None and bounds[0] < 0:
+            raise ValueError(
+                f"{name} must be >= 0 at every step, got a {type(value).__name__} schedule "
+                f"whose values reach {bounds[0]}"
+            )
         return value
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
         raise TypeError(
@@ -43,6 +55,59 @@ def as_hyperparameter(name: str, value: object, *, positive: bool = False) -> fl
             f"got {type(value).__name__}"
         )
     return check_nonnegative_number(name, value, positive=positive)
+
+
+def check_terms(
+    rate: object, distortion: object, rate_per_dimension: object, weight: object
+) -> None:
+    """Shape and type checks of an objective's inputs (free: no host synchronisation).
+
+    Every built-in `Objective.forward` calls it first; call it in your own objectives too.
+
+    Raises:
+        TypeError: an input is not a tensor.
+        ValueError: ``rate`` is not ``(B,)``, or another input does not match it.
+    """
+    # One compound test on the hot path (a few hundred ns); messages only on failure.
+    if (
+        isinstance(rate, Tensor)
+        and rate.ndim == 1
+        and isinstance(distortion, Tensor)
+        and distortion.shape == rate.shape
+        and (weight is None or (isinstance(weight, Tensor) and weight.shape == rate.shape))
+        and (
+            rate_per_dimension is None
+            or (
+                isinstance(rate_per_dimension, Tensor)
+                and rate_per_dimension.ndim == 2
+                and rate_per_dimension.shape[0] == rate.shape[0]
+            )
+        )
+    ):
+        return
+    if not isinstance(rate, Tensor):
+        raise TypeError(f"rate must be a torch.Tensor of shape (B,), got {type(rate).__name__}")
+    if rate.ndim != 1:
+        raise ValueError(f"rate must have shape (B,), got {tuple(rate.shape)}")
+    batch = tuple(rate.shape)
+    for name, value in (("distortion", distortion), ("weight", weight)):
+        if value is None and name == "weight":
+            continue
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if tuple(value.shape) != batch:
+            raise ValueError(
+                f"{name} must have rate's shape (B,) = {batch}, got {tuple(value.shape)}"
+            )
+    if not isinstance(rate_per_dimension, Tensor):
+        raise TypeError(
+            f"rate_per_dimension must be a torch.Tensor or None, got "
+            f"{type(rate_per_dimension).__name__}"
+        )
+    raise ValueError(
+        f"rate_per_dimension must have shape (B, D) with B = {batch[0]}, "
+        f"got {tuple(rate_per_dimension.shape)}"
+    )
 
 
 def numbers_repr(**values: float | Schedule) -> str:
@@ -65,7 +130,8 @@ class ObjectiveOutput(NamedTuple):
 class Objective(nn.Module, ABC):
     """Base class of objectives.
 
-    Subclasses implement `forward` on per-example terms. Every objective owns a
+    Subclasses implement `forward` on per-example terms (starting with `check_terms`
+    for clear errors on bad shapes). Every objective owns a
     ``step`` buffer (int64, 0-dim): the number of forward calls made while
     `advancing`. Schedules are evaluated at the current step, and a subclass's
     `forward` ends with `advance`, so the first training step sees step 0. Keep

@@ -19,6 +19,7 @@ from rdloss.objectives._base import (
     Objective,
     ObjectiveOutput,
     as_hyperparameter,
+    check_terms,
     numbers_repr,
 )
 
@@ -124,6 +125,7 @@ class GECO(Objective):
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
         r"""$\bar R + \lambda (\bar D - \kappa)$; see `Objective.forward`."""
+        check_terms(rate, distortion, rate_per_dimension, weight)
         target = self.hyperparameter(self.target_distortion, rate)
         constraint = batch_mean(distortion, weight) - target
         # Clone: the buffers are updated in place below, after the loss has used them.
@@ -230,6 +232,7 @@ class RateController(Objective):
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
         r"""$\bar D + \beta_t \bar R$ with a controlled β; see `Objective.forward`."""
+        check_terms(rate, distortion, rate_per_dimension, weight)
         target = self.hyperparameter(self.target_rate, rate)
         mean_rate = batch_mean(rate, weight)
         if self.advancing:

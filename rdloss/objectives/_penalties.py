@@ -18,6 +18,7 @@ from rdloss.objectives._base import (
     Objective,
     ObjectiveOutput,
     as_hyperparameter,
+    check_terms,
     numbers_repr,
 )
 
@@ -76,6 +77,7 @@ class Beta(Objective):
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
         r"""$\bar D + \beta \bar R$; see `Objective.forward`."""
+        check_terms(rate, distortion, rate_per_dimension, weight)
         beta = self.hyperparameter(self.beta, rate)
         loss = batch_mean(distortion, weight) + beta * batch_mean(rate, weight)
         self.advance()
@@ -126,6 +128,7 @@ class TargetRate(Objective):
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
         r"""$\bar D + w|\sigma - \bar R|$; see `Objective.forward`."""
+        check_terms(rate, distortion, rate_per_dimension, weight)
         sigma = self.hyperparameter(self.sigma, rate)
         penalty = _target_penalty(rate, sigma, weight, self.reduction)
         loss = batch_mean(distortion, weight) + self.hyperparameter(self.weight, rate) * penalty
@@ -179,6 +182,7 @@ class TargetDistortion(Objective):
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
         r"""$\bar R + w|\delta - \bar D|$; see `Objective.forward`."""
+        check_terms(rate, distortion, rate_per_dimension, weight)
         delta = self.hyperparameter(self.delta, rate)
         penalty = _target_penalty(distortion, delta, weight, self.reduction)
         loss = batch_mean(rate, weight) + self.hyperparameter(self.weight, rate) * penalty
@@ -241,6 +245,7 @@ class FreeBits(Objective):
         Raises:
             ValueError: ``per="dimension"`` and ``rate_per_dimension`` is None.
         """
+        check_terms(rate, distortion, rate_per_dimension, weight)
         lam = self.hyperparameter(self.lam, rate)
         if self.per == "dimension":
             if rate_per_dimension is None:
@@ -248,11 +253,6 @@ class FreeBits(Objective):
                     "FreeBits(per='dimension') needs rate_per_dimension, which is None: the "
                     "rate does not factorise over latent dimensions (e.g. a mixture or flow "
                     "marginal); use FreeBits(per='total')"
-                )
-            if rate_per_dimension.ndim != 2 or rate_per_dimension.shape[0] != rate.shape[0]:
-                raise ValueError(
-                    f"rate_per_dimension must have shape (B, D) with B = {rate.shape[0]}, "
-                    f"got {tuple(rate_per_dimension.shape)}"
                 )
             if weight is None:
                 per_dimension = rate_per_dimension.mean(0)
@@ -302,6 +302,7 @@ class Capacity(Objective):
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
         r"""$\bar D + \gamma|\bar R - C(t)|$; see `Objective.forward`."""
+        check_terms(rate, distortion, rate_per_dimension, weight)
         capacity = self.hyperparameter(self.capacity, rate)
         gamma = self.hyperparameter(self.gamma, rate)
         penalty = (batch_mean(rate, weight) - capacity).abs()

@@ -17,6 +17,7 @@ __all__ = [
     "check_distribution",
     "check_finite",
     "check_nonnegative_number",
+    "check_positive_int",
     "check_tensor",
     "should_validate",
 ]
@@ -98,3 +99,17 @@ def check_nonnegative_number(name: str, value: object, *, positive: bool = False
     if number < 0 or (positive and number == 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {number}")
     return number
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int ``>= 1`` (``bool`` excluded), else raise naming it.
+
+    Raises:
+        TypeError: ``value`` is not an int.
+        ValueError: ``value < 1``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from rdloss._validation import check_positive_int
+
 __all__ = ["Constant", "Cosine", "Cyclical", "Linear", "Schedule", "Sigmoid"]
 
 
@@ -38,15 +40,6 @@ def _real(name: str, value: object) -> float:
     if not math.isfinite(number):
         raise ValueError(f"{name} must be finite, got {number}")
     return number
-
-
-def _positive_int(name: str, value: object) -> int:
-    """Return ``value`` as an int ``>= 1`` or raise naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
 
 
 def _as_float(step: Tensor) -> Tensor:
@@ -126,7 +119,7 @@ class _Ramp(Schedule):
         super().__init__()
         self.start = _real("start", start)
         self.end = _real("end", end)
-        self.steps = _positive_int("steps", steps)
+        self.steps = check_positive_int("steps", steps)
 
     def _progress(self, step: Tensor) -> Tensor:
         """Fraction of the ramp done at ``step``, in ``[0, 1]``."""
@@ -208,8 +201,8 @@ class Cyclical(Schedule):
         super().__init__()
         self.start = _real("start", start)
         self.end = _real("end", end)
-        self.steps = _positive_int("steps", steps)
-        self.cycles = _positive_int("cycles", cycles)
+        self.steps = check_positive_int("steps", steps)
+        self.cycles = check_positive_int("cycles", cycles)
         self.ratio = _real("ratio", ratio)
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
@@ -269,7 +262,7 @@ class Sigmoid(Schedule):
         super().__init__()
         self.start = _real("start", start)
         self.end = _real("end", end)
-        self.steps = _positive_int("steps", steps)
+        self.steps = check_positive_int("steps", steps)
         self.steepness = _real("steepness", steepness)
         if self.steepness <= 0:
             raise ValueError(f"steepness must be > 0, got {self.steepness}")

@@ -568,7 +568,7 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
     "diagnostics: zero data_dims": (
         lambda: diagnostics.functional.rate_distortion(torch.ones(3), torch.ones(3), data_dims=0),
         ValueError,
-        r"data_dims must be a positive int or None, got 0",
+        r"data_dims must be >= 1, got 0",
     ),
     "diagnostics: negative data entropy": (
         lambda: diagnostics.functional.mutual_information_bounds(
@@ -631,7 +631,7 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
     "metric: zero latent_dim": (
         lambda: diagnostics.RatePerDimension(latent_dim=0),
         ValueError,
-        r"latent_dim must be a positive int or None, got 0",
+        r"latent_dim must be >= 1, got 0",
     ),
     "metric: update with a NaN rate": (
         lambda: diagnostics.RateDistortion().update(torch.tensor([float("nan")]), torch.ones(1)),
@@ -701,7 +701,7 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
     "mutual information: metric with zero chunk_size": (
         lambda: diagnostics.MutualInformation(chunk_size=0),
         ValueError,
-        r"chunk_size must be a positive int or None, got 0",
+        r"chunk_size must be >= 1, got 0",
     ),
     "mutual information: metric with a text seed": (
         lambda: diagnostics.MutualInformation(seed="0"),  # type: ignore[arg-type]
@@ -729,7 +729,7 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
     "iwae: zero importance samples": (
         lambda: diagnostics.importance_weighted_bound(_x(), _q(), lambda z: _p(len(z)), k=0),
         ValueError,
-        r"k must be a positive int, got 0",
+        r"k must be >= 1, got 0",
     ),
     "iwae: decoder returning logits": (
         lambda: diagnostics.importance_weighted_bound(

@@ -33,7 +33,12 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 from tqdm.auto import tqdm
 
-from rdloss._validation import check_distribution, check_tensor, should_validate
+from rdloss._validation import (
+    check_distribution,
+    check_positive_int,
+    check_tensor,
+    should_validate,
+)
 from rdloss.functional import as_marginal
 
 __all__ = [
@@ -149,9 +154,7 @@ def _chunks(total: int, size: int, progress: bool, desc: str) -> Iterator[tuple[
 def _rows(chunk_size: int | None, n: int, per_row_bytes: int) -> int:
     if chunk_size is None:
         return max(1, _BLOCK_BYTES // max(per_row_bytes, 1))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    return chunk_size
+    return check_positive_int("chunk_size", chunk_size)
 
 
 class _Components:

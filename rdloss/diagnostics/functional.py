@@ -17,7 +17,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from rdloss._validation import check_nonnegative_number, check_tensor, should_validate
+from rdloss._validation import (
+    check_nonnegative_number,
+    check_positive_int,
+    check_tensor,
+    should_validate,
+)
 from rdloss.diagnostics.aggregate import (
     AggregatePosterior,
     aggregate_posterior,
@@ -122,15 +127,6 @@ def _per_example(name: str, value: Tensor) -> Tensor:
     return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
 
 
-def _check_data_dims(value: object) -> int | None:
-    """Return ``value`` if it is ``None`` or an int >= 1, else raise naming ``data_dims``."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"data_dims must be a positive int or None, got {value!r}")
-    return value
-
-
 def _check_probabilities(**named: tuple[Tensor, int]) -> None:
     """Raise unless every tensor is non-negative and sums to one over the given dim.
 
@@ -179,7 +175,9 @@ def rate_distortion(
             f"rate and distortion must have the same shape, got {tuple(rate.shape)} and "
             f"{tuple(distortion.shape)}"
         )
-    return _rd_result(rate.mean(), distortion.mean(), _check_data_dims(data_dims))
+    if data_dims is not None:
+        check_positive_int("data_dims", data_dims)
+    return _rd_result(rate.mean(), distortion.mean(), data_dims)
 
 
 def _rd_result(rate: Tensor, distortion: Tensor, data_dims: int | None) -> RateDistortionResult:

@@ -22,7 +22,7 @@ from torch.distributions import Distribution, Independent, Normal
 from tqdm.auto import tqdm
 
 from rdloss import functional as F
-from rdloss._validation import check_tensor
+from rdloss._validation import check_positive_int, check_tensor
 from rdloss.diagnostics.aggregate import resolve_marginal
 
 __all__ = ["importance_weighted_bound"]
@@ -80,9 +80,8 @@ def importance_weighted_bound(
         )
     if not callable(decoder):
         raise TypeError(f"decoder must be callable, got {type(decoder).__name__}")
-    for name, value in (("k", k), ("chunk_size", chunk_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_positive_int("k", k)
+    check_positive_int("chunk_size", chunk_size)
     if marginal is None:
         loc = posterior.mean.new_zeros(posterior.event_shape)
         m_dist: Distribution = Independent(

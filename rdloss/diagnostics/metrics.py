@@ -33,6 +33,7 @@ from typing_extensions import override
 from rdloss._validation import (
     check_finite,
     check_nonnegative_number,
+    check_positive_int,
     check_tensor,
     should_validate,
 )
@@ -47,14 +48,6 @@ from rdloss.functional import as_latent
 from rdloss.loss import RDOutput
 
 __all__ = ["ActiveUnits", "MutualInformationBounds", "RateDistortion", "RatePerDimension"]
-
-
-def _check_dim(name: str, value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return value
 
 
 class _Diagnostic(Metric):
@@ -162,7 +155,7 @@ class RateDistortion(_Diagnostic):
         self, *, data_dims: int | None = None, output: str | None = None, **kwargs: Any
     ) -> None:
         super().__init__(output=output, **kwargs)
-        self.data_dims = _check_dim("data_dims", data_dims)
+        self.data_dims = None if data_dims is None else check_positive_int("data_dims", data_dims)
         self._require(("bits_per_dim",), data_dims is not None, "data_dims")
         self._add_sums()
 
@@ -311,7 +304,9 @@ class ActiveUnits(_Diagnostic):
     ) -> None:
         super().__init__(output=output, **kwargs)
         self.threshold = check_nonnegative_number("threshold", threshold)
-        self.latent_dim = _check_dim("latent_dim", latent_dim)
+        if latent_dim is not None:
+            check_positive_int("latent_dim", latent_dim)
+        self.latent_dim = latent_dim
         size = 0 if latent_dim is None else 1 + 3 * latent_dim
         self.add_state("moments", torch.zeros(size), dist_reduce_fx=_merge_moments, persistent=True)
 
@@ -403,7 +398,9 @@ class RatePerDimension(_Diagnostic):
 
     def __init__(self, *, latent_dim: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.latent_dim = _check_dim("latent_dim", latent_dim)
+        if latent_dim is not None:
+            check_positive_int("latent_dim", latent_dim)
+        self.latent_dim = latent_dim
         size = 0 if latent_dim is None else latent_dim
         self.add_state("rate_sum", torch.zeros(size), dist_reduce_fx="sum", persistent=True)
         self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum", persistent=True)

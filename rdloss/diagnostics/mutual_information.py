@@ -17,7 +17,7 @@ from torch.distributions import Distribution, Independent, Normal
 from torchmetrics.utilities import dim_zero_cat
 from typing_extensions import override
 
-from rdloss._validation import check_tensor, should_validate
+from rdloss._validation import check_positive_int, check_tensor, should_validate
 from rdloss.diagnostics.aggregate import (
     AggregatePosterior,
     aggregate_posterior,
@@ -105,10 +105,8 @@ class MutualInformation(_Diagnostic):
         if isinstance(tc_samples, bool) or not isinstance(tc_samples, int) or tc_samples < 0:
             raise ValueError(f"tc_samples must be a non-negative int, got {tc_samples!r}")
         # Checked here, not first at compute() after a whole epoch of updates.
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        if chunk_size is not None:
+            check_positive_int("chunk_size", chunk_size)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         if not isinstance(progress, bool):

@@ -11,16 +11,9 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 from typing_extensions import override
 
-__all__ = ["DiagonalGaussian", "Marginal", "StandardNormal", "check_positive_int", "check_shape"]
+from rdloss._validation import check_positive_int
 
-
-def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an int >= 1, else raise naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
+__all__ = ["DiagonalGaussian", "Marginal", "StandardNormal", "check_shape"]
 
 
 def check_shape(name: str, value: object) -> torch.Size:

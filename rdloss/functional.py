@@ -26,9 +26,8 @@ from torch.distributions import (
     Independent,
     Normal,
     OneHotCategorical,
-    kl_divergence,
 )
-from torch.distributions.kl import _KL_REGISTRY
+from torch.distributions.kl import _KL_MEMOIZE, _KL_REGISTRY, _dispatch_kl
 
 from rdloss._validation import check_distribution, check_tensor
 
@@ -147,13 +146,24 @@ def _factorised_parts(
     return None
 
 
+def _wide(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is half precision: log-densities and KLs are reduced in float32."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _closed_form_kl(p: Distribution, q: Distribution) -> Tensor | None:
     """``kl_divergence(p, q)``, or ``None`` where torch.distributions registers no closed form."""
-    # An exact-type lookup first: torch's general dispatch ranks matches with min() over a
-    # generator, which torch.compile(fullgraph=True) cannot trace on a cold cache.
-    exact = _KL_REGISTRY.get((type(p), type(q)), kl_divergence)
+    # Not kl_divergence itself: it memoises into a global dict, and that write inside a
+    # compiled region fails the guard dynamo keeps on the dict, so the next call recompiles
+    # (pairs without a KL, e.g. mixtures and flows, are never memoised before). The exact
+    # registry, then torch's memo (warm for inexact pairs, whose dispatch ranks matches with
+    # min() over a generator that fullgraph=True cannot trace), then the dispatch, unmemoised.
+    key = (type(p), type(q))
+    fun = _KL_REGISTRY.get(key) or _KL_MEMOIZE.get(key) or _dispatch_kl(*key)
+    if fun is NotImplemented:
+        return None
     try:
-        kl: Tensor = exact(p, q)
+        kl: Tensor = fun(p, q)
         return kl
     except NotImplementedError:  # also raised by pairs like Independent over a missing base KL
         return None
@@ -164,10 +174,10 @@ def _analytic_rate(posterior: Distribution, marginal: Distribution) -> Rate | No
     if parts is not None:
         per_dimension = _closed_form_kl(*parts)
         if per_dimension is not None:
-            per_dimension = _flat_latents(per_dimension, posterior.batch_shape[0])
+            per_dimension = _flat_latents(_wide(per_dimension), posterior.batch_shape[0])
             return Rate(per_dimension.sum(-1), per_dimension, "analytic")
     per_example = _closed_form_kl(posterior, marginal)
-    return None if per_example is None else Rate(per_example, None, "analytic")
+    return None if per_example is None else Rate(_wide(per_example), None, "analytic")
 
 
 def _mc_rate(posterior: Distribution, marginal: Distribution, z: Tensor) -> Rate:
@@ -175,11 +185,11 @@ def _mc_rate(posterior: Distribution, marginal: Distribution, z: Tensor) -> Rate
     n_sample = _sample_dims(z, posterior)
     parts = _factorised_parts(posterior, marginal)
     if parts is not None:
-        log_ratio = parts[0].log_prob(z) - parts[1].log_prob(z)
+        log_ratio = _wide(parts[0].log_prob(z)) - _wide(parts[1].log_prob(z))
         per_dimension = log_ratio.mean(0) if n_sample else log_ratio
         per_dimension = _flat_latents(per_dimension, batch)
         return Rate(per_dimension.sum(-1), per_dimension, "mc")
-    log_ratio = posterior.log_prob(z) - marginal.log_prob(z)
+    log_ratio = _wide(posterior.log_prob(z)) - _wide(marginal.log_prob(z))
     return Rate(log_ratio.mean(0) if n_sample else log_ratio, None, "mc")
 
 
@@ -199,7 +209,7 @@ def _standard_normal_rate(posterior: Distribution) -> Rate | None:
     """
     if not (isinstance(posterior, Independent) and type(posterior.base_dist) is Normal):
         return None
-    loc, scale = posterior.base_dist.loc, posterior.base_dist.scale
+    loc, scale = _wide(posterior.base_dist.loc), _wide(posterior.base_dist.scale)
     # The same sum in four fused ops (addcmul: a + v * b * c): this runs every step.
     per_dimension = torch.addcmul(-0.5 - scale.log(), loc, loc, value=0.5)
     per_dimension = torch.addcmul(per_dimension, scale, scale, value=0.5)
@@ -373,7 +383,7 @@ def distortion(x: Tensor, likelihood: Distribution) -> Tensor:
             f"start with {tuple(shape[:n_lead])}, got {tuple(likelihood.batch_shape)} "
             "(build it with event_dims counting data dims only)"
         )
-    per_element = _negative_log_prob(likelihood, x)
+    per_element = _wide(_negative_log_prob(likelihood, x))
     data_dims = tuple(range(n_lead, per_element.ndim))
     return per_element.sum(data_dims) if data_dims else per_element
 

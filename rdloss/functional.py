@@ -198,6 +198,9 @@ def standard_normal(posterior: Distribution) -> Distribution:
     loc = posterior.mean.new_zeros(posterior.event_shape).detach()
     # Known-valid parameters: skip torch's argument checks (a host sync each).
     unit = Normal(loc, torch.ones_like(loc), validate_args=False)
+    if len(posterior.event_shape) == 0:
+        # A scalar latent: torch registers no KL for Independent(Normal, 0).
+        return unit
     return Independent(unit, len(posterior.event_shape), validate_args=False)
 
 
@@ -207,9 +210,11 @@ def _standard_normal_rate(posterior: Distribution) -> Rate | None:
     $\tfrac12(\mu^2 + \sigma^2 - 1) - \log\sigma$ per dimension: the same value as torch's
     Normal-Normal KL, without building the marginal or dividing by its unit scale.
     """
-    if not (isinstance(posterior, Independent) and type(posterior.base_dist) is Normal):
+    # A bare Normal here is a scalar latent (as_latent wraps extra batch dims).
+    base = posterior.base_dist if isinstance(posterior, Independent) else posterior
+    if type(base) is not Normal:
         return None
-    loc, scale = _wide(posterior.base_dist.loc), _wide(posterior.base_dist.scale)
+    loc, scale = _wide(base.loc), _wide(base.scale)
     # The same sum in four fused ops (addcmul: a + v * b * c): this runs every step.
     per_dimension = torch.addcmul(-0.5 - scale.log(), loc, loc, value=0.5)
     per_dimension = torch.addcmul(per_dimension, scale, scale, value=0.5)

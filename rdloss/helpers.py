@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 
-from rdloss._validation import check_tensor
+from rdloss._validation import check_tensor, should_validate
 
 __all__ = ["bernoulli", "categorical", "normal"]
 
@@ -28,6 +28,23 @@ def _floating(name: str, t: Tensor) -> Tensor:
 
 def _upcast(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _check_logvar_range(logvar: Tensor, dtype: torch.dtype) -> None:
+    """Raise unless ``exp(logvar / 2)`` and ``1 / exp(logvar / 2)`` are finite normal numbers.
+
+    Outside that range the scale underflows (subnormal or 0) or overflows: the rate's
+    ``-log sigma`` then has a finite value but an infinite gradient ``-1 / sigma`` (its
+    true gradient w.r.t. ``logvar`` is ``-1/2``), or is infinite itself. One host sync.
+    """
+    finfo = torch.finfo(dtype)
+    low, high = 2 * math.log(finfo.tiny), 2 * math.log(finfo.max)
+    smallest, largest = torch.stack([logvar.min(), logvar.max()]).tolist()
+    if smallest < low or largest > high:
+        raise ValueError(
+            f"logvar must lie in [{low:.1f}, {high:.1f}] for {dtype} (exp(logvar / 2) and its "
+            f"reciprocal must be finite normal numbers), got values in [{smallest}, {largest}]"
+        )
 
 
 def _event_dims(name: str, t: Tensor, event_dims: int | None, extra: int = 0) -> int:
@@ -68,7 +85,9 @@ def normal(
         logvar: log-variance, same shape as ``loc``;
             $\sigma = \exp(\tfrac12 \mathrm{logvar})$.
         event_dims: trailing dims summed over; default all but the batch dim.
-        validate_args: passed to ``torch.distributions.Normal``.
+        validate_args: passed to ``torch.distributions.Normal``; unless ``False``, a
+            ``logvar`` whose ``exp(logvar / 2)`` leaves the dtype's normal range (float32:
+            ``[-174.7, 177.4]``) raises ``ValueError`` (one host sync; skipped when compiling).
 
     Returns:
         ``Independent(Normal(loc, sigma), event_dims)``.
@@ -90,6 +109,8 @@ def normal(
                 f"logvar must have loc's shape {tuple(loc.shape)}, got {tuple(logvar.shape)}"
             )
         sigma = torch.exp(0.5 * _upcast(logvar))
+        if logvar.numel() > 0 and should_validate(validate_args is not False):
+            _check_logvar_range(logvar, sigma.dtype)
     elif isinstance(scale, Tensor):
         sigma = _upcast(_floating("scale", scale))
         if torch.broadcast_shapes(loc.shape, sigma.shape) != loc.shape:

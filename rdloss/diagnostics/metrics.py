@@ -226,6 +226,18 @@ class MutualInformationBounds(_Diagnostic):
         return self._select(_bounds(rate, distortion, self.data_entropy, best))
 
     @override
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # A computed epoch not yet reset lives outside the buffers: save it folded into the
+        # best, as reset() would fold it, so a checkpoint between compute and reset resumes.
+        if getattr(self, "_computed", None) is not None and self._epoch_entropy_upper is not None:
+            key = prefix + "best_entropy_upper"
+            best = destination[key]
+            destination[key] = torch.minimum(best, self._epoch_entropy_upper.to(best))
+
+    @override
     def reset(self) -> None:
         """Clear the sums; keep the best ``-ELBO`` of every epoch that was computed."""
         # ``_computed`` is set only by a full (synchronised) compute since the last update,

@@ -89,6 +89,13 @@ class RateDistortionLoss(nn.Module):
         objective: an `Objective`; default ``Beta(1.0)``.
         rate_estimator: ``"analytic"``, ``"mc"`` or ``"auto"`` (closed form where
             ``torch.distributions`` registers one, else Monte Carlo with the decoder's z).
+        sync_dist: under ``torch.distributed`` (e.g. DDP), the objective reduces by the
+            batch mean over *all* processes, all-reduced differentiably, instead of this
+            process's batch: DDP's averaged gradients then equal the single-process
+            gradients on the union of the batches for every objective (also
+            ``TargetRate``'s $|\sigma - \bar R|$, unequal batch sizes or weight totals), and
+            feedback state (`GECO`, `RateController`) is the same on every process. One
+            small all-reduce per mean. The reported ``rate`` and ``distortion`` stay local.
         validate_args: value checks (NaN/inf in ``x`` and ``weight``, negative weights,
             non-finite rate or distortion), which cost a host synchronisation per call. On by
             default and always off while compiling. Independent of
@@ -115,6 +122,7 @@ class RateDistortionLoss(nn.Module):
         objective: Objective | None = None,
         *,
         rate_estimator: F.RateEstimator = "auto",
+        sync_dist: bool = False,
         validate_args: bool = True,
     ) -> None:
         super().__init__()
@@ -133,8 +141,11 @@ class RateDistortionLoss(nn.Module):
             raise ValueError(
                 f"rate_estimator must be 'analytic', 'mc' or 'auto', got {rate_estimator!r}"
             )
+        if not isinstance(sync_dist, bool):
+            raise TypeError(f"sync_dist must be a bool, got {type(sync_dist).__name__}")
         self.marginal = marginal
         self.objective = objective
+        objective.sync_dist = sync_dist
         self.rate_estimator: F.RateEstimator = rate_estimator
         if not isinstance(validate_args, bool):
             raise TypeError(f"validate_args must be a bool, got {type(validate_args).__name__}")

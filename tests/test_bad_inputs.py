@@ -243,6 +243,11 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
         ValueError,
         r"rate_estimator must be 'analytic', 'mc' or 'auto', got 'exact'",
     ),
+    "sync_dist that is not a bool": (
+        lambda: _loss(sync_dist="yes"),
+        TypeError,
+        r"sync_dist must be a bool, got str",
+    ),
     "marginal of the wrong latent size": (
         lambda: _loss(marginal=marginals.StandardNormal(4))(_x(), posterior=_q(), likelihood=_p()),
         ValueError,

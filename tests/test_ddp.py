@@ -2,8 +2,8 @@
 
 Each rank holds one half of a combined float64 batch; the model, its learnable marginal and
 the loss live in one module wrapped by ``DistributedDataParallel`` (a marginal outside the
-wrapped module would get no gradient averaging). DDP averages the ranks' gradients, and
-every rdloss objective reduces by the rank's *local* batch mean, so
+wrapped module would get no gradient averaging). DDP averages the ranks' gradients. By
+default every rdloss objective reduces by the rank's *local* batch mean, so
 
     DDP gradient = mean over ranks of the gradient of the rank's own loss       (always)
                  = gradient of the combined-batch loss   only if the objective is linear in
@@ -13,11 +13,12 @@ Hence, checked below: `Beta` with equal halves (also with per-example weights wh
 per-rank sums agree) is exact; `Beta` with unequal weight sums, `TargetRate` whose target
 lies between the two halves' mean rates (``|sigma - mean R|`` is not linear) and the
 `RateController` (β from the local mean rate) are not, and equal the per-rank average
-instead. Feedback state (GECO's multiplier, the controller's integrator) updates from the
-local batch on each rank. A penalty on the *globally* all-reduced means (differentiable
-``torch.distributed.nn.functional.all_reduce``) is exact in every case; see
-``/work/patches/C_ddp-global-batch-mean.md``. The torchmetrics diagnostics, synchronised at
-``compute``, equal the single-process values exactly up to summation order.
+instead; feedback state (GECO's multiplier, the controller's integrator) updates from the
+local batch on each rank. With ``RateDistortionLoss(sync_dist=True)`` the objectives reduce
+by the differentiably all-reduced global means, and every case is exact: gradients, loss and
+feedback state equal the single-process values on the whole batch at every step. The
+torchmetrics diagnostics, synchronised at ``compute``, equal the single-process values
+exactly up to summation order.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from torch.testing import assert_close
 from rdloss import RateDistortionLoss, RDOutput, helpers
 from rdloss.diagnostics import ActiveUnits, RateDistortion, RatePerDimension
 from rdloss.marginals import DiagonalGaussian, GaussianMixture
-from rdloss.objectives import GECO, Beta, Objective, ObjectiveOutput, RateController, TargetRate
+from rdloss.objectives import GECO, Beta, Objective, RateController, TargetRate
 from rdloss.schedules import Linear
 
 pytestmark = [
@@ -51,43 +52,14 @@ WORLD = 2
 EXACT = {"rtol": 1e-10, "atol": 1e-12}  # equal up to the order of the float64 sums
 
 
-def _global_mean(values: Tensor, weight: Tensor | None) -> Tensor:
-    """Weighted batch mean over all ranks, differentiable (the all-reduce sums gradients)."""
-    w = torch.ones_like(values) if weight is None else weight.to(values)
-    sums = torch.stack([(w * values).sum(), w.sum()])
-    if dist.is_initialized():
-        from torch.distributed.nn.functional import all_reduce
-
-        sums = all_reduce(sums)
-    return sums[0] / sums[1]
-
-
-class GlobalTargetRate(TargetRate):
-    """`TargetRate` on the all-reduced means: what the proposed ``sync_dist=True`` does."""
-
-    def forward(
-        self,
-        rate: Tensor,
-        distortion: Tensor,
-        *,
-        rate_per_dimension: Tensor | None = None,
-        weight: Tensor | None = None,
-    ) -> ObjectiveOutput:
-        sigma = self.hyperparameter(self.sigma, rate)
-        penalty = (sigma - _global_mean(rate, weight)).abs()
-        loss = _global_mean(distortion, weight) + self.hyperparameter(self.weight, rate) * penalty
-        self.advance()
-        return ObjectiveOutput(loss, {"target_rate": sigma})
-
-
 class Net(nn.Module):
     """Encoder, decoder and the loss (with its marginal) in one module for DDP."""
 
-    def __init__(self, marginal: nn.Module, objective: Objective) -> None:
+    def __init__(self, marginal: nn.Module, objective: Objective, sync: bool) -> None:
         super().__init__()
         self.encoder = nn.Linear(DIM, 2 * LATENT)
         self.decoder = nn.Sequential(nn.Linear(LATENT, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, DIM))
-        self.loss_fn = RateDistortionLoss(marginal, objective)
+        self.loss_fn = RateDistortionLoss(marginal, objective, sync_dist=sync)
 
     def forward(self, x: Tensor, eps: Tensor, weight: Tensor | None) -> tuple[RDOutput, Tensor]:
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
@@ -109,6 +81,7 @@ class Case(NamedTuple):
     weights: str  # "none", "equal_sums", "unequal_sums"
     steps: int
     exact: bool  # DDP gradient == combined-batch gradient
+    sync: bool = False  # RateDistortionLoss(sync_dist=...)
 
 
 CASES: dict[str, Case] = {
@@ -119,13 +92,19 @@ CASES: dict[str, Case] = {
     "target_rate_between": Case(
         "mixture", lambda s: TargetRate(s["between"], 2.0), "none", 1, False
     ),
-    "global_target_rate_between": Case(
-        "mixture", lambda s: GlobalTargetRate(s["between"], 2.0), "unequal_sums", 2, True
-    ),
     # exact at the first step only: the multiplier used there is the initial one
     "geco": Case("diagonal", lambda s: GECO(30.0, lr=0.05), "none", 1, True),
     "rate_controller": Case(
         "diagonal", lambda s: RateController(s["between"], kp=0.5, ki=0.5), "none", 1, False
+    ),
+    # sync_dist=True: every case exact, over several steps, feedback state included
+    "sync_beta_unequal_sums": Case("diagonal", lambda s: Beta(0.7), "unequal_sums", 2, True, True),
+    "sync_target_rate_between": Case(
+        "mixture", lambda s: TargetRate(s["between"], 2.0), "unequal_sums", 2, True, True
+    ),
+    "sync_geco": Case("diagonal", lambda s: GECO(30.0, lr=0.05), "none", 3, True, True),
+    "sync_rate_controller": Case(
+        "diagonal", lambda s: RateController(s["between"], kp=0.5, ki=0.5), "none", 3, True, True
     ),
 }
 
@@ -152,7 +131,7 @@ def _net(case: Case, sigmas: dict[str, float]) -> Net:
         if case.marginal == "mixture"
         else DiagonalGaussian(LATENT)
     )
-    return Net(marginal, case.objective(sigmas)).double()
+    return Net(marginal, case.objective(sigmas), case.sync).double()
 
 
 def _sigmas() -> dict[str, float]:
@@ -249,7 +228,7 @@ def _mean_grads(halves: list[dict[str, Any]]) -> dict[str, Tensor]:
     return {n: sum(g[n] for g in first) / WORLD for n in first[0]}
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if not n.startswith("global_")])
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if not c.sync])
 def test_ddp_gradient_is_the_mean_of_the_ranks_local_losses(runs, name):
     # DDP's semantics through rdloss's objectives: the average of per-rank gradients.
     want = _mean_grads(runs["halves"][name])
@@ -342,10 +321,23 @@ def test_objective_state_equals_whole_batch(runs, name):
     want = runs["whole"][name]["history"]
     for rank in range(WORLD):
         got = runs["ddp"][rank][name]["history"]
-        for g, w in zip(got, want, strict=True):
-            assert g["state"].keys() == w["state"].keys() == {"step"}
+        for step, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert g["state"].keys() == w["state"].keys()
             assert torch.equal(g["state"]["step"], w["state"]["step"])
+            for b in w["state"]:  # with sync_dist also GECO's and the controller's state
+                assert_close(
+                    g["state"][b], w["state"][b], **EXACT, msg=lambda m, b=b, s=step: f"{s} {b}"
+                )
         assert int(got[-1]["state"]["step"]) == CASES[name].steps
+
+
+@pytest.mark.parametrize("name", ["sync_geco", "sync_rate_controller"])
+def test_synced_feedback_state_moves(runs, name):
+    # Not vacuous: the state the test above compares changes from step to step.
+    history = runs["whole"][name]["history"]
+    states = [h["state"] for h in history]
+    moving = [b for b in states[0] if b != "step" and not torch.equal(states[0][b], states[-1][b])]
+    assert moving, f"{name}: no feedback state changed"
 
 
 @pytest.mark.parametrize(

@@ -231,3 +231,13 @@ def test_standard_normal_default_for_other_posteriors_builds_the_marginal() -> N
     unit = Independent(Normal(torch.zeros(3), torch.ones(3)), 1)
     assert result.estimator == "mc"
     assert_close(result.per_example, q.log_prob(z) - unit.log_prob(z))
+
+
+def test_batch_mean_reduces_the_first_dim_of_per_dimension_values() -> None:
+    values = torch.rand(5, 3, dtype=torch.float64)
+    weight = torch.tensor([1.0, 0.0, 2.0, 3.0, 0.5], dtype=torch.float64)
+    columns = torch.stack([F.batch_mean(values[:, j], weight) for j in range(3)])
+    torch.testing.assert_close(F.batch_mean(values, weight), columns)
+    torch.testing.assert_close(F.batch_mean(values), values.sum(0) / 5)
+    # without an initialised process group the global mean is the local one
+    torch.testing.assert_close(F.global_batch_mean(values, weight), columns)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from rdloss._validation import check_nonnegative_number
+from rdloss.functional import batch_mean, global_batch_mean
 from rdloss.schedules import Schedule
 
 __all__ = [
@@ -140,6 +141,8 @@ class Objective(nn.Module, ABC):
 
     Attributes:
         step: 0-dim int64 buffer, the number of training steps taken.
+        sync_dist: reduce over the batches of all processes (`global_batch_mean`) rather
+            than this process's batch; set by ``RateDistortionLoss(sync_dist=True)``.
     """
 
     step: Tensor
@@ -147,6 +150,7 @@ class Objective(nn.Module, ABC):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.sync_dist = False
         self._constants: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
 
     @property
@@ -158,6 +162,10 @@ class Objective(nn.Module, ABC):
         """Count one step if `advancing` (in place, so it compiles)."""
         if self.advancing:
             self.step.add_(1)
+
+    def mean(self, values: Tensor, weight: Tensor | None) -> Tensor:
+        """Weighted batch mean over dim 0: of this process's batch, or of all (`sync_dist`)."""
+        return global_batch_mean(values, weight) if self.sync_dist else batch_mean(values, weight)
 
     def hyperparameter(self, value: float | Schedule, like: Tensor) -> Tensor:
         """Evaluate a hyperparameter at the current step.

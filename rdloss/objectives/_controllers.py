@@ -13,7 +13,6 @@ from torch import Tensor
 from typing_extensions import override
 
 from rdloss._validation import check_nonnegative_number
-from rdloss.functional import batch_mean
 from rdloss.objectives._base import (
     Hyperparameter,
     Objective,
@@ -127,7 +126,7 @@ class GECO(Objective):
         r"""$\bar R + \lambda (\bar D - \kappa)$; see `Objective.forward`."""
         check_terms(rate, distortion, rate_per_dimension, weight)
         target = self.hyperparameter(self.target_distortion, rate)
-        constraint = batch_mean(distortion, weight) - target
+        constraint = self.mean(distortion, weight) - target
         # Clone: the buffers are updated in place below, after the loss has used them.
         multiplier = self.multiplier.clone()
         if self.advancing:
@@ -142,7 +141,7 @@ class GECO(Objective):
         else:
             moving = self.constraint_ma.clone()
             used = constraint
-        loss = batch_mean(rate, weight) + multiplier.to(constraint.dtype) * used
+        loss = self.mean(rate, weight) + multiplier.to(constraint.dtype) * used
         self.advance()
         return ObjectiveOutput(
             loss,
@@ -234,7 +233,7 @@ class RateController(Objective):
         r"""$\bar D + \beta_t \bar R$ with a controlled β; see `Objective.forward`."""
         check_terms(rate, distortion, rate_per_dimension, weight)
         target = self.hyperparameter(self.target_rate, rate)
-        mean_rate = batch_mean(rate, weight)
+        mean_rate = self.mean(rate, weight)
         if self.advancing:
             error = target - mean_rate.detach()
             # K_p / (1 + exp(e)) = K_p * sigmoid(-e), which cannot overflow.
@@ -248,7 +247,7 @@ class RateController(Objective):
             self.beta.copy_(beta)
         else:
             beta = self.beta.clone()
-        loss = batch_mean(distortion, weight) + beta.to(mean_rate.dtype) * mean_rate
+        loss = self.mean(distortion, weight) + beta.to(mean_rate.dtype) * mean_rate
         self.advance()
         return ObjectiveOutput(loss, {"beta": beta, "target_rate": target})
 

@@ -12,7 +12,6 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from rdloss.functional import batch_mean
 from rdloss.objectives._base import (
     Hyperparameter,
     Objective,
@@ -36,12 +35,16 @@ def _check_reduction(reduction: object) -> Reduction:
 
 
 def _target_penalty(
-    values: Tensor, target: Tensor, weight: Tensor | None, reduction: Reduction
+    objective: Objective,
+    values: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    reduction: Reduction,
 ) -> Tensor:
     """``|target - mean v|`` (``"batch"``) or ``mean |target - v|`` (``"example"``)."""
     if reduction == "batch":
-        return (target - batch_mean(values, weight)).abs()
-    return batch_mean((target - values).abs(), weight)
+        return (target - objective.mean(values, weight)).abs()
+    return objective.mean((target - values).abs(), weight)
 
 
 class Beta(Objective):
@@ -79,7 +82,7 @@ class Beta(Objective):
         r"""$\bar D + \beta \bar R$; see `Objective.forward`."""
         check_terms(rate, distortion, rate_per_dimension, weight)
         beta = self.hyperparameter(self.beta, rate)
-        loss = batch_mean(distortion, weight) + beta * batch_mean(rate, weight)
+        loss = self.mean(distortion, weight) + beta * self.mean(rate, weight)
         self.advance()
         return ObjectiveOutput(loss, {"beta": beta})
 
@@ -130,8 +133,8 @@ class TargetRate(Objective):
         r"""$\bar D + w|\sigma - \bar R|$; see `Objective.forward`."""
         check_terms(rate, distortion, rate_per_dimension, weight)
         sigma = self.hyperparameter(self.sigma, rate)
-        penalty = _target_penalty(rate, sigma, weight, self.reduction)
-        loss = batch_mean(distortion, weight) + self.hyperparameter(self.weight, rate) * penalty
+        penalty = _target_penalty(self, rate, sigma, weight, self.reduction)
+        loss = self.mean(distortion, weight) + self.hyperparameter(self.weight, rate) * penalty
         self.advance()
         return ObjectiveOutput(loss, {"target_rate": sigma})
 
@@ -184,8 +187,8 @@ class TargetDistortion(Objective):
         r"""$\bar R + w|\delta - \bar D|$; see `Objective.forward`."""
         check_terms(rate, distortion, rate_per_dimension, weight)
         delta = self.hyperparameter(self.delta, rate)
-        penalty = _target_penalty(distortion, delta, weight, self.reduction)
-        loss = batch_mean(rate, weight) + self.hyperparameter(self.weight, rate) * penalty
+        penalty = _target_penalty(self, distortion, delta, weight, self.reduction)
+        loss = self.mean(rate, weight) + self.hyperparameter(self.weight, rate) * penalty
         self.advance()
         return ObjectiveOutput(loss, {"target_distortion": delta})
 
@@ -254,14 +257,11 @@ class FreeBits(Objective):
                     "rate does not factorise over latent dimensions (e.g. a mixture or flow "
                     "marginal); use FreeBits(per='total')"
                 )
-            if weight is None:
-                per_dimension = rate_per_dimension.mean(0)
-            else:  # the weighted batch mean of every column, as in batch_mean
-                per_dimension = (weight[:, None] * rate_per_dimension).sum(0) / weight.sum()
+            per_dimension = self.mean(rate_per_dimension, weight)
             clamped = torch.maximum(per_dimension, lam).sum()
         else:
-            clamped = torch.maximum(batch_mean(rate, weight), lam)
-        loss = batch_mean(distortion, weight) + clamped
+            clamped = torch.maximum(self.mean(rate, weight), lam)
+        loss = self.mean(distortion, weight) + clamped
         self.advance()
         return ObjectiveOutput(loss, {"free_bits": lam, "clamped_rate": clamped.detach()})
 
@@ -305,8 +305,8 @@ class Capacity(Objective):
         check_terms(rate, distortion, rate_per_dimension, weight)
         capacity = self.hyperparameter(self.capacity, rate)
         gamma = self.hyperparameter(self.gamma, rate)
-        penalty = (batch_mean(rate, weight) - capacity).abs()
-        loss = batch_mean(distortion, weight) + gamma * penalty
+        penalty = (self.mean(rate, weight) - capacity).abs()
+        loss = self.mean(distortion, weight) + gamma * penalty
         self.advance()
         return ObjectiveOutput(loss, {"capacity": capacity, "gamma": gamma})
 

@@ -3,7 +3,9 @@
 B = 128, 32 latent dims, 784 Bernoulli pixels, CPU; forward + backward to the encoder and
 decoder outputs. Both are timed in alternation in one run and the ratio is printed, in eager
 mode (with rdloss' value checks on, the default, and off) and under
-``torch.compile(fullgraph=True)``. Run: ``python benchmarks/loss_overhead.py``.
+``torch.compile(fullgraph=True)``. A third function, `distributions_floor`, writes out by
+hand the least a loss built on ``torch.distributions`` objects computes, to separate the
+cost of that design from rdloss' own. Run: ``python benchmarks/loss_overhead.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 
 import torch
 import torch.nn.functional as tnf
+from torch.distributions import Bernoulli, Independent, Normal
 
 import rdloss
 from rdloss import helpers, objectives
@@ -28,6 +31,30 @@ def handwritten(x, mu, logvar, logits):
     distortion = tnf.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
     rate = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
     return (distortion + BETA * rate).mean()
+
+
+def distributions_floor(x, mu, logvar, logits):
+    """The least any loss built on torch.distributions objects does, written out by hand.
+
+    What DESIGN.md's contract costs before rdloss adds anything: the posterior and
+    likelihood objects, the rate per dimension (it is reported), the four-op closed form,
+    both batch means (reported), the ELBO and the objective's step counter.
+    """
+    q = Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1)
+    p = Independent(Bernoulli(logits=logits, validate_args=False), 1)
+    loc, scale = q.base_dist.loc, q.base_dist.scale
+    per_dim = torch.addcmul(-0.5 - scale.log(), loc, loc, value=0.5)
+    rate = torch.addcmul(per_dim, scale, scale, value=0.5).sum(-1)
+    distortion = tnf.binary_cross_entropy_with_logits(p.base_dist.logits, x, reduction="none").sum(
+        -1
+    )
+    mean_rate, mean_distortion = rate.mean(), distortion.mean()
+    _FLOOR_STEP.add_(1)
+    _ = -(mean_rate + mean_distortion)  # the ELBO
+    return mean_distortion + BETA * mean_rate
+
+
+_FLOOR_STEP = torch.zeros((), dtype=torch.long)
 
 
 def make_rdloss(validate: bool):
@@ -70,6 +97,7 @@ def main() -> None:
 
     reference = handwritten(x, *leaves)
     torch.testing.assert_close(make_rdloss(True)(x, *leaves), reference)
+    torch.testing.assert_close(distributions_floor(x, *leaves), reference)
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, B={batch}, "
@@ -78,6 +106,8 @@ def main() -> None:
     rows = [
         ("eager, value checks on (default)", make_rdloss(True), handwritten),
         ("eager, value checks off", make_rdloss(False), handwritten),
+        ("eager, distributions floor (no rdloss)", distributions_floor, handwritten),
+        ("eager, value checks off vs the floor", make_rdloss(False), distributions_floor),
     ]
     if not args.no_compile:
         compiled_ours = torch.compile(make_rdloss(True), fullgraph=True)

@@ -161,7 +161,11 @@ def _closed_form_kl(p: Distribution, q: Distribution) -> Tensor | None:
     # registry, then torch's memo (warm for inexact pairs, whose dispatch ranks matches with
     # min() over a generator that fullgraph=True cannot trace), then the dispatch, unmemoised.
     key = (type(p), type(q))
-    fun = _KL_REGISTRY.get(key) or _KL_MEMOIZE.get(key) or _dispatch_kl(*key)
+    fun = _KL_REGISTRY.get(key)
+    if fun is None:
+        fun = _KL_MEMOIZE.get(key)
+    if fun is None:  # NotImplemented (no closed form) has no truth value: compare with is
+        fun = _dispatch_kl(*key)
     if fun is NotImplemented:
         return None
     try:

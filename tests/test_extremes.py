@@ -40,7 +40,6 @@ from the posterior. Use float64, or the analytic estimator, at such scales.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -69,13 +68,7 @@ DATA_DIMS = 8
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small tensors: one thread avoids waking a thread pool (ms per op on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Encoder(nn.Module):

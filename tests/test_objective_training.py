@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -28,14 +28,7 @@ from rdloss.objectives import (
 )
 from rdloss.schedules import Cosine, Cyclical, Linear, Sigmoid
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny matrices: threads only add overhead on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def binary_patterns(n: int = 256, dim: int = 16, prototypes: int = 8, flip: float = 0.05) -> Tensor:

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -72,14 +71,7 @@ from rdloss.distributions import DiagonalGaussianMixture
 from rdloss.objectives import Beta
 from rdloss.schedules import Constant, Cosine, Cyclical, Linear, Schedule, Sigmoid
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread avoids waking a thread pool (ms per op on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PROPERTY = settings(max_examples=200, deadline=None, derandomize=True)

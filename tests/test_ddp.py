@@ -24,7 +24,6 @@ exactly up to summation order.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -196,21 +195,15 @@ def _worker(rank: int, port: int, out_dir: str, sigmas: dict[str, float]) -> Non
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Any]:
+def runs(tmp_path_factory, free_port) -> dict[str, Any]:
     """DDP results of both ranks, and single-process results on the whole batch and halves."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         out_dir = tmp_path_factory.mktemp("ddp")
         sigmas = _sigmas()
-        mp.spawn(_worker, args=(_free_port(), str(out_dir), sigmas), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), str(out_dir), sigmas), nprocs=WORLD, join=True)
         halves = [slice(0, HALF), slice(HALF, None)]
         return {
             "ddp": [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)],

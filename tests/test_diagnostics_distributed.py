@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -73,15 +72,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_two_process_metrics_equal_single_process_union(tmp_path):
+def test_two_process_metrics_equal_single_process_union(tmp_path, free_port):
     torch.set_num_threads(1)
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     single = _run(RANK_BATCHES[0] + RANK_BATCHES[1])
     for rank in (0, 1):
         synced = torch.load(tmp_path / f"rank{rank}.pt")

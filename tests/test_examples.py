@@ -13,9 +13,9 @@ import math
 import os
 import runpy
 import shutil
-import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -86,19 +86,15 @@ def test_lightning_module_logs_rate_distortion_and_diagnostics(tmp_path: Path) -
     assert math.isfinite(float(epoch_row["train/rate_epoch"]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_ddp_torchrun_two_processes_sync_the_diagnostics(tmp_path: Path) -> None:
+def test_ddp_torchrun_two_processes_sync_the_diagnostics(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun)] if torchrun.exists() else [shutil.which("torchrun") or "torchrun"]
     command += [
         "--nproc_per_node=2",
         "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         str(EXAMPLES / "ddp_torchrun.py"),
         "--steps",
         "3",

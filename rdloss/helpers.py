@@ -31,19 +31,20 @@ def _upcast(t: Tensor) -> Tensor:
 
 
 def _check_logvar_range(logvar: Tensor, dtype: torch.dtype) -> None:
-    """Raise unless ``exp(logvar / 2)`` and ``1 / exp(logvar / 2)`` are finite normal numbers.
+    """Raise unless the variance ``exp(logvar)`` is a finite normal number of ``dtype``.
 
-    Outside that range the scale underflows (subnormal or 0) or overflows: the rate's
-    ``-log sigma`` then has a finite value but an infinite gradient ``-1 / sigma`` (its
-    true gradient w.r.t. ``logvar`` is ``-1/2``), or is infinite itself. One host sync.
+    Below that range the rate's gradient is infinite while its value looks fine (torch's
+    Normal KL squares the scale ratio, a subnormal; ``-log sigma`` has gradient
+    ``-1 / sigma``); above it the rate itself is infinite. One host sync.
     """
     finfo = torch.finfo(dtype)
-    low, high = 2 * math.log(finfo.tiny), 2 * math.log(finfo.max)
+    low, high = math.log(finfo.tiny), math.log(finfo.max)
     smallest, largest = torch.stack([logvar.min(), logvar.max()]).tolist()
     if smallest < low or largest > high:
         raise ValueError(
-            f"logvar must lie in [{low:.1f}, {high:.1f}] for {dtype} (exp(logvar / 2) and its "
-            f"reciprocal must be finite normal numbers), got values in [{smallest}, {largest}]"
+            f"logvar must lie in [{low:.1f}, {high:.1f}] for {dtype} (the variance "
+            f"exp(logvar) must be a finite normal number), got values in "
+            f"[{smallest}, {largest}]; clamp the encoder's log-variance"
         )
 
 
@@ -86,8 +87,9 @@ def normal(
             $\sigma = \exp(\tfrac12 \mathrm{logvar})$.
         event_dims: trailing dims summed over; default all but the batch dim.
         validate_args: passed to ``torch.distributions.Normal``; unless ``False``, a
-            ``logvar`` whose ``exp(logvar / 2)`` leaves the dtype's normal range (float32:
-            ``[-174.7, 177.4]``) raises ``ValueError`` (one host sync; skipped when compiling).
+            ``logvar`` whose variance ``exp(logvar)`` leaves the dtype's normal range
+            (float32: ``[-87.3, 88.7]``) raises ``ValueError`` (one host sync; skipped
+            when compiling).
 
     Returns:
         ``Independent(Normal(loc, sigma), event_dims)``.

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as tnf
 from torch.testing import assert_close
 
-from rdloss import helpers
+from rdloss import RateDistortionLoss, helpers, marginals
 
 
 def test_normal_from_logvar_and_scale_agree() -> None:
@@ -76,3 +76,28 @@ def test_event_dims_override() -> None:
     assert dist.batch_shape == (4, 5) and dist.event_shape == (6,)
     scalar = helpers.normal(torch.zeros(4), scale=1.0)
     assert scalar.batch_shape == (4,) and scalar.event_shape == ()
+
+
+@pytest.mark.parametrize("logvar", [-95.0, 89.0])
+def test_logvar_whose_variance_leaves_float32_is_an_error(logvar: float) -> None:
+    # Just outside [log(tiny), log(max)] of float32: the rate's gradient (DiagonalGaussian
+    # marginal, below) or the rate itself (above) would be infinite, silently.
+    with pytest.raises(ValueError, match=r"logvar must lie in \[-87\.3, 88\.7\]"):
+        helpers.normal(torch.zeros(2, 3), logvar=torch.full((2, 3), logvar))
+    # float64 holds these variances; the check is off with validate_args=False.
+    helpers.normal(torch.zeros(2, 3).double(), logvar=torch.full((2, 3), logvar).double())
+    helpers.normal(torch.zeros(2, 3), logvar=torch.full((2, 3), logvar), validate_args=False)
+
+
+@pytest.mark.parametrize("logvar", [-87.0, 80.0])
+def test_logvar_at_the_float32_edges_gives_finite_rate_and_gradient(logvar: float) -> None:
+    raw = torch.full((2, 4), logvar, requires_grad=True)
+    loss_fn = RateDistortionLoss(marginals.DiagonalGaussian(4))
+    x = torch.zeros(2, 3)
+    q = helpers.normal(torch.zeros(2, 4), logvar=raw)
+    out = loss_fn(x, posterior=q, likelihood=helpers.bernoulli(logits=torch.zeros(2, 3)))
+    out.loss.backward()
+    assert torch.isfinite(out.rate) and torch.isfinite(raw.grad).all()
+    # d KL / d logvar = (exp(logvar) - 1) / 2 against N(0, 1), per dim, over a batch of 2
+    want = torch.full((2, 4), (math.exp(logvar) - 1) / 4)
+    torch.testing.assert_close(raw.grad, want, rtol=1e-5, atol=1e-6)

@@ -89,13 +89,15 @@ class RateDistortionLoss(nn.Module):
         objective: an `Objective`; default ``Beta(1.0)``.
         rate_estimator: ``"analytic"``, ``"mc"`` or ``"auto"`` (closed form where
             ``torch.distributions`` registers one, else Monte Carlo with the decoder's z).
-        sync_dist: under ``torch.distributed`` (e.g. DDP), the objective reduces by the
-            batch mean over *all* processes, all-reduced differentiably, instead of this
-            process's batch: DDP's averaged gradients then equal the single-process
-            gradients on the union of the batches for every objective (also
-            ``TargetRate``'s $|\sigma - \bar R|$, unequal batch sizes or weight totals), and
-            feedback state (`GECO`, `RateController`) is the same on every process. One
-            small all-reduce per mean. The reported ``rate`` and ``distortion`` stay local.
+        sync_dist: under ``torch.distributed`` (e.g. DDP), while training (``train()`` mode
+            with gradients) the objective reduces by the batch mean over *all* processes,
+            all-reduced differentiably, instead of this process's batch. DDP's averaged
+            gradients then equal the single-process gradients on the union of the batches
+            for every built-in objective (also ``TargetRate``'s $|\sigma - \bar R|$ and
+            unequal weight totals), and feedback state (`GECO`, `RateController`) is the
+            same on every process. One small all-reduce per mean, so every process must
+            call the loss while training; evaluation stays local. The reported ``rate``
+            and ``distortion`` stay local.
         validate_args: value checks (NaN/inf in ``x`` and ``weight``, negative weights,
             non-finite rate or distortion), which cost a host synchronisation per call. On by
             default and always off while compiling. Independent of
@@ -347,4 +349,5 @@ class RateDistortionLoss(nn.Module):
     @override
     def extra_repr(self) -> str:
         marginal = "" if isinstance(self.marginal, nn.Module) else f"marginal={self.marginal}, "
-        return f"{marginal}rate_estimator={self.rate_estimator!r}"
+        sync = ", sync_dist=True" if self.objective.sync_dist else ""
+        return f"{marginal}rate_estimator={self.rate_estimator!r}{sync}"

@@ -452,8 +452,8 @@ def test_compiles_fullgraph_without_recompiling(objective: Objective) -> None:
 
 
 def test_constant_hyperparameters_follow_dtype_and_survive_inference_mode() -> None:
-    # Constants are cached per dtype and device; one first built under inference_mode must
-    # not be reused in training, where autograd saves it for the backward pass.
+    # Hyperparameters follow the terms' dtype, and a first call under inference_mode must
+    # not leave anything behind that a later training step's backward would trip over.
     objective = Beta(0.5)
     rate, distortion = torch.tensor([2.0, 4.0]), torch.tensor([10.0, 20.0])
     with torch.inference_mode():
@@ -468,3 +468,29 @@ def test_constant_hyperparameters_follow_dtype_and_survive_inference_mode() -> N
     objective(rate32, distortion).loss.backward()
     assert objective(rate, distortion).hyper["beta"].dtype == torch.float32
     torch.testing.assert_close(rate32.grad, torch.full((2,), 0.25))
+
+
+def test_sync_dist_all_reduces_only_while_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Evaluation must stay local: one process evaluating alone would wait forever on a
+    # collective the others never join.
+    import rdloss.objectives._base as base
+
+    calls: list[int] = []
+
+    def recording(values: Tensor, weight: Tensor | None = None) -> Tensor:
+        calls.append(values.shape[0])
+        return base.batch_mean(values, weight)
+
+    monkeypatch.setattr(base, "global_batch_mean", recording)
+    loss_fn = RateDistortionLoss(objective=TargetRate(1.0), sync_dist=True)
+    assert "sync_dist=True" in repr(loss_fn)
+    rate = torch.tensor([2.0, 4.0], requires_grad=True)
+    distortion = torch.tensor([10.0, 20.0])
+    loss_fn.objective(rate, distortion)
+    assert calls == [2, 2]  # the mean rate and the mean distortion
+    loss_fn.eval()
+    loss_fn.objective(rate, distortion)
+    loss_fn.train()
+    with torch.no_grad():
+        loss_fn.objective(rate, distortion)
+    assert calls == [2, 2]

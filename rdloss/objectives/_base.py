@@ -49,6 +49,11 @@ def as_hyperparameter(name: str, value: object, *, positive: bool = False) -> fl
                 f"{name} must be >= 0 at every step, got a {type(value).__name__} schedule "
                 f"whose values reach {bounds[0]}"
             )
+        if positive and bounds is not None and bounds[1] <= 0:
+            raise ValueError(
+                f"{name} must be > 0 at some step, got a {type(value).__name__} schedule "
+                "that stays at 0"
+            )
         return value
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
         raise TypeError(
@@ -131,8 +136,9 @@ class ObjectiveOutput(NamedTuple):
 class Objective(nn.Module, ABC):
     """Base class of objectives.
 
-    Subclasses implement `forward` on per-example terms (starting with `check_terms`
-    for clear errors on bad shapes). Every objective owns a
+    Subclasses implement `forward` on per-example terms, starting with `check_terms`
+    (clear errors on bad shapes) and reducing with `mean` (so that ``sync_dist`` applies).
+    Every objective owns a
     ``step`` buffer (int64, 0-dim): the number of forward calls made while
     `advancing`. Schedules are evaluated at the current step, and a subclass's
     `forward` ends with `advance`, so the first training step sees step 0. Keep
@@ -141,8 +147,9 @@ class Objective(nn.Module, ABC):
 
     Attributes:
         step: 0-dim int64 buffer, the number of training steps taken.
-        sync_dist: reduce over the batches of all processes (`global_batch_mean`) rather
-            than this process's batch; set by ``RateDistortionLoss(sync_dist=True)``.
+        sync_dist: while training, reduce over the batches of all processes
+            (`global_batch_mean`) rather than this process's batch; set by
+            ``RateDistortionLoss(sync_dist=True)``.
     """
 
     step: Tensor
@@ -151,7 +158,6 @@ class Objective(nn.Module, ABC):
         super().__init__()
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.sync_dist = False
-        self._constants: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
 
     @property
     def advancing(self) -> bool:
@@ -164,8 +170,15 @@ class Objective(nn.Module, ABC):
             self.step.add_(1)
 
     def mean(self, values: Tensor, weight: Tensor | None) -> Tensor:
-        """Weighted batch mean over dim 0: of this process's batch, or of all (`sync_dist`)."""
-        return global_batch_mean(values, weight) if self.sync_dist else batch_mean(values, weight)
+        """Weighted batch mean over dim 0: of this process's batch, or of all (`sync_dist`).
+
+        Subclasses reduce with it (not `functional.batch_mean`) so that ``sync_dist`` applies.
+        The all-reduce happens only while `advancing`: evaluation stays local, so one
+        process may evaluate alone without waiting for the others.
+        """
+        if self.sync_dist and self.advancing:
+            return global_batch_mean(values, weight)
+        return batch_mean(values, weight)
 
     def hyperparameter(self, value: float | Schedule, like: Tensor) -> Tensor:
         """Evaluate a hyperparameter at the current step.
@@ -181,16 +194,7 @@ class Objective(nn.Module, ABC):
         if isinstance(value, Schedule):
             scheduled: Tensor = value(self.step.to(dtype))
             return scheduled.to(dtype)
-        if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
-            # A graph constant needs no cache; an inference tensor must not be cached, as
-            # autograd cannot save it for a later training step.
-            return torch.tensor(value, dtype=dtype, device=like.device)
-        # Eager: one tensor per constant, dtype and device, not a new one every step.
-        key = (value, dtype, like.device)
-        constant = self._constants.get(key)
-        if constant is None:
-            constant = self._constants[key] = torch.tensor(value, dtype=dtype, device=like.device)
-        return constant
+        return torch.tensor(value, dtype=dtype, device=like.device)
 
     @abstractmethod
     def forward(

@@ -204,3 +204,19 @@ def test_output_selection_and_validation():
     with pytest.raises(ValueError, match="3"):
         au.update(torch.zeros(2, 4))
     assert "threshold=0.01" in repr(au)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_mi_bounds_keep_the_best_epoch_without_torchmetrics_cache(cache: bool) -> None:
+    # The best -ELBO must not depend on torchmetrics' compute cache, and a per-batch
+    # forward value is not an epoch's.
+    metric = MutualInformationBounds(compute_with_cache=cache)
+    metric.update(torch.tensor([1.0, 2.0]), torch.tensor([5.0, 6.0]))
+    metric.compute()  # epoch 1: -ELBO 7
+    metric.reset()
+    metric(torch.tensor([0.1]), torch.tensor([0.1]))  # a batch value of 0.2, not an epoch
+    metric.update(torch.tensor([9.0]), torch.tensor([9.0]))
+    assert metric.compute().entropy_upper.item() == 7.0
+    metric.reset()
+    metric.update(torch.tensor([9.0]), torch.tensor([9.0]))
+    assert metric.compute().entropy_upper.item() == 7.0

@@ -305,6 +305,7 @@ def aggregate_posterior(
         `AggregatePosterior`.
 
     Raises:
+        TypeError: ``chunk_size`` is not an int.
         ValueError: a shape disagrees, ``tc_samples`` or ``chunk_size`` is invalid, ``loc``
             or ``z`` holds NaN/inf, or a ``scale`` is not positive and finite.
 

@@ -214,7 +214,15 @@ class MutualInformationBounds(_Diagnostic):
     @override
     def update(self, rate: Tensor | RDOutput, distortion: Tensor | None = None) -> None:
         """Add a batch: an `RDOutput`, or ``(B,)`` rate and distortion."""
+        self._epoch_entropy_upper = None  # the epoch goes on: no computed value is final
         self._update_sums(rate, distortion)
+
+    @override
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Update and return the batch's value, which is not an epoch's ``-ELBO``."""
+        value = super().forward(*args, **kwargs)
+        self._epoch_entropy_upper = None
+        return value
 
     @override
     def compute(self) -> Any:
@@ -232,7 +240,7 @@ class MutualInformationBounds(_Diagnostic):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         # A computed epoch not yet reset lives outside the buffers: save it folded into the
         # best, as reset() would fold it, so a checkpoint between compute and reset resumes.
-        if getattr(self, "_computed", None) is not None and self._epoch_entropy_upper is not None:
+        if self._epoch_entropy_upper is not None:
             key = prefix + "best_entropy_upper"
             best = destination[key]
             destination[key] = torch.minimum(best, self._epoch_entropy_upper.to(best))
@@ -240,9 +248,9 @@ class MutualInformationBounds(_Diagnostic):
     @override
     def reset(self) -> None:
         """Clear the sums; keep the best ``-ELBO`` of every epoch that was computed."""
-        # ``_computed`` is set only by a full (synchronised) compute since the last update,
-        # never by the per-batch value of ``forward``.
-        if getattr(self, "_computed", None) is not None and self._epoch_entropy_upper is not None:
+        # Set by a compute() over the epoch since the last update (forward's per-batch value
+        # and further updates clear it).
+        if self._epoch_entropy_upper is not None:
             self.best_entropy_upper = torch.minimum(
                 self.best_entropy_upper, self._epoch_entropy_upper.to(self.best_entropy_upper)
             )

@@ -471,7 +471,7 @@ def global_batch_mean(values: Tensor, weight: Tensor | None = None) -> Tensor:
     process then computes the same loss, and the backward all-reduces its gradient, so
     after DDP divides by the world size each process holds exactly the single-process
     gradient on the union of the batches, even through nonlinear functions of the mean
-    (``|sigma - mean R|``) and for any per-process batch sizes or weight totals.
+    (``|sigma - mean R|``) and for unequal per-process weight totals.
 
     Args:
         values: ``(B, ...)`` per-example values, reduced over the first dimension.

@@ -367,6 +367,11 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
         r"step must be a torch.Tensor .*got int",
     ),
     # ---- objectives and controllers ---------------------------------------------------
+    "objective: weight schedule that stays at 0": (
+        lambda: objectives.TargetRate(5.0, weight=schedules.Constant(0.0)),
+        ValueError,
+        r"weight must be > 0 at some step, got a Constant schedule that stays at 0",
+    ),
     "objective: beta schedule that goes negative": (
         lambda: objectives.Beta(schedules.Linear(-1.0, 1.0, steps=10)),
         ValueError,

@@ -27,9 +27,9 @@ Gradients of the factorised analytic cases are checked against their closed form
 ``dD/dlogits = sigmoid(logits) - x``). Out-of-range inputs (log-variance ``+-200``) must end
 in a ``ValueError`` that says why.
 
-Known failures until the lead applies the patches in ``/work/patches/``:
-``test_scalar_latent_default_marginal`` (A_scalar-latent.md) and the two float32
-``logvar=-200`` cases of ``test_out_of_range_gives_a_clear_error`` (A_logvar-range.md).
+Regressions guarded here: a scalar latent had no rate against the default ``N(0, 1)``, and
+a float32 ``logvar=-200`` gave a finite loss with a silently infinite gradient (now a
+``ValueError`` from ``helpers.normal``).
 
 Limitation (not tested as a value, documented here): a float32 Monte Carlo ``z = mu + sigma
 eps`` cannot represent ``sigma`` below ``ulp(mu)``, so at log-variance -60 the *sample* is
@@ -248,10 +248,9 @@ def test_out_of_range_gives_a_clear_error(
     ``exp(0.5 * logvar)`` underflows to 0 or overflows to inf in float32 (float64 still holds
     ``e^100``); rdloss must never return a non-finite loss or gradient silently.
 
-    Fails for float32 logvar -200 with the N(0, I) marginal until
-    /work/patches/A_logvar-range.md is applied: sigma = e^-100 is subnormal, the loss is
-    finite and right, but d(-log sigma)/d sigma = -1/sigma overflows and the logvar gradient
-    is -inf (float64 gives -0.5).
+    Regression: float32 logvar -200 with the N(0, I) marginal (sigma = e^-100 is
+    subnormal) gave a finite, right loss but a -inf logvar gradient through
+    d(-log sigma)/d sigma = -1/sigma (float64 gives -0.5); `helpers.normal` now raises.
     """
     dim = 4
     mu, spread, logits, x = _inputs(dim, "logvar", logvar, dtype)
@@ -311,10 +310,9 @@ def test_scalar_latent_default_marginal(
     """Latent size 1 as a scalar latent: ``loc`` of shape ``(B,)``, event shape ``()``.
 
     ``helpers.normal`` then returns a plain ``Normal`` (no ``Independent``); its rate against
-    the default ``N(0, 1)`` has the same closed form. Fails until
-    /work/patches/A_scalar-latent.md is applied: the default marginal is built as
-    ``Independent(Normal, 0)``, for which torch registers no KL, so ``"analytic"`` raises
-    ``NotImplementedError`` and ``"auto"`` asks for ``z``.
+    the default ``N(0, 1)`` has the same closed form. Regression: the default marginal was
+    built as ``Independent(Normal, 0)``, for which torch registers no KL, so ``"analytic"``
+    raised ``NotImplementedError`` and ``"auto"`` asked for ``z``.
     """
     mu, spread, logits, x = _inputs(1, param, value, dtype)
     mu0, spread0 = mu.detach()[:, 0].requires_grad_(), spread.detach()[:, 0].requires_grad_()

@@ -581,7 +581,7 @@ def test_per_unit_metrics_keep_shape(dim: int) -> None:
     """Per-unit results are (D,) for every D, as the functional ones (also D = 1).
 
     Regression: torchmetrics squeezes every one-element tensor that ``compute`` returns, so
-    D = 1 gave 0-dim tensors (/work/patches/A_metric-squeeze.md).
+    D = 1 gave 0-dim tensors.
     """
     means = torch.randn(5, dim, dtype=F64)
     rates = torch.rand(5, dim, dtype=F64)

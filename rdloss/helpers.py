@@ -39,7 +39,7 @@ def _check_logvar_range(logvar: Tensor, dtype: torch.dtype) -> None:
     """
     finfo = torch.finfo(dtype)
     low, high = math.log(finfo.tiny), math.log(finfo.max)
-    smallest, largest = torch.stack([logvar.min(), logvar.max()]).tolist()
+    smallest, largest = torch.stack(torch.aminmax(logvar.detach())).tolist()
     if smallest < low or largest > high:
         raise ValueError(
             f"logvar must lie in [{low:.1f}, {high:.1f}] for {dtype} (the variance "

@@ -17,6 +17,7 @@ from rdloss.objectives import (
     Capacity,
     FreeBits,
     Objective,
+    ObjectiveOutput,
     RateController,
     TargetDistortion,
     TargetRate,
@@ -494,3 +495,25 @@ def test_sync_dist_all_reduces_only_while_training(monkeypatch: pytest.MonkeyPat
     with torch.no_grad():
         loss_fn.objective(rate, distortion)
     assert calls == [2, 2]
+
+
+def test_a_user_objective_gets_the_checks_and_the_step_from_forward() -> None:
+    class SquaredTargetRate(Objective):
+        def compute(
+            self,
+            rate: Tensor,
+            distortion: Tensor,
+            *,
+            rate_per_dimension: Tensor | None = None,
+            weight: Tensor | None = None,
+        ) -> ObjectiveOutput:
+            loss = self.mean(distortion, weight) + (2.0 - self.mean(rate, weight)).square()
+            return ObjectiveOutput(loss, {})
+
+    objective = SquaredTargetRate()
+    out = objective(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 5.0]))
+    torch.testing.assert_close(out.loss, torch.tensor(4.0 + 0.25))
+    assert int(objective.step) == 1
+    with pytest.raises(ValueError, match=r"distortion must have rate's shape"):
+        objective(torch.ones(3), torch.ones(4))
+    assert int(objective.step) == 1  # a rejected call does not count

@@ -19,7 +19,7 @@ takes a number also takes a `Schedule` of the step.
 * `RateController`: PI control of β to hold a rate (Shao et al., 2020).
 """
 
-from rdloss.objectives._base import Hyperparameter, Objective, ObjectiveOutput, check_terms
+from rdloss.objectives._base import Hyperparameter, Objective, ObjectiveOutput
 from rdloss.objectives._controllers import GECO, RateController
 from rdloss.objectives._penalties import Beta, Capacity, FreeBits, TargetDistortion, TargetRate
 
@@ -34,5 +34,4 @@ __all__ = [
     "RateController",
     "TargetDistortion",
     "TargetRate",
-    "check_terms",
 ]

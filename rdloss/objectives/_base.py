@@ -68,7 +68,7 @@ def check_terms(
 ) -> None:
     """Shape and type checks of an objective's inputs (free: no host synchronisation).
 
-    Every built-in `Objective.forward` calls it first; call it in your own objectives too.
+    `Objective.forward` calls it before `Objective.compute`.
 
     Raises:
         TypeError: an input is not a tensor.
@@ -136,14 +136,12 @@ class ObjectiveOutput(NamedTuple):
 class Objective(nn.Module, ABC):
     """Base class of objectives.
 
-    Subclasses implement `forward` on per-example terms, starting with `check_terms`
-    (clear errors on bad shapes) and reducing with `mean` (so that ``sync_dist`` applies).
-    Every objective owns a
-    ``step`` buffer (int64, 0-dim): the number of forward calls made while
-    `advancing`. Schedules are evaluated at the current step, and a subclass's
-    `forward` ends with `advance`, so the first training step sees step 0. Keep
-    any further state in registered buffers as well: then ``state_dict()`` /
-    ``load_state_dict()`` resume training exactly.
+    Subclasses implement `compute` on per-example terms, reducing with `mean` (so that
+    ``sync_dist`` applies); `forward` checks the terms first and calls `advance` last.
+    Every objective owns a ``step`` buffer (int64, 0-dim): the number of forward calls
+    made while `advancing`. Schedules are evaluated at the current step, so the first
+    training step sees step 0. Keep any further state in registered buffers as well: then
+    ``state_dict()`` / ``load_state_dict()`` resume training exactly.
 
     Attributes:
         step: 0-dim int64 buffer, the number of training steps taken.
@@ -196,7 +194,6 @@ class Objective(nn.Module, ABC):
             return scheduled.to(dtype)
         return torch.tensor(value, dtype=dtype, device=like.device)
 
-    @abstractmethod
     def forward(
         self,
         rate: Tensor,
@@ -205,7 +202,41 @@ class Objective(nn.Module, ABC):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        """Compute the loss.
+        """Check the per-example terms, compute the loss, then count the step.
+
+        Args:
+            rate: ``(B,)`` per-example rate in nats.
+            distortion: ``(B,)`` per-example distortion in nats.
+            rate_per_dimension: ``(B, D)`` per-dimension rate, where the KL factorises.
+            weight: ``(B,)`` non-negative per-example weights (normalised).
+
+        Returns:
+            `ObjectiveOutput`.
+
+        Raises:
+            TypeError: a term is not a tensor.
+            ValueError: ``rate`` is not ``(B,)`` or another term does not match it.
+        """
+        check_terms(rate, distortion, rate_per_dimension, weight)
+        output = self.compute(
+            rate, distortion, rate_per_dimension=rate_per_dimension, weight=weight
+        )
+        self.advance()
+        return output
+
+    @abstractmethod
+    def compute(
+        self,
+        rate: Tensor,
+        distortion: Tensor,
+        *,
+        rate_per_dimension: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> ObjectiveOutput:
+        """The loss from checked terms, at the current `step` (the subclass's formula).
+
+        Reduce with `mean` so that ``sync_dist`` applies; update feedback state only while
+        `advancing`. `forward` checks the terms before and advances the step after.
 
         Args:
             rate: ``(B,)`` per-example rate in nats.

@@ -18,7 +18,6 @@ from rdloss.objectives._base import (
     Objective,
     ObjectiveOutput,
     as_hyperparameter,
-    check_terms,
     numbers_repr,
 )
 
@@ -115,7 +114,7 @@ class GECO(Objective):
         self.register_buffer("multiplier", torch.tensor(initial))
         self.register_buffer("constraint_ma", torch.tensor(0.0))
 
-    def forward(
+    def compute(
         self,
         rate: Tensor,
         distortion: Tensor,
@@ -123,8 +122,7 @@ class GECO(Objective):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        r"""$\bar R + \lambda (\bar D - \kappa)$; see `Objective.forward`."""
-        check_terms(rate, distortion, rate_per_dimension, weight)
+        r"""$\bar R + \lambda (\bar D - \kappa)$; see `Objective.compute`."""
         target = self.hyperparameter(self.target_distortion, rate)
         constraint = self.mean(distortion, weight) - target
         # Clone: the buffers are updated in place below, after the loss has used them.
@@ -142,7 +140,6 @@ class GECO(Objective):
             moving = self.constraint_ma.clone()
             used = constraint
         loss = self.mean(rate, weight) + multiplier.to(constraint.dtype) * used
-        self.advance()
         return ObjectiveOutput(
             loss,
             {"multiplier": multiplier, "constraint_ma": moving, "target_distortion": target},
@@ -222,7 +219,7 @@ class RateController(Objective):
         self.register_buffer("beta", torch.tensor(self.beta_min))
         self.register_buffer("integral", torch.tensor(0.0))
 
-    def forward(
+    def compute(
         self,
         rate: Tensor,
         distortion: Tensor,
@@ -230,8 +227,7 @@ class RateController(Objective):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        r"""$\bar D + \beta_t \bar R$ with a controlled β; see `Objective.forward`."""
-        check_terms(rate, distortion, rate_per_dimension, weight)
+        r"""$\bar D + \beta_t \bar R$ with a controlled β; see `Objective.compute`."""
         target = self.hyperparameter(self.target_rate, rate)
         mean_rate = self.mean(rate, weight)
         if self.advancing:
@@ -248,7 +244,6 @@ class RateController(Objective):
         else:
             beta = self.beta.clone()
         loss = self.mean(distortion, weight) + beta.to(mean_rate.dtype) * mean_rate
-        self.advance()
         return ObjectiveOutput(loss, {"beta": beta, "target_rate": target})
 
     @override

@@ -17,7 +17,6 @@ from rdloss.objectives._base import (
     Objective,
     ObjectiveOutput,
     as_hyperparameter,
-    check_terms,
     numbers_repr,
 )
 
@@ -71,7 +70,7 @@ class Beta(Objective):
         super().__init__()
         self.beta = as_hyperparameter("beta", beta)
 
-    def forward(
+    def compute(
         self,
         rate: Tensor,
         distortion: Tensor,
@@ -79,11 +78,9 @@ class Beta(Objective):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        r"""$\bar D + \beta \bar R$; see `Objective.forward`."""
-        check_terms(rate, distortion, rate_per_dimension, weight)
+        r"""$\bar D + \beta \bar R$; see `Objective.compute`."""
         beta = self.hyperparameter(self.beta, rate)
         loss = self.mean(distortion, weight) + beta * self.mean(rate, weight)
-        self.advance()
         return ObjectiveOutput(loss, {"beta": beta})
 
     @override
@@ -122,7 +119,7 @@ class TargetRate(Objective):
         self.weight = as_hyperparameter("weight", weight, positive=True)
         self.reduction = _check_reduction(reduction)
 
-    def forward(
+    def compute(
         self,
         rate: Tensor,
         distortion: Tensor,
@@ -130,12 +127,10 @@ class TargetRate(Objective):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        r"""$\bar D + w|\sigma - \bar R|$; see `Objective.forward`."""
-        check_terms(rate, distortion, rate_per_dimension, weight)
+        r"""$\bar D + w|\sigma - \bar R|$; see `Objective.compute`."""
         sigma = self.hyperparameter(self.sigma, rate)
         penalty = _target_penalty(self, rate, sigma, weight, self.reduction)
         loss = self.mean(distortion, weight) + self.hyperparameter(self.weight, rate) * penalty
-        self.advance()
         return ObjectiveOutput(loss, {"target_rate": sigma})
 
     @override
@@ -176,7 +171,7 @@ class TargetDistortion(Objective):
         self.weight = as_hyperparameter("weight", weight, positive=True)
         self.reduction = _check_reduction(reduction)
 
-    def forward(
+    def compute(
         self,
         rate: Tensor,
         distortion: Tensor,
@@ -184,12 +179,10 @@ class TargetDistortion(Objective):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        r"""$\bar R + w|\delta - \bar D|$; see `Objective.forward`."""
-        check_terms(rate, distortion, rate_per_dimension, weight)
+        r"""$\bar R + w|\delta - \bar D|$; see `Objective.compute`."""
         delta = self.hyperparameter(self.delta, rate)
         penalty = _target_penalty(self, distortion, delta, weight, self.reduction)
         loss = self.mean(rate, weight) + self.hyperparameter(self.weight, rate) * penalty
-        self.advance()
         return ObjectiveOutput(loss, {"target_distortion": delta})
 
     @override
@@ -235,7 +228,7 @@ class FreeBits(Objective):
             raise ValueError(f"per must be 'dimension' or 'total', got {per!r}")
         self.per = per
 
-    def forward(
+    def compute(
         self,
         rate: Tensor,
         distortion: Tensor,
@@ -243,12 +236,11 @@ class FreeBits(Objective):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        r"""$\bar D + \sum_j \max(\lambda, \overline{R_j})$; see `Objective.forward`.
+        r"""$\bar D + \sum_j \max(\lambda, \overline{R_j})$; see `Objective.compute`.
 
         Raises:
             ValueError: ``per="dimension"`` and ``rate_per_dimension`` is None.
         """
-        check_terms(rate, distortion, rate_per_dimension, weight)
         lam = self.hyperparameter(self.lam, rate)
         if self.per == "dimension":
             if rate_per_dimension is None:
@@ -262,7 +254,6 @@ class FreeBits(Objective):
         else:
             clamped = torch.maximum(self.mean(rate, weight), lam)
         loss = self.mean(distortion, weight) + clamped
-        self.advance()
         return ObjectiveOutput(loss, {"free_bits": lam, "clamped_rate": clamped.detach()})
 
     @override
@@ -293,7 +284,7 @@ class Capacity(Objective):
         self.capacity = as_hyperparameter("capacity", capacity)
         self.gamma = as_hyperparameter("gamma", gamma, positive=True)
 
-    def forward(
+    def compute(
         self,
         rate: Tensor,
         distortion: Tensor,
@@ -301,13 +292,11 @@ class Capacity(Objective):
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> ObjectiveOutput:
-        r"""$\bar D + \gamma|\bar R - C(t)|$; see `Objective.forward`."""
-        check_terms(rate, distortion, rate_per_dimension, weight)
+        r"""$\bar D + \gamma|\bar R - C(t)|$; see `Objective.compute`."""
         capacity = self.hyperparameter(self.capacity, rate)
         gamma = self.hyperparameter(self.gamma, rate)
         penalty = (self.mean(rate, weight) - capacity).abs()
         loss = self.mean(distortion, weight) + gamma * penalty
-        self.advance()
         return ObjectiveOutput(loss, {"capacity": capacity, "gamma": gamma})
 
     @override

@@ -1,4 +1,4 @@
-"""Checks shared by the public entry points.
+"""Checks shared by the public entry points, and their one input conversion (`widen_half`).
 
 Shape and type checks are free and always run. Value checks (NaN/inf, negative weights) need a
 host synchronisation, so callers run them only when their ``validate_args`` flag is true (the
@@ -20,6 +20,7 @@ __all__ = [
     "check_positive_int",
     "check_tensor",
     "should_validate",
+    "widen_half",
 ]
 
 
@@ -113,3 +114,12 @@ def check_positive_int(name: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
+
+
+def widen_half(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is float16 or bfloat16, else ``t`` itself (no copy).
+
+    Log-densities, KLs and their sums lose too much in half precision (and ``exp(logvar)``
+    overflows float16), so inputs in half precision are computed in float32.
+    """
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

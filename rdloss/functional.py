@@ -30,7 +30,7 @@ from torch.distributions import (
 )
 from torch.distributions.kl import _KL_MEMOIZE, _KL_REGISTRY, _dispatch_kl
 
-from rdloss._validation import check_distribution, check_tensor
+from rdloss._validation import check_distribution, check_tensor, widen_half
 
 __all__ = [
     "Rate",
@@ -148,11 +148,6 @@ def _factorised_parts(
     return None
 
 
-def _wide(t: Tensor) -> Tensor:
-    """``t`` in float32 if it is half precision: log-densities and KLs are reduced in float32."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
 def _closed_form_kl(p: Distribution, q: Distribution) -> Tensor | None:
     """``kl_divergence(p, q)``, or ``None`` where torch.distributions registers no closed form."""
     # Not kl_divergence itself: it memoises into a global dict, and that write inside a
@@ -180,10 +175,10 @@ def _analytic_rate(posterior: Distribution, marginal: Distribution) -> Rate | No
     if parts is not None:
         per_dimension = _closed_form_kl(*parts)
         if per_dimension is not None:
-            per_dimension = _flat_latents(_wide(per_dimension), posterior.batch_shape[0])
+            per_dimension = _flat_latents(widen_half(per_dimension), posterior.batch_shape[0])
             return Rate(per_dimension.sum(-1), per_dimension, "analytic")
     per_example = _closed_form_kl(posterior, marginal)
-    return None if per_example is None else Rate(_wide(per_example), None, "analytic")
+    return None if per_example is None else Rate(widen_half(per_example), None, "analytic")
 
 
 def _mc_rate(posterior: Distribution, marginal: Distribution, z: Tensor) -> Rate:
@@ -191,11 +186,11 @@ def _mc_rate(posterior: Distribution, marginal: Distribution, z: Tensor) -> Rate
     n_sample = _sample_dims(z, posterior)
     parts = _factorised_parts(posterior, marginal)
     if parts is not None:
-        log_ratio = _wide(parts[0].log_prob(z)) - _wide(parts[1].log_prob(z))
+        log_ratio = widen_half(parts[0].log_prob(z)) - widen_half(parts[1].log_prob(z))
         per_dimension = log_ratio.mean(0) if n_sample else log_ratio
         per_dimension = _flat_latents(per_dimension, batch)
         return Rate(per_dimension.sum(-1), per_dimension, "mc")
-    log_ratio = _wide(posterior.log_prob(z)) - _wide(marginal.log_prob(z))
+    log_ratio = widen_half(posterior.log_prob(z)) - widen_half(marginal.log_prob(z))
     return Rate(log_ratio.mean(0) if n_sample else log_ratio, None, "mc")
 
 
@@ -220,7 +215,7 @@ def _standard_normal_rate(posterior: Distribution) -> Rate | None:
     base = posterior.base_dist if isinstance(posterior, Independent) else posterior
     if type(base) is not Normal:
         return None
-    loc, scale = _wide(base.loc), _wide(base.scale)
+    loc, scale = widen_half(base.loc), widen_half(base.scale)
     # The same sum in four fused ops (addcmul: a + v * b * c): this runs every step.
     per_dimension = torch.addcmul(-0.5 - scale.log(), loc, loc, value=0.5)
     per_dimension = torch.addcmul(per_dimension, scale, scale, value=0.5)
@@ -394,7 +389,7 @@ def distortion(x: Tensor, likelihood: Distribution) -> Tensor:
             f"start with {tuple(shape[:n_lead])}, got {tuple(likelihood.batch_shape)} "
             "(build it with event_dims counting data dims only)"
         )
-    per_element = _wide(_negative_log_prob(likelihood, x))
+    per_element = widen_half(_negative_log_prob(likelihood, x))
     data_dims = tuple(range(n_lead, per_element.ndim))
     return per_element.sum(data_dims) if data_dims else per_element
 

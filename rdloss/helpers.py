@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 
-from rdloss._validation import check_tensor, should_validate
+from rdloss._validation import check_tensor, should_validate, widen_half
 
 __all__ = ["bernoulli", "categorical", "normal"]
 
@@ -24,10 +24,6 @@ def _floating(name: str, t: Tensor) -> Tensor:
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     return t
-
-
-def _upcast(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _check_logvar_range(logvar: Tensor, dtype: torch.dtype) -> None:
@@ -103,18 +99,18 @@ def normal(
     _floating("loc", check_tensor("loc", loc, min_ndim=1))
     if (scale is None) == (logvar is None):
         raise ValueError("give exactly one of scale= or logvar=")
-    loc = _upcast(loc)
+    loc = widen_half(loc)
     if logvar is not None:
         _floating("logvar", check_tensor("logvar", logvar))
         if logvar.shape != loc.shape:
             raise ValueError(
                 f"logvar must have loc's shape {tuple(loc.shape)}, got {tuple(logvar.shape)}"
             )
-        sigma = torch.exp(0.5 * _upcast(logvar))
+        sigma = torch.exp(0.5 * widen_half(logvar))
         if logvar.numel() > 0 and should_validate(validate_args is not False):
             _check_logvar_range(logvar, sigma.dtype)
     elif isinstance(scale, Tensor):
-        sigma = _upcast(_floating("scale", scale))
+        sigma = widen_half(_floating("scale", scale))
         if torch.broadcast_shapes(loc.shape, sigma.shape) != loc.shape:
             raise ValueError(
                 f"scale of shape {tuple(sigma.shape)} must broadcast to loc's shape "
@@ -167,7 +163,7 @@ def bernoulli(
     else:
         raise ValueError("give exactly one of logits= or probs=")
     _floating(name, check_tensor(name, param, min_ndim=1))
-    param = _upcast(param)
+    param = widen_half(param)
     dims = _event_dims(name, param, event_dims)
     dist = Bernoulli(**{name: param}, validate_args=validate_args)
     return _independent(dist, dims)
@@ -208,6 +204,6 @@ def categorical(
         )
     if category_dim % logits.ndim == 0:
         raise ValueError("category_dim must not be the batch dimension 0")
-    logits = _upcast(logits).movedim(category_dim, -1)
+    logits = widen_half(logits).movedim(category_dim, -1)
     dims = _event_dims("logits", logits, event_dims, extra=1)
     return _independent(Categorical(logits=logits, validate_args=validate_args), dims)

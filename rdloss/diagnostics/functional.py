@@ -22,6 +22,7 @@ from rdloss._validation import (
     check_positive_int,
     check_tensor,
     should_validate,
+    widen_half,
 )
 from rdloss.diagnostics.aggregate import (
     AggregatePosterior,
@@ -124,7 +125,7 @@ def _per_example(name: str, value: Tensor) -> Tensor:
         raise ValueError(f"{name} must be a scalar or (B,) per-example tensor, got {value.shape}")
     if value.numel() == 0:
         raise ValueError(f"{name} has no examples (shape {tuple(value.shape)}): its mean is NaN")
-    return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+    return widen_half(value)
 
 
 def _check_probabilities(**named: tuple[Tensor, int]) -> None:

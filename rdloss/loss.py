@@ -36,6 +36,14 @@ class RDOutput(NamedTuple):
         rate_per_dimension: ``(B, D)`` where the KL factorises over latent dims, else None.
         estimator: how the rate was computed: ``"analytic"``, ``"mc"`` or ``"enumerate"``.
         hyper: the objective's current scalars (``beta``, targets, multipliers).
+        rate_per_group: ``(B,)`` rate per named latent group, in the posterior's key
+            order; ``None`` for an ungrouped call.
+        rate_per_step: ``(B, T)`` rate per step of each group with a step axis (an
+            ungrouped call's latent is named ``"z"``); ``None`` when no group has steps.
+        rate_per_group_dimension: ``(B, D_g)`` rate per flattened latent dimension of each
+            group (steps included), ``None`` for a group whose KL does not factorise;
+            ``None`` for an ungrouped call (see ``rate_per_dimension``).
+        weight: the ``(B,)`` per-example weights the call was given, or ``None``.
     """
 
     loss: Tensor
@@ -47,6 +55,10 @@ class RDOutput(NamedTuple):
     rate_per_dimension: Tensor | None
     estimator: str
     hyper: dict[str, Tensor]
+    rate_per_group: dict[str, Tensor] | None = None
+    rate_per_step: dict[str, Tensor] | None = None
+    rate_per_group_dimension: dict[str, Tensor | None] | None = None
+    weight: Tensor | None = None
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """Plain floats for any logger (one host synchronisation).
@@ -269,6 +281,7 @@ class RateDistortionLoss(nn.Module):
             rate_per_dimension=rate.per_dimension,
             estimator=rate.estimator,
             hyper=objective.hyper,
+            weight=weight,
         )
 
     def _decode(

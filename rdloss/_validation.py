@@ -16,6 +16,7 @@ from torch.distributions import Distribution
 __all__ = [
     "check_distribution",
     "check_finite",
+    "check_fraction",
     "check_nonnegative_number",
     "check_positive_int",
     "check_tensor",
@@ -114,6 +115,20 @@ def check_positive_int(name: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
+
+
+def check_fraction(name: str, value: object) -> float:
+    """Return ``value`` as a float if it is a real number in ``[0, 1]``, else raise naming it.
+
+    Raises:
+        TypeError: ``value`` is not a real number.
+        ValueError: ``value`` lies outside ``[0, 1]`` (or is NaN).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {type(value).__name__}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    return float(value)
 
 
 def widen_half(t: Tensor) -> Tensor:

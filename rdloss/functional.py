@@ -14,10 +14,9 @@ Rate ``R = E_e[log e(z|x) - log m(z)]`` is summed over latent dimensions and dis
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import (
@@ -28,15 +27,27 @@ from torch.distributions import (
     Normal,
     OneHotCategorical,
 )
-from torch.distributions.kl import _KL_MEMOIZE, _KL_REGISTRY, _dispatch_kl
 
-from rdloss._validation import check_distribution, check_tensor, widen_half
+from rdloss._kl import closed_form_kl, factorised_parts, is_discrete, stop_gradient
+from rdloss._means import batch_mean, global_batch_mean
+from rdloss._validation import check_distribution, check_fraction, check_tensor, widen_half
+from rdloss.latents import (
+    LatentGroup,
+    RateTerms,
+    as_latent,
+    as_marginal,
+    as_prior,
+    as_stepped_latent,
+    sample_dims,
+)
 
 __all__ = [
     "Rate",
     "RateEstimator",
     "as_latent",
     "as_marginal",
+    "as_prior",
+    "as_stepped_latent",
     "batch_mean",
     "distortion",
     "elbo",
@@ -44,6 +55,7 @@ __all__ = [
     "enumerated_rate",
     "global_batch_mean",
     "rate",
+    "rate_terms",
     "sample_mean",
     "standard_normal",
 ]
@@ -56,147 +68,65 @@ class Rate(NamedTuple):
     """Per-example rate and how it was computed.
 
     Attributes:
-        per_example: ``(B,)`` rate in nats, summed over latent dimensions.
-        per_dimension: ``(B, D)`` rate per flattened latent dimension where the KL factorises
-            (both posterior and marginal are products over dimensions), else ``None``.
+        per_example: ``(B,)`` rate in nats, summed over latent dimensions (and steps).
+        per_dimension: ``(B, D)`` rate per flattened latent dimension (steps included)
+            where the KL factorises (both sides are products over dimensions), else ``None``.
         estimator: ``"analytic"`` (closed-form KL), ``"mc"`` (Monte Carlo) or
             ``"enumerate"`` (exact sum over a discrete support).
+        per_step: ``(B, T)`` rate per step for a posterior with a step axis, else ``None``.
     """
 
     per_example: Tensor
     per_dimension: Tensor | None
     estimator: UsedEstimator
+    per_step: Tensor | None = None
 
 
-def as_latent(posterior: object, name: str = "posterior") -> Distribution:
-    """Return ``posterior`` with ``batch_shape == (B,)``.
-
-    Batch dimensions after the first are reinterpreted as latent (event) dimensions, so
-    ``Normal(mu, sigma)`` with ``mu`` of shape ``(B, D)`` becomes a distribution over
-    ``D``-vectors, as ``Independent(Normal(mu, sigma), 1)`` would.
-
-    Raises:
-        TypeError: ``posterior`` is not a ``Distribution``.
-        ValueError: ``posterior`` has no batch dimension.
-    """
-    dist = check_distribution(name, posterior)
-    if len(dist.batch_shape) == 0:
-        raise ValueError(
-            f"{name} must have a batch dimension (batch_shape (B,)), got batch_shape () "
-            f"and event_shape {tuple(dist.event_shape)}"
-        )
-    if len(dist.batch_shape) > 1:
-        dist = Independent(dist, len(dist.batch_shape) - 1)
-    if dist.batch_shape[0] == 0:
-        raise ValueError(f"{name} has an empty batch (batch_shape {tuple(dist.batch_shape)})")
-    return dist
+def _reduce(values: Tensor, lead: torch.Size, estimator: UsedEstimator, per_dim: bool) -> Rate:
+    """`Rate` from values over ``(*lead, ...)``: per dimension (flattened) or per batch entry."""
+    if per_dim:
+        values = values.reshape(*lead, -1)
+        per_step = values.sum(-1)
+        per_dimension: Tensor | None = values.reshape(lead[0], -1)
+    else:
+        per_step, per_dimension = values, None
+    if len(lead) == 1:
+        return Rate(per_step, per_dimension, estimator)
+    return Rate(per_step.sum(-1), per_dimension, estimator, per_step)
 
 
-def as_marginal(marginal: object, event_shape: torch.Size) -> Distribution:
-    """Return ``marginal`` with ``batch_shape == ()`` and the given latent event shape.
-
-    Trailing batch dimensions that spell out ``event_shape`` are reinterpreted, so
-    ``Normal(zeros(D), ones(D))`` is accepted for ``D``-dimensional latents.
-
-    Raises:
-        TypeError: ``marginal`` is not a ``Distribution``.
-        ValueError: its shape does not match the posterior's event shape.
-    """
-    dist = check_distribution("marginal", marginal)
-    if dist.batch_shape + dist.event_shape != event_shape:
-        raise ValueError(
-            "marginal must describe one latent of the posterior's event_shape "
-            f"{tuple(event_shape)} (batch_shape ()), got batch_shape "
-            f"{tuple(dist.batch_shape)} and event_shape {tuple(dist.event_shape)}"
-        )
-    if len(dist.batch_shape) > 0:
-        dist = Independent(dist, len(dist.batch_shape))
-    return dist
-
-
-def _sample_dims(z: Tensor, posterior: Distribution) -> int:
-    """Number of leading sample dimensions of ``z`` (0 or 1), validated against the posterior."""
-    batch, event = posterior.batch_shape, posterior.event_shape
-    n_event = len(event)
-    if z.ndim in (1 + n_event, 2 + n_event) and z.shape[z.ndim - n_event :] == event:
-        lead = z.shape[: z.ndim - n_event]
-        if lead[-1] == batch[0]:
-            return len(lead) - 1
-    raise ValueError(
-        f"z must have shape (B, *event) = {(batch[0], *event)} or (S, B, *event), "
-        f"got {tuple(z.shape)}"
-    )
-
-
-def _flat_latents(values: Tensor, batch: int) -> Tensor:
-    """``(B, D)`` view of per-dimension values (no call when already flat)."""
-    return values if values.ndim == 2 else values.reshape(batch, -1)
-
-
-def _factorised_parts(
-    posterior: Distribution, marginal: Distribution
-) -> tuple[Distribution, Distribution] | None:
-    """The elementwise base distributions of two products over dimensions, if both are."""
-    if (
-        isinstance(posterior, Independent)
-        and isinstance(marginal, Independent)
-        and posterior.reinterpreted_batch_ndims == marginal.reinterpreted_batch_ndims
-        and len(posterior.base_dist.event_shape) == 0
-        and len(marginal.base_dist.event_shape) == 0
-    ):
-        return posterior.base_dist, marginal.base_dist
-    return None
-
-
-def _closed_form_kl(p: Distribution, q: Distribution) -> Tensor | None:
-    """``kl_divergence(p, q)``, or ``None`` where torch.distributions registers no closed form."""
-    # Not kl_divergence itself: it memoises into a global dict, and that write inside a
-    # compiled region fails the guard dynamo keeps on the dict, so the next call recompiles
-    # (pairs without a KL, e.g. mixtures and flows, are never memoised before). The exact
-    # registry, then torch's memo (warm for inexact pairs, whose dispatch ranks matches with
-    # min() over a generator that fullgraph=True cannot trace), then the dispatch, unmemoised.
-    key = (type(p), type(q))
-    fun = _KL_REGISTRY.get(key)
-    if fun is None:
-        fun = _KL_MEMOIZE.get(key)
-    if fun is None:  # NotImplemented (no closed form) has no truth value: compare with is
-        fun = _dispatch_kl(*key)
-    if fun is NotImplemented:
-        return None
-    try:
-        kl: Tensor = fun(p, q)
-        return kl
-    except NotImplementedError:  # also raised by pairs like Independent over a missing base KL
-        return None
-
-
-def _analytic_rate(posterior: Distribution, marginal: Distribution) -> Rate | None:
-    parts = _factorised_parts(posterior, marginal)
+def _analytic_rate(posterior: Distribution, against: Distribution) -> Rate | None:
+    lead = posterior.batch_shape
+    parts = factorised_parts(posterior, against)
     if parts is not None:
-        per_dimension = _closed_form_kl(*parts)
-        if per_dimension is not None:
-            per_dimension = _flat_latents(widen_half(per_dimension), posterior.batch_shape[0])
-            return Rate(per_dimension.sum(-1), per_dimension, "analytic")
-    per_example = _closed_form_kl(posterior, marginal)
-    return None if per_example is None else Rate(widen_half(per_example), None, "analytic")
+        per_element = closed_form_kl(*parts)
+        if per_element is not None:
+            per_element = per_element.expand(*lead, *posterior.event_shape)
+            return _reduce(widen_half(per_element), lead, "analytic", per_dim=True)
+    kl = closed_form_kl(posterior, against)
+    return None if kl is None else _reduce(widen_half(kl), lead, "analytic", per_dim=False)
 
 
-def _mc_rate(posterior: Distribution, marginal: Distribution, z: Tensor) -> Rate:
-    batch = posterior.batch_shape[0]
-    n_sample = _sample_dims(z, posterior)
-    parts = _factorised_parts(posterior, marginal)
-    if parts is not None:
-        log_ratio = widen_half(parts[0].log_prob(z)) - widen_half(parts[1].log_prob(z))
-        per_dimension = log_ratio.mean(0) if n_sample else log_ratio
-        per_dimension = _flat_latents(per_dimension, batch)
-        return Rate(per_dimension.sum(-1), per_dimension, "mc")
-    log_ratio = widen_half(posterior.log_prob(z)) - widen_half(marginal.log_prob(z))
-    return Rate(log_ratio.mean(0) if n_sample else log_ratio, None, "mc")
+def _mc_rate(posterior: Distribution, against: Distribution, z: Tensor) -> Rate:
+    lead = posterior.batch_shape
+    n_sample = sample_dims(z, posterior)
+    parts = factorised_parts(posterior, against)
+    pair = parts if parts is not None else (posterior, against)
+    log_ratio = widen_half(pair[0].log_prob(z)) - widen_half(pair[1].log_prob(z))
+    values = log_ratio.mean(0) if n_sample else log_ratio
+    return _reduce(values, lead, "mc", per_dim=parts is not None)
 
 
 def standard_normal(posterior: Distribution) -> Distribution:
     """``N(0, I)`` over the posterior's event shape, in its dtype and on its device."""
-    loc = posterior.mean.new_zeros(posterior.event_shape).detach()
+    try:
+        loc = posterior.mean.new_zeros(posterior.event_shape).detach()
+    except NotImplementedError:  # flows and transformed posteriors have no closed-form mean
+        raise ValueError(
+            f"the default marginal N(0, I) needs the posterior's dtype and device from its "
+            f"mean, which {type(posterior).__name__} does not implement; pass a marginal "
+            "(e.g. rdloss.marginals.StandardNormal(latent_dim)) or a prior"
+        ) from None
     # Known-valid parameters: skip torch's argument checks (a host sync each).
     unit = Normal(loc, torch.ones_like(loc), validate_args=False)
     if len(posterior.event_shape) == 0:
@@ -217,36 +147,89 @@ def _standard_normal_rate(posterior: Distribution) -> Rate | None:
         return None
     loc, scale = widen_half(base.loc), widen_half(base.scale)
     # The same sum in four fused ops (addcmul: a + v * b * c): this runs every step.
-    per_dimension = torch.addcmul(-0.5 - scale.log(), loc, loc, value=0.5)
-    per_dimension = torch.addcmul(per_dimension, scale, scale, value=0.5)
-    per_dimension = _flat_latents(per_dimension, posterior.batch_shape[0])
-    return Rate(per_dimension.sum(-1), per_dimension, "analytic")
+    per_element = torch.addcmul(-0.5 - scale.log(), loc, loc, value=0.5)
+    per_element = torch.addcmul(per_element, scale, scale, value=0.5)
+    return _reduce(per_element, posterior.batch_shape, "analytic", per_dim=True)
+
+
+def _describe(dist: Distribution) -> str:
+    """``Independent(OneHotCategorical)`` rather than a bare ``Independent``."""
+    if isinstance(dist, Independent):
+        return f"Independent({_describe(dist.base_dist)})"
+    return type(dist).__name__
+
+
+def _plain_rate(
+    posterior: Distribution,
+    against: Distribution | None,
+    z: Tensor | None,
+    estimator: RateEstimator,
+) -> Rate:
+    """The rate against ``against`` (``None``: N(0, I)), canonical shapes, no balancing."""
+    if against is None:
+        if estimator != "mc":
+            closed = _standard_normal_rate(posterior)
+            if closed is not None:
+                return closed
+        against = standard_normal(posterior)
+    if estimator != "mc":
+        result = _analytic_rate(posterior, against)
+        if result is not None:
+            return result
+        if estimator == "analytic" and not (is_discrete(posterior) and not is_discrete(against)):
+            raise NotImplementedError(
+                "estimator='analytic' but torch.distributions has no KL registered for "
+                f"({type(posterior).__name__}, {type(against).__name__}); use 'mc' or 'auto'"
+            )
+    if is_discrete(posterior) and not is_discrete(against):
+        raise ValueError(
+            f"the posterior {_describe(posterior)} is discrete but the rate is taken "
+            f"against the continuous {_describe(against)} (the default marginal is "
+            "N(0, I)): a discrete latent needs a discrete marginal or prior, e.g. "
+            "rdloss.marginals.Categorical(K) or the prior your model computes"
+        )
+    if z is None:
+        raise ValueError(
+            f"z is required for the Monte Carlo rate (estimator={estimator!r}, no closed-form "
+            f"KL for ({type(posterior).__name__}, {type(against).__name__})); pass the z "
+            "that fed the decoder, or a decoder so the loss draws it"
+        )
+    return _mc_rate(posterior, against, z)
 
 
 def rate(
     posterior: Distribution,
     marginal: Distribution | None = None,
     *,
+    prior: Distribution | None = None,
     z: Tensor | None = None,
     estimator: RateEstimator = "auto",
+    balance: float | None = None,
 ) -> Rate:
     r"""Per-example rate $R = \mathrm{KL}(e(z|x) \,\|\, m(z))$ in nats.
 
     Args:
-        posterior: ``e(z|x)`` with ``batch_shape (B,)`` (extra batch dims become event dims).
+        posterior: ``e(z|x)`` with ``batch_shape (B,)``, or ``(B, T)`` for a latent with a
+            step axis (see `as_stepped_latent`; other batch dims become event dims).
         marginal: ``m(z)`` with ``batch_shape ()`` and the posterior's event shape;
             ``None`` for $\mathcal N(0, I)$ (closed form for diagonal-Gaussian posteriors
             without building the marginal).
-        z: ``(B, *event)`` or ``(S, B, *event)`` samples from the posterior, the same ones
-            that fed the decoder. Required for ``"mc"`` and for ``"auto"`` when no closed
-            form is registered.
+        prior: a prior the model computed for this batch, ``batch_shape ()`` or the
+            posterior's (``(B,)``, ``(B, T)``); it replaces ``marginal``.
+        z: ``(*batch, *event)`` or ``(S, *batch, *event)`` samples from the posterior, the
+            same ones that fed the decoder. Required for ``"mc"`` and for ``"auto"`` when no
+            closed form is registered.
         estimator: ``"analytic"`` uses ``torch.distributions.kl_divergence``; ``"mc"`` the
             single-sample estimate $\frac1S\sum_s \log e(z_s|x) - \log m(z_s)$;
             ``"auto"`` the closed form where one is registered, else Monte Carlo.
+        balance: KL balancing (Hafner et al., 2023, DreamerV3): the fraction $\alpha$ of the
+            rate's gradient that goes to the prior. The value stays the KL; the gradient is
+            that of $\alpha\,\mathrm{KL}(\mathrm{sg}(e)\|p) + (1-\alpha)\,
+            \mathrm{KL}(e\|\mathrm{sg}(p))$. ``None`` (default): the plain KL.
 
     Returns:
-        `Rate` with ``per_example (B,)``, ``per_dimension (B, D)`` or ``None``, and
-        the estimator used.
+        `Rate` with ``per_example (B,)``, ``per_dimension (B, D)`` or ``None``, the
+        estimator used, and ``per_step (B, T)`` for a posterior with steps.
 
     Raises:
         ValueError: unknown estimator, shape mismatch, or no way to compute the rate.
@@ -262,32 +245,85 @@ def rate(
     """
     if estimator not in ("analytic", "mc", "auto"):
         raise ValueError(f"estimator must be 'analytic', 'mc' or 'auto', got {estimator!r}")
-    posterior = as_latent(posterior)
-    if marginal is None:
-        if estimator != "mc":
-            closed = _standard_normal_rate(posterior)
-            if closed is not None:
-                return closed
-        marginal = standard_normal(posterior)
-    marginal = as_marginal(marginal, posterior.event_shape)
+    posterior = as_stepped_latent(posterior)
+    if prior is not None:
+        against: Distribution | None = as_prior(prior, posterior)
+    elif marginal is not None:
+        against = as_marginal(marginal, posterior.event_shape)
+    else:
+        against = None
     if z is not None:
         check_tensor("z", z)
-    if estimator != "mc":
-        result = _analytic_rate(posterior, marginal)
-        if result is not None:
-            return result
-        if estimator == "analytic":
-            raise NotImplementedError(
-                "estimator='analytic' but torch.distributions has no KL registered for "
-                f"({type(posterior).__name__}, {type(marginal).__name__}); use 'mc' or 'auto'"
-            )
-    if z is None:
-        raise ValueError(
-            f"z is required for the Monte Carlo rate (estimator={estimator!r}, no closed-form "
-            f"KL for ({type(posterior).__name__}, {type(marginal).__name__})); pass the z "
-            "that fed the decoder, or a decoder so the loss draws it"
+    if balance is None:
+        return _plain_rate(posterior, against, z, estimator)
+    alpha = check_fraction("balance", balance)
+    if against is None:
+        against = standard_normal(posterior)
+    # Value: the KL itself (x - x.detach() is exactly 0); gradient: alpha to the prior
+    # through KL(sg(e) || p), 1 - alpha to the posterior through KL(e || sg(p)).
+    to_prior = _plain_rate(
+        stop_gradient(posterior), against, None if z is None else z.detach(), estimator
+    )
+    to_posterior = _plain_rate(posterior, stop_gradient(against), z, estimator)
+
+    def mix(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+        if a is None or b is None:
+            return None
+        return a.detach() + alpha * (a - a.detach()) + (1.0 - alpha) * (b - b.detach())
+
+    per_example = mix(to_prior.per_example, to_posterior.per_example)
+    assert per_example is not None  # both are tensors
+    return Rate(
+        per_example,
+        mix(to_prior.per_dimension, to_posterior.per_dimension),
+        to_prior.estimator,
+        mix(to_prior.per_step, to_posterior.per_step),
+    )
+
+
+def rate_terms(
+    groups: tuple[LatentGroup, ...],
+    *,
+    grouped: bool,
+    estimator: RateEstimator = "auto",
+    balance: float | None = None,
+) -> tuple[RateTerms, str]:
+    """The rate of every group of a call (`rdloss.latents.resolve`), and its total.
+
+    Args:
+        groups: the call's groups.
+        grouped: whether the call named its groups.
+        estimator: as in `rate`, for every group.
+        balance: as in `rate`, for every group.
+
+    Returns:
+        ``(terms, estimator)``: `RateTerms`, and the estimators used, in group order
+        without repeats, joined by ``"+"`` (e.g. ``"analytic"`` or ``"analytic+mc"``).
+    """
+    rates = {
+        g.name: rate(
+            g.posterior, g.marginal, prior=g.prior, z=g.z, estimator=estimator, balance=balance
         )
-    return _mc_rate(posterior, marginal, z)
+        for g in groups
+    }
+    per_group = {k: r.per_example for k, r in rates.items()}
+    per_group_dimension = {k: r.per_dimension for k, r in rates.items()}
+    dims = list(per_group_dimension.values())
+    if len(rates) == 1:
+        (total,) = per_group.values()
+        per_dimension = dims[0]
+    else:
+        total = torch.stack(list(per_group.values())).sum(0)
+        ready = [d for d in dims if d is not None]
+        per_dimension = torch.cat(ready, dim=1) if len(ready) == len(dims) else None
+    sizes = {
+        g.name: g.posterior.batch_shape[1:].numel() * g.posterior.event_shape.numel()
+        for g in groups
+    }
+    steps = {k: r.per_step for k, r in rates.items() if r.per_step is not None}
+    terms = RateTerms(total, per_dimension, per_group, per_group_dimension, steps, sizes, grouped)
+    used = "+".join(dict.fromkeys(r.estimator for r in rates.values()))
+    return terms, used
 
 
 def enumerate_posterior(posterior: Distribution) -> tuple[Tensor, Tensor]:
@@ -319,7 +355,12 @@ def enumerate_posterior(posterior: Distribution) -> tuple[Tensor, Tensor]:
     return posterior.enumerate_support(expand=True), posterior.probs.transpose(0, 1)
 
 
-def enumerated_rate(posterior: Distribution, marginal: Distribution) -> Rate:
+def enumerated_rate(
+    posterior: Distribution,
+    marginal: Distribution | None = None,
+    *,
+    prior: Distribution | None = None,
+) -> Rate:
     r"""Exact rate of a discrete posterior.
 
     The closed-form KL where one is registered, else $\sum_k q_k \log(q_k/m_k)$.
@@ -327,16 +368,25 @@ def enumerated_rate(posterior: Distribution, marginal: Distribution) -> Rate:
     Args:
         posterior: ``Categorical`` or ``OneHotCategorical`` with ``batch_shape (B,)``.
         marginal: a distribution over the same support, ``batch_shape ()``.
+        prior: instead of ``marginal``, a prior of ``batch_shape ()`` or ``(B,)``.
 
     Returns:
         `Rate` with ``estimator`` ``"analytic"`` or ``"enumerate"``.
     """
     z, probs = enumerate_posterior(posterior)
-    marginal = as_marginal(marginal, posterior.event_shape)
-    result = _analytic_rate(posterior, marginal)
+    if prior is not None:
+        against = as_prior(prior, posterior)
+    elif marginal is not None:
+        against = as_marginal(marginal, posterior.event_shape)
+    else:
+        raise ValueError(
+            "an enumerated rate needs a discrete marginal or prior, such as "
+            "rdloss.marginals.Categorical(K); the default N(0, I) is continuous"
+        )
+    result = _analytic_rate(posterior, against)
     if result is not None:
         return result
-    log_ratio = posterior.log_prob(z) - marginal.log_prob(z)
+    log_ratio = posterior.log_prob(z) - against.log_prob(z)
     # 0 * log 0 = 0: categories the posterior never visits contribute nothing.
     terms = torch.where(probs > 0, probs * log_ratio, torch.zeros_like(log_ratio))
     return Rate(terms.sum(0), None, "enumerate")
@@ -423,65 +473,6 @@ def sample_mean(values: Tensor, probs: Tensor | None = None) -> Tensor:
         return values.mean(0)
     # Points of zero probability may carry inf distortion; they must contribute 0.
     return torch.where(probs > 0, probs * values, torch.zeros_like(values)).sum(0)
-
-
-def batch_mean(values: Tensor, weight: Tensor | None = None) -> Tensor:
-    r"""Batch mean of per-example values, optionally weighted: $\sum_i w_i v_i / \sum_i w_i$.
-
-    Args:
-        values: ``(B, ...)`` per-example values, reduced over the first dimension.
-        weight: ``(B,)`` non-negative weights; they are normalised, so only their ratios
-            matter.
-
-    Returns:
-        ``values.shape[1:]``.
-    """
-    if weight is None:
-        return values.mean(0)
-    column = weight.reshape(-1, *([1] * (values.ndim - 1)))
-    return (column * values).sum(0) / weight.sum()
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes whose backward sums the gradients of every process's loss."""
-
-    @staticmethod
-    def forward(ctx: Any, tensor: Tensor) -> Tensor:
-        total = tensor.clone()
-        dist.all_reduce(total)
-        return total
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        total = grad.clone()
-        dist.all_reduce(total)
-        return total
-
-
-def global_batch_mean(values: Tensor, weight: Tensor | None = None) -> Tensor:
-    r"""`batch_mean` over the batches of all processes, differentiably.
-
-    $\sum_{r,i} w_{ri} v_{ri} / \sum_{r,i} w_{ri}$ over processes $r$ of the default
-    ``torch.distributed`` group; the plain `batch_mean` when none is initialised. Every
-    process then computes the same loss, and the backward all-reduces its gradient, so
-    after DDP divides by the world size each process holds exactly the single-process
-    gradient on the union of the batches, even through nonlinear functions of the mean
-    (``|sigma - mean R|``) and for unequal per-process weight totals.
-
-    Args:
-        values: ``(B, ...)`` per-example values, reduced over the first dimension.
-        weight: ``(B,)`` non-negative weights.
-
-    Returns:
-        ``values.shape[1:]``, the same on every process.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return batch_mean(values, weight)
-    w = values.new_ones(values.shape[0]) if weight is None else weight.to(values.dtype)
-    column = w.reshape(-1, *([1] * (values.ndim - 1)))
-    sums = torch.cat([(column * values).sum(0).reshape(-1), w.sum().reshape(1)])
-    total: Tensor = _AllReduceSum.apply(sums)
-    return (total[:-1] / total[-1]).reshape(values.shape[1:])
 
 
 def elbo(rate: Tensor, distortion: Tensor) -> Tensor:

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
+from einops import rearrange, repeat
 from torch import Tensor, nn
 from torch.distributions import Distribution
 from typing_extensions import override
 
 from rdloss import functional as F
-from rdloss._validation import check_distribution, check_finite, check_tensor, should_validate
-from rdloss.marginals import StandardNormal
+from rdloss._validation import (
+    check_distribution,
+    check_finite,
+    check_fraction,
+    check_tensor,
+    should_validate,
+)
+from rdloss.latents import LatentGroup, MarginalLike, RateTerms, resolve, resolve_marginal
 from rdloss.objectives import Beta, Objective
 
 __all__ = ["RDOutput", "RateDistortionLoss"]
 
 _LN2 = math.log(2.0)
 
-MarginalLike = nn.Module | Distribution
+Posterior = Distribution | Mapping[str, Distribution]
+Decoder = Callable[[Tensor], Distribution] | Callable[[dict[str, Tensor]], Distribution]
 
 
 class RDOutput(NamedTuple):
@@ -68,8 +76,10 @@ class RDOutput(NamedTuple):
 
         Returns:
             ``loss``, ``rate``, ``distortion``, ``elbo`` in nats, ``rate_bits`` and
-            ``distortion_bits``, and the objective's scalars.
+            ``distortion_bits``, the objective's scalars, and for a grouped call the batch
+            mean rate of each group as ``rate/<group>``.
         """
+        groups = (self.rate_per_group or {}).items()
         named = {
             "loss": self.loss,
             "rate": self.rate,
@@ -78,6 +88,7 @@ class RDOutput(NamedTuple):
             "rate_bits": self.rate / _LN2,
             "distortion_bits": self.distortion / _LN2,
             **self.hyper,
+            **{f"rate/{k}": F.batch_mean(v, self.weight) for k, v in groups},
         }
         values = torch.stack([v.detach().float().reshape(()) for v in named.values()]).tolist()
         return {prefix + k: v for k, v in zip(named, values, strict=True)}
@@ -97,10 +108,17 @@ class RateDistortionLoss(nn.Module):
     Args:
         marginal: ``m(z)``: a `Marginal`, any module whose
             ``forward()`` returns a ``Distribution`` (e.g. a zuko flow), a ``Distribution``
-            (not moved by ``.to()``), or ``None`` for ``N(0, I)`` sized from the posterior.
+            (not moved by ``.to()``), or ``None`` for ``N(0, I)`` sized from the posterior;
+            for named latent groups a mapping from group name to those (a group without an
+            entry uses ``N(0, I)``).
         objective: an `Objective`; default ``Beta(1.0)``.
         rate_estimator: ``"analytic"``, ``"mc"`` or ``"auto"`` (closed form where
             ``torch.distributions`` registers one, else Monte Carlo with the decoder's z).
+        kl_balance: KL balancing (DreamerV3): the fraction of the rate's gradient that goes
+            to the prior (or marginal), the rest to the posterior; the rate's value is
+            unchanged. DreamerV3's ``dyn_scale * KL(sg(q)||p) + rep_scale * KL(q||sg(p))``
+            is ``kl_balance = dyn / (dyn + rep)`` with the rate weighted by ``dyn + rep``.
+            ``None`` (default): the plain KL.
         sync_dist: under ``torch.distributed`` (e.g. DDP), while training (``train()`` mode
             with gradients) the objective reduces by the batch mean over *all* processes,
             all-reduced differentiably, instead of this process's batch. DDP's averaged
@@ -132,19 +150,29 @@ class RateDistortionLoss(nn.Module):
 
     def __init__(
         self,
-        marginal: MarginalLike | None = None,
+        marginal: MarginalLike | Mapping[str, MarginalLike] | None = None,
         objective: Objective | None = None,
         *,
         rate_estimator: F.RateEstimator = "auto",
+        kl_balance: float | None = None,
         sync_dist: bool = False,
         validate_args: bool = True,
     ) -> None:
         super().__init__()
-        if marginal is not None and not isinstance(marginal, (nn.Module, Distribution)):
-            raise TypeError(
-                "marginal must be an nn.Module returning a Distribution, a Distribution, or "
-                f"None, got {type(marginal).__name__}"
+        if isinstance(marginal, Mapping):
+            self._fixed_marginals = _split_marginals(marginal)
+            self.marginal: nn.Module | Distribution | None = nn.ModuleDict(
+                {k: v for k, v in marginal.items() if isinstance(v, nn.Module)}
             )
+            self._marginal_keys = tuple(marginal)
+        elif marginal is not None and not isinstance(marginal, (nn.Module, Distribution)):
+            raise TypeError(
+                "marginal must be an nn.Module returning a Distribution, a Distribution, a "
+                f"mapping of group names to those, or None, got {type(marginal).__name__}"
+            )
+        else:
+            self.marginal = marginal
+            self._marginal_keys = None
         if objective is None:
             objective = Beta(1.0)
         if not isinstance(objective, Objective):
@@ -157,44 +185,48 @@ class RateDistortionLoss(nn.Module):
             )
         if not isinstance(sync_dist, bool):
             raise TypeError(f"sync_dist must be a bool, got {type(sync_dist).__name__}")
-        self.marginal = marginal
-        self.objective = objective
-        objective.sync_dist = sync_dist
-        self.rate_estimator: F.RateEstimator = rate_estimator
         if not isinstance(validate_args, bool):
             raise TypeError(f"validate_args must be a bool, got {type(validate_args).__name__}")
+        self.objective = objective
+        self.rate_estimator: F.RateEstimator = rate_estimator
+        self.kl_balance = None if kl_balance is None else check_fraction("kl_balance", kl_balance)
+        self.sync_dist = sync_dist
         self.validate_args = validate_args
 
-    def marginal_distribution(self, posterior: Distribution) -> Distribution:
-        """Resolve ``m(z)`` for a posterior (``batch_shape (B,)``): call the module if needed."""
-        marginal = self._marginal(posterior)
-        return F.standard_normal(posterior) if marginal is None else marginal
+    def _marginals(self) -> MarginalLike | dict[str, MarginalLike] | None:
+        """The constructor's marginal, or its mapping in the given key order."""
+        if self._marginal_keys is None:
+            return self.marginal
+        modules = self.marginal
+        assert isinstance(modules, nn.ModuleDict)  # set together with _marginal_keys
+        return {
+            k: modules[k] if k in modules else self._fixed_marginals[k] for k in self._marginal_keys
+        }
 
-    def _marginal(self, posterior: Distribution) -> Distribution | None:
-        """``m(z)``, or ``None`` for ``N(0, I)``, whose rate has a cheaper closed form."""
-        marginal = self.marginal
-        if marginal is None:
-            return None
-        if type(marginal) is StandardNormal and posterior.event_shape == (marginal.latent_dim,):
-            return None
-        if isinstance(marginal, nn.Module):
-            dist = marginal()
-            if not isinstance(dist, Distribution):
-                raise TypeError(
-                    "marginal() must return a torch.distributions.Distribution, got "
-                    f"{type(dist).__name__}"
-                )
-            return dist
-        return marginal
+    def marginal_distribution(
+        self, posterior: Distribution, group: str | None = None
+    ) -> Distribution:
+        """Resolve ``m(z)`` for a posterior (of ``group``, with a mapping of marginals)."""
+        marginals = self._marginals()
+        if isinstance(marginals, dict):
+            if group is None:
+                raise ValueError(f"the marginals are per group {list(marginals)}: name the group")
+            marginal = marginals.get(group)
+        else:
+            marginal = marginals
+        posterior = F.as_stepped_latent(posterior)
+        dist = resolve_marginal(marginal, posterior)
+        return F.standard_normal(posterior) if dist is None else dist
 
     def forward(
         self,
         x: Tensor,
         *,
-        posterior: Distribution,
+        posterior: Posterior,
+        prior: Distribution | Mapping[str, Distribution | None] | None = None,
         likelihood: Distribution | None = None,
-        z: Tensor | None = None,
-        decoder: Callable[[Tensor], Distribution] | None = None,
+        z: Tensor | Mapping[str, Tensor] | None = None,
+        decoder: Decoder | None = None,
         samples: int | Literal["enumerate"] = 1,
         weight: Tensor | None = None,
     ) -> RDOutput:
@@ -206,14 +238,26 @@ class RateDistortionLoss(nn.Module):
         ``Categorical``/``OneHotCategorical`` posterior computes D as the exact expectation
         over the support and R exactly.
 
+        Structured latents (see the "Hierarchical, conditional and sequential models" page):
+        ``prior`` is the prior your model computed for this batch (a conditional VAE's
+        ``p(z|y)``; it replaces the marginal); ``posterior``, ``prior`` and ``z`` may be
+        mappings from group name to the group's object (a hierarchical VAE), and a
+        posterior of ``batch_shape (B, T)`` over non-scalar latents has a step axis (a
+        sequence model). The rate per example sums over groups and steps.
+
         Args:
             x: ``(B, ...)`` data.
-            posterior: ``e(z|x)``, ``batch_shape (B,)`` (further batch dims become latent dims).
+            posterior: ``e(z|x)``, ``batch_shape (B,)`` (further batch dims become latent
+                dims) or ``(B, T)`` with steps; or a mapping from group name to those.
+            prior: ``p(z|...)`` per call, ``batch_shape ()`` or the posterior's; for groups a
+                mapping (a missing key or ``None`` uses the group's marginal).
             likelihood: ``d(x|z)`` covering ``x`` (``batch_shape + event_shape`` equal to
                 ``x.shape``, or ``(S, *x.shape)`` for ``S`` samples).
-            z: ``(B, *event)`` or ``(S, B, *event)`` latents that produced ``likelihood``.
-            decoder: callable mapping ``(N, *event)`` latents to a likelihood over
-                ``(N, *x.shape[1:])``; the loss calls it once on ``N = samples * B`` rows.
+            z: ``(*batch, *event)`` or ``(S, *batch, *event)`` latents that produced
+                ``likelihood`` (a mapping for groups).
+            decoder: callable mapping ``(N, *event)`` latents (a dict of them for groups) to a
+                likelihood over ``(N, *x.shape[1:])``; the loss calls it once on
+                ``N = samples * B`` rows.
             samples: latents per example with ``decoder``, or ``"enumerate"``.
             weight: ``(B,)`` non-negative per-example weights, normalised over the batch.
 
@@ -225,13 +269,15 @@ class RateDistortionLoss(nn.Module):
             ValueError: shapes disagree, values are NaN/inf, or arguments conflict.
         """
         check_tensor("x", x, min_ndim=1)
-        posterior = F.as_latent(posterior)
+        groups, grouped = resolve(posterior, prior=prior, z=z, marginal=self._marginals())
         batch = x.shape[0]
-        if posterior.batch_shape[0] != batch:
-            raise ValueError(
-                f"posterior batch size {posterior.batch_shape[0]} does not match x's batch "
-                f"size {batch} (x.shape {tuple(x.shape)})"
-            )
+        for g in groups:
+            if g.posterior.batch_shape[0] != batch:
+                where = f"posterior[{g.name!r}]" if grouped else "posterior"
+                raise ValueError(
+                    f"{where} batch size {g.posterior.batch_shape[0]} does not match x's batch "
+                    f"size {batch} (x.shape {tuple(x.shape)})"
+                )
         if weight is not None:
             check_tensor("weight", weight)
             if weight.shape != (batch,):
@@ -243,14 +289,13 @@ class RateDistortionLoss(nn.Module):
             check_finite(x=x, **({} if weight is None else {"weight": weight}))
             if weight is not None and not bool((weight >= 0).all() and weight.sum() > 0):
                 raise ValueError("weight must be non-negative with a positive sum")
-        marginal = self._marginal(posterior)
 
         if (likelihood is None) == (decoder is None):
             raise ValueError("pass exactly one of likelihood= or decoder=")
         if decoder is not None:
             if z is not None:
                 raise ValueError("z is drawn by the loss when decoder= is given; do not pass z")
-            distortion, rate = self._decode(x, posterior, marginal, decoder, samples)
+            distortion, terms, estimator = self._decode(x, groups, grouped, decoder, samples)
         else:
             if samples != 1:
                 raise ValueError(
@@ -258,109 +303,155 @@ class RateDistortionLoss(nn.Module):
                     "whatever produced it"
                 )
             assert likelihood is not None  # narrowed by the exactly-one check above
-            distortion = self._distortion_given(x, likelihood, z, posterior)
-            rate = F.rate(posterior, marginal, z=z, estimator=self.rate_estimator)
+            distortion = _distortion_given(x, likelihood, groups, grouped)
+            terms, estimator = self._rate(groups, grouped)
 
         if validate:
-            self._check_outputs(rate.per_example, distortion)
+            _check_outputs(terms.per_example, distortion)
         objective = self.objective(
-            rate.per_example,
+            terms.per_example,
             distortion,
-            rate_per_dimension=rate.per_dimension,
+            rate_per_dimension=terms.per_dimension,
             weight=weight,
+            terms=terms,
+            sync_dist=self.sync_dist,
         )
-        mean_rate = F.batch_mean(rate.per_example, weight)
+        mean_rate = F.batch_mean(terms.per_example, weight)
         mean_distortion = F.batch_mean(distortion, weight)
         return RDOutput(
             loss=objective.loss,
             rate=mean_rate,
             distortion=mean_distortion,
             elbo=F.elbo(mean_rate, mean_distortion),
-            rate_per_example=rate.per_example,
+            rate_per_example=terms.per_example,
             distortion_per_example=distortion,
-            rate_per_dimension=rate.per_dimension,
-            estimator=rate.estimator,
+            rate_per_dimension=terms.per_dimension,
+            estimator=estimator,
             hyper=objective.hyper,
+            rate_per_group=terms.per_group if grouped else None,
+            rate_per_step=terms.per_step or None,
+            rate_per_group_dimension=terms.per_group_dimension if grouped else None,
             weight=weight,
+        )
+
+    def _rate(self, groups: tuple[LatentGroup, ...], grouped: bool) -> tuple[RateTerms, str]:
+        return F.rate_terms(
+            groups, grouped=grouped, estimator=self.rate_estimator, balance=self.kl_balance
         )
 
     def _decode(
         self,
         x: Tensor,
-        posterior: Distribution,
-        marginal: Distribution | None,
-        decoder: Callable[[Tensor], Distribution],
+        groups: tuple[LatentGroup, ...],
+        grouped: bool,
+        decoder: Decoder,
         samples: int | Literal["enumerate"],
-    ) -> tuple[Tensor, F.Rate]:
+    ) -> tuple[Tensor, RateTerms, str]:
         """Draw or enumerate latents, decode them in one call, and compute D and R."""
         if not callable(decoder):
             raise TypeError(f"decoder must be callable, got {type(decoder).__name__}")
         probs: Tensor | None = None
         if samples == "enumerate":
-            z, probs = F.enumerate_posterior(posterior)
-            if marginal is None:
+            if grouped or groups[0].steps is not None:
+                raise ValueError(
+                    "samples='enumerate' takes one discrete latent without steps; draw "
+                    "samples (samples=S) or pass likelihood= for grouped or sequence latents"
+                )
+            (group,) = groups
+            draws, probs = F.enumerate_posterior(group.posterior)
+            if group.prior is None and group.marginal is None:
                 raise ValueError(
                     "samples='enumerate' needs a discrete marginal such as "
-                    "rdloss.marginals.Categorical(K); the default N(0, I) is continuous"
+                    "rdloss.marginals.Categorical(K) or a prior; the default N(0, I) is "
+                    "continuous"
                 )
-            rate = F.enumerated_rate(posterior, marginal)
+            rate = F.enumerated_rate(group.posterior, group.marginal, prior=group.prior)
+            zs = {group.name: draws}
+            terms = RateTerms.single(rate.per_example, rate.per_dimension)
+            estimator = rate.estimator
         elif isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1:
-            if not posterior.has_rsample:
-                raise ValueError(
-                    f"{type(posterior).__name__} has no rsample; use samples='enumerate' for "
-                    "discrete latents or pass likelihood= with your own (relaxed) samples"
-                )
-            z = posterior.rsample((samples,))
+            for g in groups:
+                if not g.posterior.has_rsample:
+                    raise ValueError(
+                        f"{type(g.posterior).__name__} has no rsample; use samples='enumerate' "
+                        "for discrete latents or pass likelihood= with your own (relaxed) "
+                        "samples"
+                    )
+            zs = {g.name: g.posterior.rsample((samples,)) for g in groups}
+            groups = tuple(g._replace(z=zs[g.name]) for g in groups)
         else:
             raise ValueError(f"samples must be an int >= 1 or 'enumerate', got {samples!r}")
-        n_draws = z.shape[0]
-        rows = x.expand(n_draws, *x.shape).reshape(n_draws * x.shape[0], *x.shape[1:])
-        likelihood = decoder(z.reshape(n_draws * x.shape[0], *z.shape[2:]))
+        n_draws, rows = next(iter(zs.values())).shape[0], x.shape[0]
+        flat = {k: rearrange(v, "s b ... -> (s b) ...") for k, v in zs.items()}
+        likelihood = decoder(flat if grouped else flat[groups[0].name])  # type: ignore[arg-type]
         if not isinstance(likelihood, Distribution):
             raise TypeError(
                 f"decoder must return a torch.distributions.Distribution, got "
                 f"{type(likelihood).__name__}"
             )
-        per_draw = F.distortion(rows, likelihood).reshape(n_draws, x.shape[0])
+        data = repeat(x, "b ... -> (s b) ...", s=n_draws)
+        per_draw = F.distortion(data, likelihood).reshape(n_draws, rows)
         if probs is None:
-            rate = F.rate(posterior, marginal, z=z, estimator=self.rate_estimator)
-        return F.sample_mean(per_draw, probs), rate
-
-    @staticmethod
-    def _distortion_given(
-        x: Tensor, likelihood: Distribution, z: Tensor | None, posterior: Distribution
-    ) -> Tensor:
-        check_distribution("likelihood", likelihood)
-        per_draw = F.distortion(x, likelihood)
-        if z is not None:
-            check_tensor("z", z)
-            n_event = len(posterior.event_shape)
-            z_draws = z.shape[: z.ndim - n_event - 1]
-            if z_draws != per_draw.shape[:-1]:
-                raise ValueError(
-                    f"z has sample dims {tuple(z_draws)} but the likelihood has "
-                    f"{tuple(per_draw.shape[:-1])}: they must come from the same latents"
-                )
-        return per_draw.mean(0) if per_draw.ndim == 2 else per_draw
-
-    @staticmethod
-    def _check_outputs(rate: Tensor, distortion: Tensor) -> None:
-        flags = torch.stack([torch.isfinite(rate).all(), torch.isfinite(distortion).all()])
-        rate_ok, distortion_ok = flags.tolist()
-        if not rate_ok:
-            raise ValueError(
-                f"rate is NaN/inf for {int((~torch.isfinite(rate)).sum())} of {rate.numel()} "
-                "examples: check the posterior and marginal parameters"
-            )
-        if not distortion_ok:
-            raise ValueError(
-                f"distortion is NaN/inf for {int((~torch.isfinite(distortion)).sum())} of "
-                f"{distortion.numel()} examples: check the likelihood parameters, and that x "
-                "lies in the likelihood's support"
-            )
+            terms, estimator = self._rate(groups, grouped)
+        return F.sample_mean(per_draw, probs), terms, estimator
 
     @override
     def extra_repr(self) -> str:
         marginal = "" if isinstance(self.marginal, nn.Module) else f"marginal={self.marginal}, "
-        sync = ", sync_dist=True" if self.objective.sync_dist else ""
-        return f"{marginal}rate_estimator={self.rate_estimator!r}{sync}"
+        balance = "" if self.kl_balance is None else f", kl_balance={self.kl_balance}"
+        sync = ", sync_dist=True" if self.sync_dist else ""
+        return f"{marginal}rate_estimator={self.rate_estimator!r}{balance}{sync}"
+
+
+def _split_marginals(marginal: Mapping[object, object]) -> dict[str, Distribution]:
+    """Check a mapping of per-group marginals; return its fixed (``Distribution``) entries."""
+    fixed = {}
+    for key, value in marginal.items():
+        if not isinstance(key, str) or not key or "." in key:
+            raise ValueError(
+                f"marginal group names must be non-empty strings without '.', got {key!r}"
+            )
+        if isinstance(value, Distribution):
+            fixed[key] = value
+        elif not isinstance(value, nn.Module):
+            raise TypeError(
+                f"marginal[{key!r}] must be an nn.Module returning a Distribution or a "
+                f"Distribution, got {type(value).__name__}"
+            )
+    return fixed
+
+
+def _distortion_given(
+    x: Tensor, likelihood: Distribution, groups: tuple[LatentGroup, ...], grouped: bool
+) -> Tensor:
+    check_distribution("likelihood", likelihood)
+    per_draw = F.distortion(x, likelihood)
+    for g in groups:
+        if g.z is None:
+            continue
+        name = f"z[{g.name!r}]" if grouped else "z"
+        check_tensor(name, g.z)
+        n_lead = len(g.posterior.batch_shape) + len(g.posterior.event_shape)
+        z_draws = g.z.shape[: g.z.ndim - n_lead]
+        if z_draws != per_draw.shape[:-1]:
+            raise ValueError(
+                f"{name} has sample dims {tuple(z_draws)} but the likelihood has "
+                f"{tuple(per_draw.shape[:-1])}: they must come from the same latents"
+            )
+    return per_draw.mean(0) if per_draw.ndim == 2 else per_draw
+
+
+def _check_outputs(rate: Tensor, distortion: Tensor) -> None:
+    flags = torch.stack([torch.isfinite(rate).all(), torch.isfinite(distortion).all()])
+    rate_ok, distortion_ok = flags.tolist()
+    if not rate_ok:
+        raise ValueError(
+            f"rate is NaN/inf for {int((~torch.isfinite(rate)).sum())} of {rate.numel()} "
+            "examples: check the posterior and marginal parameters"
+        )
+    if not distortion_ok:
+        raise ValueError(
+            f"distortion is NaN/inf for {int((~torch.isfinite(distortion)).sum())} of "
+            f"{distortion.numel()} examples: check the likelihood parameters, and that x "
+            "lies in the likelihood's support"
+        )

@@ -13,7 +13,8 @@ takes a number also takes a `Schedule` of the step.
   a schedule).
 * `TargetRate`: $\bar D + w|\sigma - \bar R|$ (Alemi et al., 2018).
 * `TargetDistortion`: $\bar R + w|\delta - \bar D|$.
-* `FreeBits`: $\bar D + \sum_j \max(\lambda, \overline{R_j})$ (Kingma et al., 2016).
+* `FreeBits`: $\bar D + \sum_u \max(\lambda, \overline{R_u})$ (Kingma et al., 2016) over
+  latent dimensions, groups, steps or the total, on batch means or per example.
 * `Capacity`: $\bar D + \gamma|\bar R - C(t)|$ (Burgess et al., 2018).
 * `GECO`: $\min \bar R$ s.t. $\bar D \le \kappa$ (Rezende & Viola, 2018).
 * `RateController`: PI control of β to hold a rate (Shao et al., 2020).
@@ -21,7 +22,8 @@ takes a number also takes a `Schedule` of the step.
 
 from rdloss.objectives._base import Hyperparameter, Objective, ObjectiveOutput
 from rdloss.objectives._controllers import GECO, RateController
-from rdloss.objectives._penalties import Beta, Capacity, FreeBits, TargetDistortion, TargetRate
+from rdloss.objectives._penalties import Beta, Capacity, TargetDistortion, TargetRate
+from rdloss.objectives._structured import FreeBits
 
 __all__ = [
     "GECO",

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from rdloss._validation import check_nonnegative_number
 from rdloss.functional import batch_mean, global_batch_mean
+from rdloss.latents import RateTerms
 from rdloss.schedules import Schedule
 
 __all__ = [
@@ -146,8 +147,9 @@ class Objective(nn.Module, ABC):
     Attributes:
         step: 0-dim int64 buffer, the number of training steps taken.
         sync_dist: while training, reduce over the batches of all processes
-            (`global_batch_mean`) rather than this process's batch; set by
-            ``RateDistortionLoss(sync_dist=True)``.
+            (`global_batch_mean`) rather than this process's batch, when the objective is
+            called on its own; a `RateDistortionLoss` passes its own ``sync_dist`` with every
+            call instead, so an objective shared by two losses follows each of them.
     """
 
     step: Tensor
@@ -156,6 +158,9 @@ class Objective(nn.Module, ABC):
         super().__init__()
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.sync_dist = False
+        # The flag of the call in progress: the loss's, so that a shared objective follows
+        # each loss it serves (set by `forward` for the call, never left set).
+        self._sync_call: bool | None = None
 
     @property
     def advancing(self) -> bool:
@@ -174,7 +179,8 @@ class Objective(nn.Module, ABC):
         The all-reduce happens only while `advancing`: evaluation stays local, so one
         process may evaluate alone without waiting for the others.
         """
-        if self.sync_dist and self.advancing:
+        sync = self.sync_dist if self._sync_call is None else self._sync_call
+        if sync and self.advancing:
             return global_batch_mean(values, weight)
         return batch_mean(values, weight)
 
@@ -201,14 +207,20 @@ class Objective(nn.Module, ABC):
         *,
         rate_per_dimension: Tensor | None = None,
         weight: Tensor | None = None,
+        terms: RateTerms | None = None,
+        sync_dist: bool | None = None,
     ) -> ObjectiveOutput:
         """Check the per-example terms, compute the loss, then count the step.
 
         Args:
-            rate: ``(B,)`` per-example rate in nats.
+            rate: ``(B,)`` per-example rate in nats (the total over groups and steps).
             distortion: ``(B,)`` per-example distortion in nats.
             rate_per_dimension: ``(B, D)`` per-dimension rate, where the KL factorises.
             weight: ``(B,)`` non-negative per-example weights (normalised).
+            terms: the rate at every level of a structured model (groups, steps), as the
+                loss computes it; ``None`` for one latent (``RateTerms.single``).
+            sync_dist: reduce over all processes while training (the calling loss's flag);
+                ``None``: this objective's ``sync_dist`` attribute.
 
         Returns:
             `ObjectiveOutput`.
@@ -218,11 +230,37 @@ class Objective(nn.Module, ABC):
             ValueError: ``rate`` is not ``(B,)`` or another term does not match it.
         """
         check_terms(rate, distortion, rate_per_dimension, weight)
-        output = self.compute(
-            rate, distortion, rate_per_dimension=rate_per_dimension, weight=weight
-        )
+        if terms is None:
+            terms = RateTerms.single(rate, rate_per_dimension)
+        elif not isinstance(terms, RateTerms):
+            raise TypeError(f"terms must be an rdloss RateTerms, got {type(terms).__name__}")
+        self._sync_call = sync_dist
+        try:
+            output = self.compute_terms(terms, distortion, weight=weight)
+        finally:
+            self._sync_call = None
         self.advance()
         return output
+
+    def compute_terms(
+        self, terms: RateTerms, distortion: Tensor, *, weight: Tensor | None = None
+    ) -> ObjectiveOutput:
+        """The loss from the rate at every level; by default `compute` on the total.
+
+        Objectives over groups or steps (`FreeBits`, NVAE's balancing in `Beta`) override
+        it; every other objective sees the total rate and the per-dimension rate.
+
+        Args:
+            terms: `RateTerms` (total, per group, per step, per dimension).
+            distortion: ``(B,)`` per-example distortion in nats.
+            weight: ``(B,)`` non-negative per-example weights (normalised).
+        """
+        return self.compute(
+            terms.per_example,
+            distortion,
+            rate_per_dimension=terms.per_dimension,
+            weight=weight,
+        )
 
     @abstractmethod
     def compute(

@@ -1,17 +1,19 @@
 r"""Objectives whose only state is the step: fixed or scheduled weights and targets.
 
-``Beta``, ``TargetRate``, ``TargetDistortion``, ``FreeBits`` and ``Capacity``. Every
+``Beta``, ``TargetRate``, ``TargetDistortion`` and ``Capacity``. Every
 hyperparameter takes a number or a `Schedule` of the step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
 from torch import Tensor
 from typing_extensions import override
 
+from rdloss.latents import RateTerms
 from rdloss.objectives._base import (
     Hyperparameter,
     Objective,
@@ -19,8 +21,9 @@ from rdloss.objectives._base import (
     as_hyperparameter,
     numbers_repr,
 )
+from rdloss.objectives._structured import check_alpha, nvae_balanced_rate
 
-__all__ = ["Beta", "Capacity", "FreeBits", "TargetDistortion", "TargetRate"]
+__all__ = ["Beta", "Capacity", "TargetDistortion", "TargetRate"]
 
 Reduction = Literal["batch", "example"]
 
@@ -55,10 +58,14 @@ class Beta(Objective):
     ``lambda * D + R`` corresponds to ``beta = 1 / lambda`` (and uses bits per pixel).
     See Alemi et al. (2018), Eq. 6. A schedule gives KL warm-up (Bowman et al., 2016:
     ``Beta(Linear(0.0, 1.0, steps=T))``) or cyclical annealing (Fu et al., 2019:
-    ``Beta(Cyclical(steps=T))``).
+    ``Beta(Cyclical(steps=T))``). With named latent groups, ``group_balance=True`` adds
+    NVAE's balancing (`nvae_balanced_rate`) while the warm-up keeps ``beta < 1``.
 
     Args:
         beta: non-negative weight of the rate, a number or a schedule.
+        group_balance: NVAE's KL balancing over named groups while ``beta < 1``.
+        alpha: NVAE's per-group divisor ``alpha_g`` (its ``kl_balancer_coeff``); default
+            each group's number of latent dimensions.
 
     Examples:
         >>> import torch
@@ -66,9 +73,35 @@ class Beta(Objective):
         tensor(11.)
     """
 
-    def __init__(self, beta: Hyperparameter = 1.0) -> None:
+    def __init__(
+        self,
+        beta: Hyperparameter = 1.0,
+        *,
+        group_balance: bool = False,
+        alpha: Mapping[str, float] | None = None,
+    ) -> None:
         super().__init__()
         self.beta = as_hyperparameter("beta", beta)
+        if not isinstance(group_balance, bool):
+            raise TypeError(f"group_balance must be a bool, got {type(group_balance).__name__}")
+        if alpha is not None and not group_balance:
+            raise ValueError("alpha weights NVAE's group balancing: pass group_balance=True")
+        self.group_balance = group_balance
+        self.alpha = check_alpha(alpha)
+
+    @override
+    def compute_terms(
+        self, terms: RateTerms, distortion: Tensor, *, weight: Tensor | None = None
+    ) -> ObjectiveOutput:
+        r"""$\bar D + \beta \bar R$, with NVAE's group balancing while $\beta < 1$."""
+        if not self.group_balance:
+            return super().compute_terms(terms, distortion, weight=weight)
+        beta = self.hyperparameter(self.beta, terms.per_example)
+        balanced = nvae_balanced_rate(self, terms, self.alpha, weight)
+        # NVAE balances only during warm-up (kl_coeff < 1); torch.where keeps it sync-free.
+        rate = torch.where(beta < 1.0, balanced, terms.per_example)
+        loss = self.mean(distortion, weight) + beta * self.mean(rate, weight)
+        return ObjectiveOutput(loss, {"beta": beta})
 
     def compute(
         self,
@@ -85,7 +118,8 @@ class Beta(Objective):
 
     @override
     def extra_repr(self) -> str:
-        return numbers_repr(beta=self.beta)
+        balance = ", group_balance=True" if self.group_balance else ""
+        return numbers_repr(beta=self.beta) + balance
 
 
 class TargetRate(Objective):
@@ -189,77 +223,6 @@ class TargetDistortion(Objective):
     def extra_repr(self) -> str:
         numbers = numbers_repr(delta=self.delta, weight=self.weight)
         return ", ".join(filter(None, (numbers, f"reduction={self.reduction!r}")))
-
-
-class FreeBits(Objective):
-    r"""Free bits (Kingma et al., 2016): rate below ``lam`` nats costs nothing.
-
-    With ``per="dimension"`` (the paper's, one group per latent dimension ``j``)
-
-    $$
-    \bar D + \sum_j \max\big(\lambda, \overline{R_j}\big),
-    $$
-
-    where $\overline{R_j}$ is the batch mean of dimension ``j``'s rate; it needs the
-    per-dimension rate, which the loss provides where the KL factorises over latent
-    dimensions (not for mixture or flow marginals). ``per="total"`` clamps the total rate
-    instead: $\bar D + \max(\lambda, \bar R)$. Dimensions below ``lam`` receive no
-    gradient from the rate term. The loss's reported ``rate`` stays unclamped; the hyper
-    entry ``clamped_rate`` is the clamped rate term that enters the loss.
-
-    Args:
-        lam: free nats per dimension (or in total), ``>= 0``, a number or a schedule.
-        per: ``"dimension"`` or ``"total"``.
-
-    Examples:
-        >>> import torch
-        >>> objective = FreeBits(0.5)
-        >>> r = torch.tensor([[0.1, 2.0], [0.3, 4.0]])  # dimension 0 has mean 0.2 < 0.5
-        >>> objective(r.sum(1), torch.tensor([1.0, 1.0]), rate_per_dimension=r).loss
-        tensor(4.5000)
-    """
-
-    def __init__(
-        self, lam: Hyperparameter = 0.25, *, per: Literal["dimension", "total"] = "dimension"
-    ) -> None:
-        super().__init__()
-        self.lam = as_hyperparameter("lam", lam)
-        if per not in ("dimension", "total"):
-            raise ValueError(f"per must be 'dimension' or 'total', got {per!r}")
-        self.per = per
-
-    def compute(
-        self,
-        rate: Tensor,
-        distortion: Tensor,
-        *,
-        rate_per_dimension: Tensor | None = None,
-        weight: Tensor | None = None,
-    ) -> ObjectiveOutput:
-        r"""$\bar D + \sum_j \max(\lambda, \overline{R_j})$; see `Objective.compute`.
-
-        Raises:
-            ValueError: ``per="dimension"`` and ``rate_per_dimension`` is None.
-        """
-        lam = self.hyperparameter(self.lam, rate)
-        if self.per == "dimension":
-            if rate_per_dimension is None:
-                raise ValueError(
-                    "FreeBits(per='dimension') needs rate_per_dimension, which is None: the "
-                    "rate does not factorise over latent dimensions (e.g. a mixture or flow "
-                    "marginal); use FreeBits(per='total')"
-                )
-            per_dimension = self.mean(rate_per_dimension, weight)
-            clamped = torch.maximum(per_dimension, lam).sum()
-        else:
-            clamped = torch.maximum(self.mean(rate, weight), lam)
-        loss = self.mean(distortion, weight) + clamped
-        return ObjectiveOutput(loss, {"free_bits": lam, "clamped_rate": clamped.detach()})
-
-    @override
-    def extra_repr(self) -> str:
-        numbers = numbers_repr(lam=self.lam)
-        return ", ".join(filter(None, (numbers, f"per={self.per!r}")))
 
 
 class Capacity(Objective):

@@ -1,0 +1,213 @@
+r"""Objectives over the structure of the rate: free bits at every level, NVAE's balancing.
+
+Free bits (Kingma et al., 2016) gives each unit of the rate ``lam`` nats for free. The unit
+is a latent dimension (Kingma), a latent group (IAF-VAE, NVAE), a step of a sequence model
+(DreamerV3), or the whole rate; the clamp applies to the unit's batch mean (Kingma's "per
+minibatch") or to each example's (and step's) value before the mean (DreamerV3, World
+Models). NVAE's group balancing (Vahdat & Kautz, 2020) reweights the groups' rates during
+KL warm-up so that no group collapses early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from rdloss._validation import check_nonnegative_number
+from rdloss.latents import RateTerms
+from rdloss.objectives._base import (
+    Hyperparameter,
+    Objective,
+    ObjectiveOutput,
+    as_hyperparameter,
+    numbers_repr,
+)
+
+__all__ = ["FreeBits", "check_alpha", "nvae_balanced_rate"]
+
+Level = Literal["dimension", "group", "step", "total"]
+Reduction = Literal["batch", "example"]
+
+
+def _units(terms: RateTerms, per: Level) -> Tensor:
+    """``(B, K)`` rate of each unit that free bits applies to; an error if the model has none."""
+    if per == "total":
+        return terms.per_example.unsqueeze(1)
+    if per == "dimension":
+        if terms.per_dimension is None:
+            raise ValueError(
+                "FreeBits(per='dimension') needs rate_per_dimension, which is None: the "
+                "rate does not factorise over latent dimensions (e.g. a mixture or flow "
+                "marginal, or a group without a per-dimension KL); use FreeBits(per='group') "
+                "or FreeBits(per='total')"
+            )
+        return terms.per_dimension
+    if per == "group":
+        if not terms.grouped:
+            raise ValueError(
+                "FreeBits(per='group') needs named latent groups (posterior as a mapping), "
+                "but the call has one ungrouped latent; use FreeBits(per='total')"
+            )
+        return torch.stack(list(terms.per_group.values()), dim=1)
+    missing = [k for k in terms.per_group if k not in terms.per_step]
+    if missing:
+        raise ValueError(
+            f"FreeBits(per='step') needs a step axis in every group, but {missing} have none "
+            "(a posterior of batch_shape (B, T) over non-scalar latents has steps)"
+        )
+    return torch.cat(list(terms.per_step.values()), dim=1)
+
+
+class FreeBits(Objective):
+    r"""Free bits (Kingma et al., 2016): rate below ``lam`` nats per unit costs nothing.
+
+    With units $u$ (latent dimensions, groups, steps, or the total rate; ``per``) and
+    ``reduction="batch"`` (Kingma's, the clamp on each unit's batch mean)
+
+    $$
+    \bar D + \beta \sum_u \max\big(\lambda, \overline{R_u}\big),
+    $$
+
+    and with ``reduction="example"`` (DreamerV3, World Models: the clamp on each example's
+    unit before the mean) $\bar D + \beta\,\overline{\sum_u \max(\lambda, R_u)}$. Units
+    below ``lam`` receive no gradient from the rate. DreamerV3's world-model KL,
+    ``max(1, KL_t)`` per example and step, is ``FreeBits(1.0, per="step",
+    reduction="example")``. The loss's reported ``rate`` stays unclamped; the hyper entry
+    ``clamped_rate`` is the clamped rate term that enters the loss (before ``beta``).
+
+    ``per="dimension"`` needs the per-dimension rate, which the loss provides where the KL
+    factorises over latent dimensions (not for mixture or flow marginals); ``"group"``
+    needs named groups, ``"step"`` a step axis in every group.
+
+    Args:
+        lam: free nats per unit, ``>= 0``, a number or a schedule.
+        per: the unit: ``"dimension"``, ``"group"``, ``"step"`` or ``"total"``.
+        reduction: ``"batch"`` (clamp the batch mean) or ``"example"`` (clamp each value).
+        beta: weight of the clamped rate, ``>= 0``, a number or a schedule (DreamerV3's
+            ``dyn_scale + rep_scale``).
+
+    Examples:
+        >>> import torch
+        >>> objective = FreeBits(0.5)
+        >>> r = torch.tensor([[0.1, 2.0], [0.3, 4.0]])  # dimension 0 has mean 0.2 < 0.5
+        >>> objective(r.sum(1), torch.tensor([1.0, 1.0]), rate_per_dimension=r).loss
+        tensor(4.5000)
+    """
+
+    def __init__(
+        self,
+        lam: Hyperparameter = 0.25,
+        *,
+        per: Level = "dimension",
+        reduction: Reduction = "batch",
+        beta: Hyperparameter = 1.0,
+    ) -> None:
+        super().__init__()
+        self.lam = as_hyperparameter("lam", lam)
+        if per not in ("dimension", "group", "step", "total"):
+            raise ValueError(f"per must be 'dimension', 'group', 'step' or 'total', got {per!r}")
+        if reduction not in ("batch", "example"):
+            raise ValueError(f"reduction must be 'batch' or 'example', got {reduction!r}")
+        self.per: Level = per
+        self.reduction: Reduction = reduction
+        self.beta = as_hyperparameter("beta", beta)
+
+    def compute(
+        self,
+        rate: Tensor,
+        distortion: Tensor,
+        *,
+        rate_per_dimension: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> ObjectiveOutput:
+        r"""Free bits on one ungrouped latent; see `compute_terms`."""
+        return self.compute_terms(
+            RateTerms.single(rate, rate_per_dimension), distortion, weight=weight
+        )
+
+    @override
+    def compute_terms(
+        self, terms: RateTerms, distortion: Tensor, *, weight: Tensor | None = None
+    ) -> ObjectiveOutput:
+        r"""$\bar D + \beta \sum_u \max(\lambda, \overline{R_u})$ (or per example).
+
+        Raises:
+            ValueError: the model has no units of the asked level (no per-dimension rate,
+                no groups, or a group without steps).
+        """
+        units = _units(terms, self.per)
+        lam = self.hyperparameter(self.lam, units)
+        beta = self.hyperparameter(self.beta, units)
+        if self.reduction == "batch":
+            clamped = torch.maximum(self.mean(units, weight), lam).sum()
+        else:
+            clamped = self.mean(torch.maximum(units, lam).sum(1), weight)
+        loss = self.mean(distortion, weight) + beta * clamped
+        return ObjectiveOutput(
+            loss, {"free_bits": lam, "clamped_rate": clamped.detach(), "beta": beta}
+        )
+
+    @override
+    def extra_repr(self) -> str:
+        numbers = numbers_repr(lam=self.lam, beta=self.beta)
+        return ", ".join(
+            filter(None, (numbers, f"per={self.per!r}", f"reduction={self.reduction!r}"))
+        )
+
+
+def check_alpha(alpha: object) -> dict[str, float] | None:
+    """Validate NVAE's per-group ``alpha``: ``None`` or a mapping of group names to numbers > 0."""
+    if alpha is None:
+        return None
+    if not isinstance(alpha, Mapping):
+        raise TypeError(
+            f"alpha must be a mapping from group name to a number > 0, or None, got "
+            f"{type(alpha).__name__}"
+        )
+    return {
+        str(k): check_nonnegative_number(f"alpha[{k!r}]", v, positive=True)
+        for k, v in alpha.items()
+    }
+
+
+def nvae_balanced_rate(
+    objective: Objective,
+    terms: RateTerms,
+    alpha: Mapping[str, float] | None,
+    weight: Tensor | None,
+) -> Tensor:
+    r"""NVAE's balanced rate per example (Vahdat & Kautz, 2020, ``kl_balancer``).
+
+    With group rates $R_{ig}$, $c_g = \overline{|R_g|} + 0.01$, then
+    $c_g \leftarrow (c_g / \alpha_g) \sum_h c_h$ and $c_g \leftarrow c_g / \mathrm{mean}_h c_h$,
+    the balanced rate is $\sum_g \mathrm{sg}(c_g) R_{ig}$: a group that carries little
+    information is weighted less and so is not pushed to collapse. ``alpha`` defaults to
+    each group's size (latent dimensions per example), which is NVAE's ``'square'`` rule
+    when every scale has as many groups of as many channels.
+
+    Returns:
+        ``(B,)``.
+
+    Raises:
+        ValueError: the call has no named groups, or ``alpha`` misses a group.
+    """
+    if not terms.grouped:
+        raise ValueError(
+            "Beta(group_balance=True) balances named latent groups (posterior as a mapping), "
+            "but the call has one ungrouped latent"
+        )
+    names = list(terms.per_group)
+    sizes = alpha if alpha is not None else terms.group_size
+    missing = [k for k in names if k not in sizes]
+    if missing:
+        raise ValueError(f"alpha must give every group a value; missing {missing}")
+    rates = torch.stack([terms.per_group[k] for k in names], dim=1)
+    a = rates.new_tensor([float(sizes[k]) for k in names])
+    coeff = objective.mean(rates.abs(), weight) + 0.01
+    coeff = coeff / a * coeff.sum()
+    coeff = coeff / coeff.mean()
+    return (rates * coeff.detach()).sum(1)

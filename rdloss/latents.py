@@ -149,14 +149,15 @@ def as_prior(prior: object, posterior: Distribution, name: str = "prior") -> Dis
     return Independent(dist, extra) if extra > 0 else dist
 
 
-def sample_dims(z: Tensor, posterior: Distribution) -> int:
+def sample_dims(z: Tensor, posterior: Distribution, name: str = "z") -> int:
     """Number of leading sample dimensions of ``z`` (0 or 1), validated against the posterior."""
     lead, event = posterior.batch_shape, posterior.event_shape
     n = len(lead) + len(event)
     if z.ndim in (n, n + 1) and z.shape[z.ndim - n :] == lead + event:
         return z.ndim - n
+    axes = "B, T" if len(lead) == 2 else "B"
     raise ValueError(
-        f"z must have shape (*batch, *event) = {(*lead, *event)} or (S, *batch, *event), "
+        f"{name} must have shape ({axes}, *event) = {(*lead, *event)} or (S, {axes}, *event), "
         f"got {tuple(z.shape)}"
     )
 
@@ -292,6 +293,8 @@ def resolve(
                     f"{type(posterior).__name__}: pass posterior as a mapping with the same keys"
                 )
         q = as_stepped_latent(posterior)
+        if z is not None:
+            sample_dims(check_tensor("z", z), q)
         p = None if prior is None else as_prior(prior, q)
         m = None if p is not None else resolve_marginal(marginal, q)  # type: ignore[arg-type]
         return (LatentGroup(UNGROUPED, q, p, m, z),), False  # type: ignore[arg-type]
@@ -306,9 +309,9 @@ def resolve(
             )
         if value is not None:
             _check_keys(name, value, posterior)  # type: ignore[arg-type]
-    priors = prior or {}
-    latents = z or {}
-    marginals = marginal or {}
+    priors: Mapping[str, Distribution | None] = prior if isinstance(prior, Mapping) else {}
+    latents: Mapping[str, Tensor] = z if isinstance(z, Mapping) else {}
+    marginals: Mapping[str, MarginalLike] = marginal if isinstance(marginal, Mapping) else {}
     batch: int | None = None
     groups = []
     for key, value in posterior.items():
@@ -321,11 +324,11 @@ def resolve(
                 f"{batch}: every group must cover the same examples"
             )
         batch = q.batch_shape[0]
-        given = priors.get(key)  # type: ignore[union-attr]
+        given = priors.get(key)
         p = None if given is None else as_prior(given, q, f"prior[{key!r}]")
-        m = None if p is not None else resolve_marginal(marginals.get(key), q)  # type: ignore[union-attr]
-        zk = latents.get(key)  # type: ignore[union-attr]
+        m = None if p is not None else resolve_marginal(marginals.get(key), q)
+        zk = latents.get(key)
         if zk is not None:
-            check_tensor(f"z[{key!r}]", zk)
+            sample_dims(check_tensor(f"z[{key!r}]", zk), q, f"z[{key!r}]")
         groups.append(LatentGroup(key, q, p, m, zk))
     return tuple(groups), True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import torch
 from einops import rearrange, repeat
@@ -164,7 +164,7 @@ class RateDistortionLoss(nn.Module):
             self.marginal: nn.Module | Distribution | None = nn.ModuleDict(
                 {k: v for k, v in marginal.items() if isinstance(v, nn.Module)}
             )
-            self._marginal_keys = tuple(marginal)
+            self._marginal_keys: tuple[str, ...] | None = tuple(marginal)
         elif marginal is not None and not isinstance(marginal, (nn.Module, Distribution)):
             raise TypeError(
                 "marginal must be an nn.Module returning a Distribution, a Distribution, a "
@@ -197,8 +197,7 @@ class RateDistortionLoss(nn.Module):
         """The constructor's marginal, or its mapping in the given key order."""
         if self._marginal_keys is None:
             return self.marginal
-        modules = self.marginal
-        assert isinstance(modules, nn.ModuleDict)  # set together with _marginal_keys
+        modules = cast(nn.ModuleDict, self.marginal)  # set together with _marginal_keys
         return {
             k: modules[k] if k in modules else self._fixed_marginals[k] for k in self._marginal_keys
         }
@@ -351,6 +350,7 @@ class RateDistortionLoss(nn.Module):
         if not callable(decoder):
             raise TypeError(f"decoder must be callable, got {type(decoder).__name__}")
         probs: Tensor | None = None
+        estimator: str
         if samples == "enumerate":
             if grouped or groups[0].steps is not None:
                 raise ValueError(
@@ -403,7 +403,7 @@ class RateDistortionLoss(nn.Module):
         return f"{marginal}rate_estimator={self.rate_estimator!r}{balance}{sync}"
 
 
-def _split_marginals(marginal: Mapping[object, object]) -> dict[str, Distribution]:
+def _split_marginals(marginal: Mapping[Any, object]) -> dict[str, Distribution]:
     """Check a mapping of per-group marginals; return its fixed (``Distribution``) entries."""
     fixed = {}
     for key, value in marginal.items():

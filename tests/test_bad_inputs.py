@@ -256,7 +256,8 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
     "marginal of the wrong type": (
         lambda: _loss(marginal="normal"),
         TypeError,
-        r"marginal must be an nn.Module returning a Distribution, a Distribution, a mapping .*got str",
+        r"marginal must be an nn.Module returning a Distribution, a Distribution, a mapping "
+        r".*got str",
     ),
     "objective of the wrong type": (
         lambda: _loss(objective=lambda r, d: r + d),
@@ -400,7 +401,7 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
     "objective: unknown free-bits grouping": (
         lambda: objectives.FreeBits(per="dim"),  # type: ignore[arg-type]
         ValueError,
-        r"per must be 'dimension' or 'total', got 'dim'",
+        r"per must be 'dimension', 'group', 'step' or 'total', got 'dim'",
     ),
     "objective: distortion batch differs from rate": (
         lambda: objectives.Beta(1.0)(torch.ones(3), torch.ones(5)),

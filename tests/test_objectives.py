@@ -381,7 +381,7 @@ def test_hyper_reaches_the_loss_output_and_metrics() -> None:
         (lambda: TargetRate(1.0, weight=0.0), ValueError, "weight must be > 0"),
         (lambda: TargetRate(1.0, reduction="mean"), ValueError, "'batch' or 'example', got 'mean'"),
         (lambda: TargetDistortion(math.nan), ValueError, "delta must be finite"),
-        (lambda: FreeBits(0.25, per="group"), ValueError, "per must be 'dimension' or 'total'"),
+        (lambda: FreeBits(0.25, per="dim"), ValueError, "per must be 'dimension', 'group'"),  # type: ignore[arg-type]
         (lambda: Capacity(1.0, gamma=0.0), ValueError, "gamma must be > 0"),
         (lambda: GECO(1.0, alpha=1.0), ValueError, r"alpha must be in \[0, 1\), got 1.0"),
         (lambda: GECO(1.0, lr=0.0), ValueError, "lr must be > 0"),
@@ -485,16 +485,45 @@ def test_sync_dist_all_reduces_only_while_training(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(base, "global_batch_mean", recording)
     loss_fn = RateDistortionLoss(objective=TargetRate(1.0), sync_dist=True)
     assert "sync_dist=True" in repr(loss_fn)
-    rate = torch.tensor([2.0, 4.0], requires_grad=True)
-    distortion = torch.tensor([10.0, 20.0])
-    loss_fn.objective(rate, distortion)
+    x = torch.ones(2, 3)
+    q = helpers.normal(torch.zeros(2, 2, requires_grad=True), logvar=torch.zeros(2, 2))
+    p = helpers.bernoulli(logits=torch.zeros(2, 3))
+    loss_fn(x, posterior=q, likelihood=p)
     assert calls == [2, 2]  # the mean rate and the mean distortion
     loss_fn.eval()
-    loss_fn.objective(rate, distortion)
+    loss_fn(x, posterior=q, likelihood=p)
     loss_fn.train()
     with torch.no_grad():
-        loss_fn.objective(rate, distortion)
+        loss_fn(x, posterior=q, likelihood=p)
     assert calls == [2, 2]
+
+
+def test_an_objective_shared_by_two_losses_follows_each_losss_sync_dist(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 13: the flag used to live on the objective, so the second loss reset the first's.
+    import rdloss.objectives._base as base
+
+    calls: list[int] = []
+
+    def recording(values: Tensor, weight: Tensor | None = None) -> Tensor:
+        calls.append(values.shape[0])
+        return base.batch_mean(values, weight)
+
+    monkeypatch.setattr(base, "global_batch_mean", recording)
+    shared = TargetRate(1.0)
+    synced = RateDistortionLoss(objective=shared, sync_dist=True)
+    local = RateDistortionLoss(objective=shared)
+    x = torch.ones(2, 3)
+    q = helpers.normal(torch.zeros(2, 2, requires_grad=True), logvar=torch.zeros(2, 2))
+    p = helpers.bernoulli(logits=torch.zeros(2, 3))
+    synced(x, posterior=q, likelihood=p)
+    assert calls == [2, 2]
+    local(x, posterior=q, likelihood=p)
+    assert calls == [2, 2]  # the local loss stays local
+    synced(x, posterior=q, likelihood=p)
+    assert calls == [2, 2, 2, 2]  # and the synced one stays synced
+    assert shared.sync_dist is False and "sync_dist=True" in repr(synced)
 
 
 def test_a_user_objective_gets_the_checks_and_the_step_from_forward() -> None:

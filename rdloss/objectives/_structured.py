@@ -39,11 +39,11 @@ def _units(terms: RateTerms, per: Level) -> Tensor:
         return terms.per_example.unsqueeze(1)
     if per == "dimension":
         if terms.per_dimension is None:
+            instead = "per='group') or FreeBits(per='total')" if terms.grouped else "per='total')"
             raise ValueError(
                 "FreeBits(per='dimension') needs rate_per_dimension, which is None: the "
                 "rate does not factorise over latent dimensions (e.g. a mixture or flow "
-                "marginal, or a group without a per-dimension KL); use FreeBits(per='group') "
-                "or FreeBits(per='total')"
+                f"marginal, or a KL without a per-dimension form); use FreeBits({instead}"
             )
         return terms.per_dimension
     if per == "group":

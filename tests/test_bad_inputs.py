@@ -875,6 +875,167 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
         CommandError,
         r"exit 1: rdloss: error: cannot write to output folder .*sub",
     ),
+    # --- latent groups, per-call priors, steps (issue 12) ----------------------------------
+    "groups: prior key names no posterior group": (
+        lambda: _loss()(_x(), posterior={"z1": _q()}, prior={"z9": _q()}, likelihood=_p()),
+        ValueError,
+        r"prior has a key 'z9' that names no posterior group; the groups are \['z1'\]",
+    ),
+    "groups: z key names no posterior group": (
+        lambda: _loss(rate_estimator="mc")(
+            _x(), posterior={"z1": _q()}, z={"zz": torch.zeros(B, D)}, likelihood=_p()
+        ),
+        ValueError,
+        r"z has a key 'zz' that names no posterior group",
+    ),
+    "groups: marginal key names no posterior group": (
+        lambda: _loss(marginal={"top": marginals.StandardNormal(D)})(
+            _x(), posterior={"z1": _q()}, likelihood=_p()
+        ),
+        ValueError,
+        r"marginal has a key 'top' that names no posterior group",
+    ),
+    "groups: prior mapping for one posterior": (
+        lambda: _loss()(_x(), posterior=_q(), prior={"z1": _q()}, likelihood=_p()),
+        TypeError,
+        r"prior is a mapping of groups but the posterior is one Independent",
+    ),
+    "groups: one prior for a mapping of posteriors": (
+        lambda: _loss()(_x(), posterior={"z1": _q()}, prior=_q(), likelihood=_p()),
+        TypeError,
+        r"posterior is a mapping of groups \['z1'\], so prior must be a mapping",
+    ),
+    "groups: empty posterior mapping": (
+        lambda: _loss()(_x(), posterior={}, likelihood=_p()),
+        ValueError,
+        r"posterior is an empty mapping",
+    ),
+    "groups: groups of different batch sizes": (
+        lambda: _loss()(_x(), posterior={"a": _q(), "b": _q(B - 1)}, likelihood=_p()),
+        ValueError,
+        r"posterior\['b'\] has batch size 3, the first group 4",
+    ),
+    "groups: prior batch neither () nor the posterior's": (
+        lambda: _loss()(_x(), posterior=_q(), prior=_q(B - 1), likelihood=_p()),
+        ValueError,
+        r"prior must have batch_shape \(\) or the posterior's \(4,\) and the posterior's "
+        r"event_shape \(3,\), got batch_shape \(3,\)",
+    ),
+    "groups: prior event shape differs": (
+        lambda: _loss()(
+            _x(),
+            posterior=_q(),
+            prior=helpers.normal(torch.zeros(B, D + 1), scale=1.0),
+            likelihood=_p(),
+        ),
+        ValueError,
+        r"prior must have batch_shape \(\) or the posterior's \(4,\) and the posterior's "
+        r"event_shape \(3,\), got batch_shape \(4,\) and event_shape \(4,\)",
+    ),
+    "groups: step axis differs between posterior and prior": (
+        lambda: _loss()(
+            _x(),
+            posterior=Independent(Normal(torch.zeros(B, 5, D), torch.ones(B, 5, D)), 1),
+            prior=Independent(Normal(torch.zeros(B, 4, D), torch.ones(B, 4, D)), 1),
+            likelihood=_p(),
+        ),
+        ValueError,
+        r"the step axis differs: posterior T = 5, prior T = 4",
+    ),
+    "groups: z of a group has the wrong shape": (
+        lambda: _loss(rate_estimator="mc")(
+            _x(), posterior={"z1": _q()}, z={"z1": torch.zeros(B, D + 2)}, likelihood=_p()
+        ),
+        ValueError,
+        r"z\['z1'\] must have shape \(B, \*event\) = \(4, 3\) or \(S, B, \*event\), got \(4, 5\)",
+    ),
+    "groups: free bits per step without a step axis": (
+        lambda: _loss(objective=objectives.FreeBits(per="step"))(
+            _x(), posterior={"z1": _q()}, likelihood=_p()
+        ),
+        ValueError,
+        r"FreeBits\(per='step'\) needs a step axis in every group, but \['z1'\] have none",
+    ),
+    "groups: free bits per group on an ungrouped call": (
+        lambda: _loss(objective=objectives.FreeBits(per="group"))(
+            _x(), posterior=_q(), likelihood=_p()
+        ),
+        ValueError,
+        r"FreeBits\(per='group'\) needs named latent groups",
+    ),
+    "groups: discrete posterior against the default N(0, I)": (
+        lambda: _loss()(_x(), posterior=Categorical(logits=torch.zeros(B, D)), likelihood=_p()),
+        ValueError,
+        r"the posterior Categorical is discrete but the rate is taken against the "
+        r"continuous Normal \(the default marginal is N\(0, I\)\)",
+    ),
+    "groups: flow posterior with the default marginal": (
+        lambda: _loss()(
+            _x(),
+            posterior=torch.distributions.TransformedDistribution(
+                helpers.normal(torch.zeros(B, D), scale=1.0),
+                [torch.distributions.transforms.TanhTransform()],
+            ),
+            likelihood=_p(),
+        ),
+        ValueError,
+        r"the default marginal N\(0, I\) needs the posterior's dtype and device from its "
+        r"mean, which TransformedDistribution does not implement",
+    ),
+    "groups: kl_balance outside [0, 1]": (
+        lambda: _loss(kl_balance=1.5),
+        ValueError,
+        r"kl_balance must lie in \[0, 1\], got 1.5",
+    ),
+    "groups: marginal group name with a dot": (
+        lambda: _loss(marginal={"enc.z": marginals.StandardNormal(D)}),
+        ValueError,
+        r"marginal group names must be non-empty strings without '.', got 'enc.z'",
+    ),
+    "groups: enumeration of grouped latents": (
+        lambda: _loss(marginal={"c": marginals.Categorical(D)})(
+            _x(),
+            posterior={"c": Categorical(logits=torch.zeros(B, D))},
+            decoder=lambda z: _p(),
+            samples="enumerate",
+        ),
+        ValueError,
+        r"samples='enumerate' takes one discrete latent without steps",
+    ),
+    "groups: NVAE balancing on an ungrouped call": (
+        lambda: _loss(objective=objectives.Beta(0.5, group_balance=True))(
+            _x(), posterior=_q(), likelihood=_p()
+        ),
+        ValueError,
+        r"Beta\(group_balance=True\) balances named latent groups",
+    ),
+    "groups: NVAE alpha without balancing": (
+        lambda: objectives.Beta(0.5, alpha={"z1": 1.0}),
+        ValueError,
+        r"alpha weights NVAE's group balancing: pass group_balance=True",
+    ),
+    "groups: NVAE alpha missing a group": (
+        lambda: _loss(objective=objectives.Beta(0.5, group_balance=True, alpha={"a": 1.0}))(
+            _x(), posterior={"a": _q(), "b": _q()}, likelihood=_p()
+        ),
+        ValueError,
+        r"alpha must give every group a value; missing \['b'\]",
+    ),
+    "groups: KL balancing of a flow prior": (
+        lambda: _loss(kl_balance=0.5, rate_estimator="mc")(
+            _x(),
+            posterior=_q(),
+            prior=torch.distributions.TransformedDistribution(
+                helpers.normal(torch.zeros(B, D), scale=1.0),
+                [torch.distributions.transforms.AffineTransform(0.0, 2.0)],
+            ),
+            z=torch.zeros(B, D),
+            likelihood=_p(),
+        ),
+        TypeError,
+        r"KL balancing needs a stop-gradient copy of TransformedDistribution, whose "
+        r"attribute 'transforms' is a list",
+    ),
 }
 
 

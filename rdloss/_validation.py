@@ -20,21 +20,29 @@ __all__ = [
     "check_nonnegative_number",
     "check_positive_int",
     "check_tensor",
+    "in_functorch",
     "should_validate",
     "widen_half",
 ]
 
 
+def in_functorch() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vmap``, ...) is running."""
+    return torch._C._functorch.maybe_current_level() is not None
+
+
 def should_validate(validate_args: bool) -> bool:
-    """Whether value checks run: the flag, and never while compiling.
+    """Whether value checks run: the flag, and never while compiling or inside ``torch.func``.
 
     rdloss' own checks do not follow ``torch.distributions.Distribution``'s global default:
-    libraries flip that at import (zuko turns it off), which would silently drop them.
+    libraries flip that at import (zuko turns it off), which would silently drop them. A
+    value check reads a tensor on the host, which ``vmap`` cannot do and compiling would
+    split the graph for.
 
     Args:
         validate_args: the caller's flag.
     """
-    return validate_args and not torch.compiler.is_compiling()
+    return validate_args and not torch.compiler.is_compiling() and not in_functorch()
 
 
 def check_tensor(name: str, value: object, *, min_ndim: int = 0) -> Tensor:

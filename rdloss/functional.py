@@ -457,7 +457,9 @@ def _negative_log_prob(likelihood: Distribution, x: Tensor) -> Tensor:
             base._validate_sample(x)
         # logits already span the full (S?, B, *data) shape; x broadcasts over S only.
         logits = base.logits
-        target = x if x.shape == logits.shape else x.expand_as(logits)
+        # Binarised data often arrives as int/bool/uint8: 0 and 1 are exact in any float.
+        target = x if x.dtype == logits.dtype else x.to(logits.dtype)
+        target = target if target.shape == logits.shape else target.expand_as(logits)
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     return -likelihood.log_prob(x)
 

@@ -68,6 +68,23 @@ class RDOutput(NamedTuple):
     rate_per_group_dimension: dict[str, Tensor | None] | None = None
     weight: Tensor | None = None
 
+    def __repr__(self) -> str:
+        """The scalars and shapes, not the per-example tensors (one host sync per scalar)."""
+
+        def number(t: Tensor) -> str:
+            return f"{float(t.detach()):.6g}" if t.numel() == 1 else f"<{tuple(t.shape)}>"
+
+        scalars = ", ".join(
+            f"{k}={number(getattr(self, k))}" for k in ("loss", "rate", "distortion", "elbo")
+        )
+        hyper = ", ".join(f"{k}={number(v)}" for k, v in self.hyper.items())
+        groups = "" if self.rate_per_group is None else f", groups={list(self.rate_per_group)}"
+        steps = "" if self.rate_per_step is None else f", steps={list(self.rate_per_step)}"
+        return (
+            f"RDOutput({scalars}, batch={self.rate_per_example.shape[0]}, "
+            f"estimator={self.estimator!r}{groups}{steps}, hyper={{{hyper}}})"
+        )
+
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """Plain floats for any logger (one host synchronisation).
 

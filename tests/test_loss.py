@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -304,3 +305,67 @@ def test_value_checks_survive_libraries_that_turn_torch_validation_off() -> None
         "    raise SystemExit('NaN in x was not reported')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- issue 13: integer data, torch.func; issue 16: a short repr -----------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.uint8])
+def test_binarised_data_of_integer_dtype_gives_the_float_distortion(dtype: torch.dtype) -> None:
+    x = torch.randint(0, 2, (4, 6), generator=torch.Generator().manual_seed(0))
+    q = helpers.normal(torch.zeros(4, 3), logvar=torch.zeros(4, 3))
+    logits = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    loss_fn = rdloss.RateDistortionLoss()
+    want = loss_fn(x.float(), posterior=q, likelihood=helpers.bernoulli(logits=logits))
+    got = loss_fn(x.to(dtype), posterior=q, likelihood=helpers.bernoulli(logits=logits))
+    torch.testing.assert_close(got.distortion_per_example, want.distortion_per_example)
+    with pytest.raises(ValueError, match="within the support"):
+        loss_fn(2 * x.long(), posterior=q, likelihood=helpers.bernoulli(logits=logits))
+
+
+def _functional_loss(loss_fn: rdloss.RateDistortionLoss) -> Callable[..., torch.Tensor]:
+    encoder = torch.nn.Linear(6, 6)
+
+    def f(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        mu, logvar = torch.func.functional_call(encoder, params, (x,)).chunk(2, -1)
+        logits = torch.zeros(x.shape[0], 6)
+        likelihood = helpers.bernoulli(logits=logits, validate_args=False)
+        out = loss_fn(x, posterior=helpers.normal(mu, logvar=logvar), likelihood=likelihood)
+        return out.loss
+
+    f.params = dict(encoder.named_parameters())  # type: ignore[attr-defined]
+    return f
+
+
+def test_torch_func_in_train_mode_refuses_to_update_state_in_place() -> None:
+    loss_fn = rdloss.RateDistortionLoss()
+    f = _functional_loss(loss_fn)
+    x = torch.randint(0, 2, (4, 6)).float()
+    with pytest.raises(RuntimeError, match=r"cannot update its state .* inside a torch.func"):
+        torch.func.grad(f)(f.params, x)  # type: ignore[attr-defined]
+    assert int(loss_fn.objective.step) == 0
+
+
+def test_torch_func_per_example_gradients_in_eval_mode_equal_a_loop() -> None:
+    loss_fn = rdloss.RateDistortionLoss().eval()
+    f = _functional_loss(loss_fn)
+    params = f.params  # type: ignore[attr-defined]
+    x = torch.randint(0, 2, (4, 6), generator=torch.Generator().manual_seed(2)).float()
+    per_example = torch.func.vmap(torch.func.grad(f), in_dims=(None, 0))(params, x.unsqueeze(1))
+    for i in range(4):
+        single = torch.func.grad(f)(params, x[i : i + 1])
+        for name in params:
+            torch.testing.assert_close(per_example[name][i], single[name])
+
+
+def test_rdoutput_repr_is_short() -> None:
+    q = helpers.normal(torch.zeros(128, 3), logvar=torch.zeros(128, 3))
+    out = rdloss.RateDistortionLoss()(
+        torch.ones(128, 6),
+        posterior={"a": q},
+        likelihood=helpers.bernoulli(logits=torch.zeros(128, 6)),
+    )
+    text = repr(out)
+    assert text.startswith("RDOutput(loss=4.15888, rate=0, distortion=4.15888, elbo=-4.15888")
+    assert "batch=128" in text and "groups=['a']" in text and "hyper={beta=1}" in text
+    assert len(text) < 200

@@ -9,7 +9,7 @@ from typing import NamedTuple, TypeAlias
 import torch
 from torch import Tensor, nn
 
-from rdloss._validation import check_nonnegative_number
+from rdloss._validation import check_nonnegative_number, in_functorch
 from rdloss.functional import batch_mean, global_batch_mean
 from rdloss.latents import RateTerms
 from rdloss.schedules import Schedule
@@ -230,6 +230,15 @@ class Objective(nn.Module, ABC):
             ValueError: ``rate`` is not ``(B,)`` or another term does not match it.
         """
         check_terms(rate, distortion, rate_per_dimension, weight)
+        if self.advancing and in_functorch():
+            raise RuntimeError(
+                f"{type(self).__name__} cannot update its state (step counter, multipliers) "
+                "inside a torch.func transform, which forbids in-place updates of buffers: "
+                "call the loss in eval() mode inside the transform (the same loss, no state "
+                "update) and count the step outside with loss_fn.objective.advance() in "
+                "train() mode; feedback objectives (GECO, RateController) need a plain "
+                "backward()"
+            )
         if terms is None:
             terms = RateTerms.single(rate, rate_per_dimension)
         elif not isinstance(terms, RateTerms):

@@ -76,6 +76,8 @@ def stop_gradient(dist: Distribution) -> Distribution:
     """
     out = copy.copy(dist)
     for key, value in vars(dist).items():
+        if key.startswith("_rdloss_"):  # the loss's deferred checks stay with the original
+            continue
         if isinstance(value, Tensor):
             vars(out)[key] = value.detach()
         elif isinstance(value, Distribution):

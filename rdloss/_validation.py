@@ -7,13 +7,20 @@ default), and never while compiling (``torch.compiler.is_compiling()``).
 
 from __future__ import annotations
 
+import functools
 import numbers
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
 __all__ = [
+    "SUPPORT_CHECK",
+    "Checks",
+    "Pending",
+    "defer",
     "check_distribution",
     "check_finite",
     "check_fraction",
@@ -77,6 +84,69 @@ def check_distribution(name: str, value: object) -> Distribution:
             f"{name} must be a torch.distributions.Distribution, got {type(value).__name__}"
         )
     return value
+
+
+class Pending(NamedTuple):
+    """A value check whose verdict is still on the device.
+
+    Attributes:
+        passed: 0-dim bool tensor, true when the values pass; computed with cheap screens
+            (a sum is non-finite whenever a term is), so it may raise a false alarm.
+        explain: re-derives the verdict exactly and raises the precise error, or returns on
+            a false alarm.
+    """
+
+    passed: Tensor
+    explain: Callable[[], None]
+
+
+_PENDING = "_rdloss_pending"
+SUPPORT_CHECK = "_rdloss_check_support"
+"""Attribute a helper sets on a likelihood whose support the loss checks (`helpers.bernoulli`)."""
+
+
+def defer(dist: Distribution, *checks: Pending) -> Distribution:
+    """Attach value checks to a distribution for the `RateDistortionLoss` that uses it."""
+    setattr(dist, _PENDING, [*getattr(dist, _PENDING, []), *checks])
+    return dist
+
+
+class Checks:
+    """The value checks of one call: flags as they come, one host synchronisation at the end.
+
+    Checks collected with `add` (or from distributions with `collect`) are decided by one
+    fused reduction in `run`; only when it fails are the precise messages re-derived, in
+    the order the checks were added, so the first failing check is the one reported.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[Pending] = []
+
+    def add(self, passed: Tensor, explain: Callable[[], None]) -> None:
+        """Queue a check: ``passed`` (0-dim bool tensor) and its exact re-derivation."""
+        self._pending.append(Pending(passed, explain))
+
+    def collect(self, dist: Distribution) -> None:
+        """Queue the checks a helper deferred to the loss (`defer`)."""
+        self._pending.extend(getattr(dist, _PENDING, ()))
+
+    def finite(self, **tensors: Tensor) -> None:
+        """Queue `check_finite` of floating-point tensors, screened by their sums."""
+        for name, t in tensors.items():
+            if t.is_floating_point():
+                self.add(torch.isfinite(t.sum()), functools.partial(check_finite, **{name: t}))
+
+    def run(self) -> None:
+        """Decide every queued check with one host synchronisation; raise the first failure."""
+        if not self._pending:
+            return
+        flags = [
+            p.passed.reshape(()).to(device=self._pending[0].passed.device) for p in self._pending
+        ]
+        if bool(torch.stack(flags).all()):
+            return
+        for pending in self._pending:
+            pending.explain()  # raises for a real failure; a screen's false alarm passes
 
 
 def check_finite(**tensors: Tensor) -> None:

@@ -30,7 +30,15 @@ from torch.distributions import (
 
 from rdloss._kl import closed_form_kl, factorised_parts, is_discrete, stop_gradient
 from rdloss._means import batch_mean, global_batch_mean
-from rdloss._validation import check_distribution, check_fraction, check_tensor, widen_half
+from rdloss._validation import (
+    SUPPORT_CHECK,
+    Checks,
+    check_distribution,
+    check_fraction,
+    check_tensor,
+    should_validate,
+    widen_half,
+)
 from rdloss.latents import (
     LatentGroup,
     RateTerms,
@@ -392,7 +400,7 @@ def enumerated_rate(
     return Rate(terms.sum(0), None, "enumerate")
 
 
-def distortion(x: Tensor, likelihood: Distribution) -> Tensor:
+def distortion(x: Tensor, likelihood: Distribution, *, checks: Checks | None = None) -> Tensor:
     r"""Per-sample distortion $-\log d(x|z)$ summed over data dimensions.
 
     The likelihood must cover ``x`` exactly: ``batch_shape + event_shape == x.shape``, or
@@ -403,6 +411,8 @@ def distortion(x: Tensor, likelihood: Distribution) -> Tensor:
     Args:
         x: ``(B, ...)`` data.
         likelihood: ``d(x|z)`` as above; any split between batch and event dims is fine.
+        checks: the calling loss's value checks, on which a Bernoulli likelihood's support
+            check of ``x`` is queued (one host sync per call); ``None``: checked now.
 
     Returns:
         ``(B,)`` or ``(S, B)`` distortion in nats.
@@ -439,12 +449,12 @@ def distortion(x: Tensor, likelihood: Distribution) -> Tensor:
             f"start with {tuple(shape[:n_lead])}, got {tuple(likelihood.batch_shape)} "
             "(build it with event_dims counting data dims only)"
         )
-    per_element = widen_half(_negative_log_prob(likelihood, x))
+    per_element = widen_half(_negative_log_prob(likelihood, x, checks))
     data_dims = tuple(range(n_lead, per_element.ndim))
     return per_element.sum(data_dims) if data_dims else per_element
 
 
-def _negative_log_prob(likelihood: Distribution, x: Tensor) -> Tensor:
+def _negative_log_prob(likelihood: Distribution, x: Tensor, checks: Checks | None) -> Tensor:
     """``-likelihood.log_prob(x)``, elementwise over a factorised Bernoulli's pixels.
 
     ``Bernoulli.log_prob`` negates the binary cross-entropy, and with the negation in the
@@ -453,15 +463,38 @@ def _negative_log_prob(likelihood: Distribution, x: Tensor) -> Tensor:
     """
     base = likelihood.base_dist if isinstance(likelihood, Independent) else likelihood
     if type(base) is Bernoulli:
-        if base._validate_args:
-            base._validate_sample(x)
         # logits already span the full (S?, B, *data) shape; x broadcasts over S only.
         logits = base.logits
         # Binarised data often arrives as int/bool/uint8: 0 and 1 are exact in any float.
         target = x if x.dtype == logits.dtype else x.to(logits.dtype)
+        wanted = base._validate_args or getattr(likelihood, SUPPORT_CHECK, False)
+        if wanted and should_validate(True):
+            _check_binary(target, checks)
         target = target if target.shape == logits.shape else target.expand_as(logits)
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     return -likelihood.log_prob(x)
+
+
+def _check_binary(x: Tensor, checks: Checks | None) -> None:
+    """``x`` in ``{0, 1}``, the Bernoulli's support: now, or queued on the call's checks."""
+
+    def explain() -> None:
+        bad = (x != 0) & (x != 1)
+        if bool(bad.any()):
+            raise ValueError(
+                f"x must lie in the support {{0, 1}} of the Bernoulli likelihood, got "
+                f"{int(bad.sum())} of {x.numel()} values that do not, e.g. "
+                f"{x[bad][:3].tolist()}; for grey levels in [0, 1] build the likelihood with "
+                "helpers.bernoulli(..., validate_args=False) (the cross-entropy) or use "
+                "ContinuousBernoulli"
+            )
+
+    if checks is None:
+        explain()
+        return
+    # x (1 - x) is 0 exactly at 0 and 1, NaN or non-zero elsewhere: one fused pass and an
+    # L1 norm instead of three boolean passes over the pixels.
+    checks.add(torch.linalg.vector_norm(torch.addcmul(x, x, x, value=-1), 1) == 0, explain)
 
 
 def sample_mean(values: Tensor, probs: Tensor | None = None) -> Tensor:

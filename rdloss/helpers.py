@@ -14,7 +14,14 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 
-from rdloss._validation import check_tensor, should_validate, widen_half
+from rdloss._validation import (
+    SUPPORT_CHECK,
+    Pending,
+    check_tensor,
+    defer,
+    should_validate,
+    widen_half,
+)
 
 __all__ = ["bernoulli", "categorical", "normal"]
 
@@ -26,6 +33,28 @@ def _floating(name: str, t: Tensor) -> Tensor:
     return t
 
 
+def _logvar_range(dtype: torch.dtype) -> tuple[float, float]:
+    finfo = torch.finfo(dtype)
+    return math.log(finfo.tiny), math.log(finfo.max)
+
+
+def _logvar_in_range(logvar: Tensor, dtype: torch.dtype) -> Pending:
+    """`_check_logvar_range` deferred to the loss: one ``aminmax``, no synchronisation."""
+    low, high = _logvar_range(dtype)
+    smallest, largest = torch.aminmax(logvar.detach())
+    return Pending(
+        (smallest >= low) & (largest <= high), lambda: _check_logvar_range(logvar, dtype)
+    )
+
+
+def _check_scale(scale: Tensor) -> None:
+    if not bool((scale > 0).all()):
+        raise ValueError(
+            f"scale must be > 0 everywhere, got {int((~(scale > 0)).sum())} of {scale.numel()} "
+            f"values that are not (min {float(scale.min())})"
+        )
+
+
 def _check_logvar_range(logvar: Tensor, dtype: torch.dtype) -> None:
     """Raise unless the variance ``exp(logvar)`` is a finite normal number of ``dtype``.
 
@@ -33,10 +62,9 @@ def _check_logvar_range(logvar: Tensor, dtype: torch.dtype) -> None:
     Normal KL squares the scale ratio, a subnormal; ``-log sigma`` has gradient
     ``-1 / sigma``); above it the rate itself is infinite. One host sync.
     """
-    finfo = torch.finfo(dtype)
-    low, high = math.log(finfo.tiny), math.log(finfo.max)
+    low, high = _logvar_range(dtype)
     smallest, largest = torch.stack(torch.aminmax(logvar.detach())).tolist()
-    if smallest < low or largest > high:
+    if not low <= smallest <= largest <= high:  # NaN fails every comparison
         raise ValueError(
             f"logvar must lie in [{low:.1f}, {high:.1f}] for {dtype} (the variance "
             f"exp(logvar) must be a finite normal number), got values in "
@@ -82,10 +110,12 @@ def normal(
         logvar: log-variance, same shape as ``loc``;
             $\sigma = \exp(\tfrac12 \mathrm{logvar})$.
         event_dims: trailing dims summed over; default all but the batch dim.
-        validate_args: passed to ``torch.distributions.Normal``; unless ``False``, a
-            ``logvar`` whose variance ``exp(logvar)`` leaves the dtype's normal range
-            (float32: ``[-87.3, 88.7]``) raises ``ValueError`` (one host sync; skipped
-            when compiling).
+        validate_args: ``None`` (default): a ``logvar`` whose variance ``exp(logvar)``
+            leaves the dtype's normal range (float32: ``[-87.3, 88.7]``), or a non-positive
+            ``scale`` tensor, raises ``ValueError`` when a `RateDistortionLoss` uses the
+            distribution (the loss fuses it with its own value checks into one host sync;
+            skipped while compiling); ``True``: checked now, and by
+            ``torch.distributions.Normal``; ``False``: no value checks.
 
     Returns:
         ``Independent(Normal(loc, sigma), event_dims)``.
@@ -99,6 +129,7 @@ def normal(
     _floating("loc", check_tensor("loc", loc, min_ndim=1))
     if (scale is None) == (logvar is None):
         raise ValueError("give exactly one of scale= or logvar=")
+    pending: list[Pending] = []
     loc = widen_half(loc)
     if logvar is not None:
         _floating("logvar", check_tensor("logvar", logvar))
@@ -108,7 +139,7 @@ def normal(
             )
         sigma = torch.exp(0.5 * widen_half(logvar))
         if logvar.numel() > 0 and should_validate(validate_args is not False):
-            _check_logvar_range(logvar, sigma.dtype)
+            pending.append(_logvar_in_range(logvar, sigma.dtype))
     elif isinstance(scale, Tensor):
         sigma = widen_half(_floating("scale", scale))
         if torch.broadcast_shapes(loc.shape, sigma.shape) != loc.shape:
@@ -117,6 +148,8 @@ def normal(
                 f"{tuple(loc.shape)} without enlarging it"
             )
         sigma = sigma.expand_as(loc)
+        if sigma.numel() > 0 and should_validate(validate_args is not False):
+            pending.append(Pending(sigma.detach().amin() > 0, lambda: _check_scale(sigma)))
     elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
         if not 0 < scale < math.inf:
             raise ValueError(f"scale must be > 0 and finite, got {scale}")
@@ -124,7 +157,11 @@ def normal(
     else:
         raise TypeError(f"scale must be a float or a Tensor, got {type(scale).__name__}")
     dims = _event_dims("loc", loc, event_dims)
-    return _independent(Normal(loc, sigma, validate_args=validate_args), dims)
+    if validate_args and pending:  # checked now, as torch.distributions would
+        for check in pending:
+            check.explain()
+    dist = _independent(Normal(loc, sigma, validate_args=validate_args or False), dims)
+    return dist if validate_args else defer(dist, *pending)
 
 
 def bernoulli(
@@ -145,7 +182,9 @@ def bernoulli(
         logits: ``(B, ...)`` logits.
         probs: ``(B, ...)`` probabilities; give exactly one of ``logits``/``probs``.
         event_dims: trailing dims summed over; default all but the batch dim.
-        validate_args: passed to ``torch.distributions.Bernoulli``.
+        validate_args: ``None`` (default): a `RateDistortionLoss` checks that ``x`` lies
+            in ``{0, 1}`` (the support), fused with its other value checks; ``True``:
+            ``torch.distributions.Bernoulli``'s own checks; ``False``: none.
 
     Returns:
         ``Independent(Bernoulli(...), event_dims)``.
@@ -165,8 +204,11 @@ def bernoulli(
     _floating(name, check_tensor(name, param, min_ndim=1))
     param = widen_half(param)
     dims = _event_dims(name, param, event_dims)
-    dist = Bernoulli(**{name: param}, validate_args=validate_args)
-    return _independent(dist, dims)
+    dist = _independent(Bernoulli(**{name: param}, validate_args=validate_args or False), dims)
+    if validate_args is None:
+        # The loss checks that x lies in {0, 1} itself, fused with its other value checks.
+        setattr(dist, SUPPORT_CHECK, True)
+    return dist
 
 
 def categorical(

@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from rdloss import functional as F
 from rdloss._validation import (
+    Checks,
     check_distribution,
     check_finite,
     check_fraction,
@@ -300,18 +301,29 @@ class RateDistortionLoss(nn.Module):
                 raise ValueError(
                     f"weight must have shape (B,) = ({batch},), got {tuple(weight.shape)}"
                 )
-        validate = should_validate(self.validate_args)
-        if validate:
-            check_finite(x=x, **({} if weight is None else {"weight": weight}))
-            if weight is not None and not bool((weight >= 0).all() and weight.sum() > 0):
-                raise ValueError("weight must be non-negative with a positive sum")
+        # Value checks: queued as device flags, decided by one host sync before the objective.
+        checks = Checks() if should_validate(self.validate_args) else None
+        if checks is not None:
+            checks.finite(x=x)
+            if weight is not None:
+                total = weight.sum()
+                checks.add(
+                    torch.isfinite(total) & (total > 0) & (weight.amin() >= 0),
+                    lambda: _check_weight(weight),
+                )
+            for g in groups:
+                checks.collect(g.posterior)
+                if g.prior is not None:
+                    checks.collect(g.prior)
 
         if (likelihood is None) == (decoder is None):
             raise ValueError("pass exactly one of likelihood= or decoder=")
         if decoder is not None:
             if z is not None:
                 raise ValueError("z is drawn by the loss when decoder= is given; do not pass z")
-            distortion, terms, estimator = self._decode(x, groups, grouped, decoder, samples)
+            distortion, terms, estimator = self._decode(
+                x, groups, grouped, decoder, samples, checks
+            )
         else:
             if samples != 1:
                 raise ValueError(
@@ -319,11 +331,16 @@ class RateDistortionLoss(nn.Module):
                     "whatever produced it"
                 )
             assert likelihood is not None  # narrowed by the exactly-one check above
-            distortion = _distortion_given(x, likelihood, groups, grouped)
+            distortion = _distortion_given(x, likelihood, groups, grouped, checks)
             terms, estimator = self._rate(groups, grouped)
 
-        if validate:
-            _check_outputs(terms.per_example, distortion)
+        if checks is not None:
+            rate = terms.per_example
+            checks.add(
+                torch.isfinite(rate.sum() + distortion.sum()),
+                lambda: _check_outputs(rate, distortion),
+            )
+            checks.run()
         objective = self.objective(
             terms.per_example,
             distortion,
@@ -362,6 +379,7 @@ class RateDistortionLoss(nn.Module):
         grouped: bool,
         decoder: Decoder,
         samples: int | Literal["enumerate"],
+        checks: Checks | None,
     ) -> tuple[Tensor, RateTerms, str]:
         """Draw or enumerate latents, decode them in one call, and compute D and R."""
         if not callable(decoder):
@@ -406,8 +424,10 @@ class RateDistortionLoss(nn.Module):
                 f"decoder must return a torch.distributions.Distribution, got "
                 f"{type(likelihood).__name__}"
             )
+        if checks is not None:
+            checks.collect(likelihood)
         data = repeat(x, "b ... -> (s b) ...", s=n_draws)
-        per_draw = F.distortion(data, likelihood).reshape(n_draws, rows)
+        per_draw = F.distortion(data, likelihood, checks=checks).reshape(n_draws, rows)
         if probs is None:
             terms, estimator = self._rate(groups, grouped)
         return F.sample_mean(per_draw, probs), terms, estimator
@@ -439,10 +459,16 @@ def _split_marginals(marginal: Mapping[Any, object]) -> dict[str, Distribution]:
 
 
 def _distortion_given(
-    x: Tensor, likelihood: Distribution, groups: tuple[LatentGroup, ...], grouped: bool
+    x: Tensor,
+    likelihood: Distribution,
+    groups: tuple[LatentGroup, ...],
+    grouped: bool,
+    checks: Checks | None,
 ) -> Tensor:
     check_distribution("likelihood", likelihood)
-    per_draw = F.distortion(x, likelihood)
+    if checks is not None:
+        checks.collect(likelihood)
+    per_draw = F.distortion(x, likelihood, checks=checks)
     for g in groups:
         if g.z is None:
             continue
@@ -456,6 +482,12 @@ def _distortion_given(
                 f"{tuple(per_draw.shape[:-1])}: they must come from the same latents"
             )
     return per_draw.mean(0) if per_draw.ndim == 2 else per_draw
+
+
+def _check_weight(weight: Tensor) -> None:
+    check_finite(weight=weight)
+    if not bool((weight >= 0).all() and weight.sum() > 0):
+        raise ValueError("weight must be non-negative with a positive sum")
 
 
 def _check_outputs(rate: Tensor, distortion: Tensor) -> None:

@@ -82,11 +82,19 @@ def test_event_dims_override() -> None:
 def test_logvar_whose_variance_leaves_float32_is_an_error(logvar: float) -> None:
     # Just outside [log(tiny), log(max)] of float32: the rate's gradient (DiagonalGaussian
     # marginal, below) or the rate itself (above) would be infinite, silently.
+    # Checked when the loss uses the posterior (fused with its own checks), or at once when
+    # asked for with validate_args=True.
+    q = helpers.normal(torch.zeros(2, 3), logvar=torch.full((2, 3), logvar))
+    likelihood = helpers.bernoulli(logits=torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"logvar must lie in \[-87\.3, 88\.7\]"):
-        helpers.normal(torch.zeros(2, 3), logvar=torch.full((2, 3), logvar))
+        RateDistortionLoss()(torch.zeros(2, 3), posterior=q, likelihood=likelihood)
+    with pytest.raises(ValueError, match=r"logvar must lie in \[-87\.3, 88\.7\]"):
+        helpers.normal(torch.zeros(2, 3), logvar=torch.full((2, 3), logvar), validate_args=True)
     # float64 holds these variances; the check is off with validate_args=False.
-    helpers.normal(torch.zeros(2, 3).double(), logvar=torch.full((2, 3), logvar).double())
-    helpers.normal(torch.zeros(2, 3), logvar=torch.full((2, 3), logvar), validate_args=False)
+    q64 = helpers.normal(torch.zeros(2, 3).double(), logvar=torch.full((2, 3), logvar).double())
+    RateDistortionLoss()(torch.zeros(2, 3).double(), posterior=q64, likelihood=likelihood)
+    off = helpers.normal(torch.zeros(2, 3), logvar=torch.full((2, 3), logvar), validate_args=False)
+    RateDistortionLoss(validate_args=False)(torch.zeros(2, 3), posterior=off, likelihood=likelihood)
 
 
 @pytest.mark.parametrize("logvar", [-87.0, 80.0])

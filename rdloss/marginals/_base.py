@@ -93,7 +93,7 @@ class StandardNormal(Marginal):
 
     def forward(self) -> Distribution:
         """Return ``Independent(Normal(0, 1), 1)`` over ``D`` dimensions."""
-        return Independent(Normal(self.loc, self.scale), 1)
+        return Independent(Normal(self.loc, self.scale, validate_args=False), 1)
 
     @override
     def extra_repr(self) -> str:
@@ -121,7 +121,9 @@ class DiagonalGaussian(Marginal):
 
     def forward(self) -> Distribution:
         """Return ``Independent(Normal(mu, sigma), 1)``."""
-        return Independent(Normal(self.loc, F.softplus(self.raw_scale)), 1)
+        # Its own parameters, valid by construction (softplus > 0; a NaN shows in the rate).
+        scale = F.softplus(self.raw_scale)
+        return Independent(Normal(self.loc, scale, validate_args=False), 1, validate_args=False)
 
     @override
     def extra_repr(self) -> str:

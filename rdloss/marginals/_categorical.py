@@ -14,6 +14,18 @@ from rdloss.marginals._base import Marginal
 __all__ = ["Categorical"]
 
 
+def _one_hot(weights: TorchCategorical) -> OneHotCategorical:
+    """``OneHotCategorical`` over ``weights``, without re-checking them.
+
+    Its ``__init__`` builds the inner ``Categorical`` with torch's default argument checks
+    whatever ``validate_args`` says (torch 2.13): a host synchronisation per call.
+    """
+    dist = OneHotCategorical.__new__(OneHotCategorical)
+    dist._categorical = weights
+    Distribution.__init__(dist, weights.batch_shape, weights.param_shape[-1:], validate_args=False)
+    return dist
+
+
 class Categorical(Marginal):
     r"""Learned $m(z = i) = \pi_i$, $\pi = \operatorname{softmax}(\text{logits})$.
 
@@ -51,9 +63,9 @@ class Categorical(Marginal):
 
     def forward(self) -> Distribution:
         """Return ``Categorical(logits)`` (or ``OneHotCategorical`` with ``one_hot=True``)."""
-        if self.one_hot:
-            return OneHotCategorical(logits=self.logits)
-        return TorchCategorical(logits=self.logits)
+        # Its own logits, valid by construction: no argument checks (a host sync each).
+        weights = TorchCategorical(logits=self.logits, validate_args=False)
+        return _one_hot(weights) if self.one_hot else weights
 
     @override
     def extra_repr(self) -> str:

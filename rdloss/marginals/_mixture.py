@@ -77,7 +77,7 @@ class GaussianMixture(Marginal):
 
     def forward(self) -> Distribution:
         """Return the mixture as a ``DiagonalGaussianMixture`` (batch ``()``, event ``(D,)``)."""
-        return DiagonalGaussianMixture(self.logits, self.loc, self.scale)
+        return DiagonalGaussianMixture(self.logits, self.loc, self.scale, validate_args=False)
 
     @override
     def extra_repr(self) -> str:
@@ -207,8 +207,9 @@ class VampPrior(Marginal):
         if isinstance(posterior, Independent) and isinstance(posterior.base_dist, Normal):
             base = posterior.base_dist
             # Normal broadcasts loc and scale to its batch shape (K, *event).
-            return DiagonalGaussianMixture(self.logits, base.loc, base.scale)
-        return MixtureSameFamily(Categorical(logits=self.logits), posterior)
+            return DiagonalGaussianMixture(self.logits, base.loc, base.scale, validate_args=False)
+        weights = Categorical(logits=self.logits, validate_args=False)
+        return MixtureSameFamily(weights, posterior, validate_args=False)
 
     @override
     def extra_repr(self) -> str:

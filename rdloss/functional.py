@@ -14,6 +14,7 @@ Rate ``R = E_e[log e(z|x) - log m(z)]`` is summed over latent dimensions and dis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import torch
@@ -28,7 +29,7 @@ from torch.distributions import (
     OneHotCategorical,
 )
 
-from rdloss._kl import closed_form_kl, factorised_parts, is_discrete, stop_gradient
+from rdloss._kl import closed_form_kl, factorised_parts, is_discrete, stop_gradient, widened
 from rdloss._means import batch_mean, global_batch_mean
 from rdloss._validation import (
     SUPPORT_CHECK,
@@ -180,6 +181,7 @@ def _plain_rate(
             if closed is not None:
                 return closed
         against = standard_normal(posterior)
+    posterior, against = widened(posterior), widened(against)
     if estimator != "mc":
         result = _analytic_rate(posterior, against)
         if result is not None:
@@ -261,18 +263,29 @@ def rate(
     else:
         against = None
     if z is not None:
-        check_tensor("z", z)
+        sample_dims(check_tensor("z", z), posterior)
     if balance is None:
         return _plain_rate(posterior, against, z, estimator)
-    alpha = check_fraction("balance", balance)
     if against is None:
         against = standard_normal(posterior)
+    return _balanced(
+        lambda q, p, zz: _plain_rate(q, p, zz, estimator), posterior, against, z, balance
+    )
+
+
+def _balanced(
+    rate_of: Callable[[Distribution, Distribution, Tensor | None], Rate],
+    posterior: Distribution,
+    against: Distribution,
+    z: Tensor | None,
+    balance: float,
+) -> Rate:
+    """`rate_of` with KL balancing: the value of the KL, the gradient split ``balance``."""
+    alpha = check_fraction("balance", balance)
     # Value: the KL itself (x - x.detach() is exactly 0); gradient: alpha to the prior
     # through KL(sg(e) || p), 1 - alpha to the posterior through KL(e || sg(p)).
-    to_prior = _plain_rate(
-        stop_gradient(posterior), against, None if z is None else z.detach(), estimator
-    )
-    to_posterior = _plain_rate(posterior, stop_gradient(against), z, estimator)
+    to_prior = rate_of(stop_gradient(posterior), against, None if z is None else z.detach())
+    to_posterior = rate_of(posterior, stop_gradient(against), z)
 
     def mix(a: Tensor | None, b: Tensor | None) -> Tensor | None:
         if a is None or b is None:
@@ -308,12 +321,16 @@ def rate_terms(
         ``(terms, estimator)``: `RateTerms`, and the estimators used, in group order
         without repeats, joined by ``"+"`` (e.g. ``"analytic"`` or ``"analytic+mc"``).
     """
-    rates = {
-        g.name: rate(
-            g.posterior, g.marginal, prior=g.prior, z=g.z, estimator=estimator, balance=balance
-        )
-        for g in groups
-    }
+    rates = {}
+    for g in groups:
+        try:
+            rates[g.name] = rate(
+                g.posterior, g.marginal, prior=g.prior, z=g.z, estimator=estimator, balance=balance
+            )
+        except (ValueError, TypeError, NotImplementedError) as error:
+            if not grouped:
+                raise
+            raise type(error)(f"latent group {g.name!r}: {error}") from error
     per_group = {k: r.per_example for k, r in rates.items()}
     per_group_dimension = {k: r.per_dimension for k, r in rates.items()}
     dims = list(per_group_dimension.values())
@@ -368,6 +385,7 @@ def enumerated_rate(
     marginal: Distribution | None = None,
     *,
     prior: Distribution | None = None,
+    balance: float | None = None,
 ) -> Rate:
     r"""Exact rate of a discrete posterior.
 
@@ -377,11 +395,12 @@ def enumerated_rate(
         posterior: ``Categorical`` or ``OneHotCategorical`` with ``batch_shape (B,)``.
         marginal: a distribution over the same support, ``batch_shape ()``.
         prior: instead of ``marginal``, a prior of ``batch_shape ()`` or ``(B,)``.
+        balance: KL balancing, as in `rate`.
 
     Returns:
         `Rate` with ``estimator`` ``"analytic"`` or ``"enumerate"``.
     """
-    z, probs = enumerate_posterior(posterior)
+    enumerate_posterior(posterior)
     if prior is not None:
         against = as_prior(prior, posterior)
     elif marginal is not None:
@@ -391,9 +410,16 @@ def enumerated_rate(
             "an enumerated rate needs a discrete marginal or prior, such as "
             "rdloss.marginals.Categorical(K); the default N(0, I) is continuous"
         )
+    if balance is None:
+        return _enumerated(posterior, against)
+    return _balanced(lambda q, p, _: _enumerated(q, p), posterior, against, None, balance)
+
+
+def _enumerated(posterior: Distribution, against: Distribution) -> Rate:
     result = _analytic_rate(posterior, against)
     if result is not None:
         return result
+    z, probs = enumerate_posterior(posterior)
     log_ratio = posterior.log_prob(z) - against.log_prob(z)
     # 0 * log 0 = 0: categories the posterior never visits contribute nothing.
     terms = torch.where(probs > 0, probs * log_ratio, torch.zeros_like(log_ratio))

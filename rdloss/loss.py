@@ -177,6 +177,14 @@ class RateDistortionLoss(nn.Module):
         validate_args: bool = True,
     ) -> None:
         super().__init__()
+        if isinstance(marginal, Objective) or (
+            isinstance(marginal, Mapping)
+            and any(isinstance(v, Objective) for v in marginal.values())
+        ):
+            raise TypeError(
+                "marginal is an rdloss Objective: pass it as objective= (the first positional "
+                "argument is the marginal)"
+            )
         if isinstance(marginal, Mapping):
             self._fixed_marginals = _split_marginals(marginal)
             self.marginal: nn.Module | Distribution | None = nn.ModuleDict(
@@ -302,7 +310,9 @@ class RateDistortionLoss(nn.Module):
                     f"weight must have shape (B,) = ({batch},), got {tuple(weight.shape)}"
                 )
         # Value checks: queued as device flags, decided by one host sync before the objective.
-        checks = Checks() if should_validate(self.validate_args) else None
+        # (A meta tensor has no values to check.)
+        validate = should_validate(self.validate_args) and x.device.type != "meta"
+        checks = Checks() if validate else None
         if checks is not None:
             checks.finite(x=x)
             if weight is not None:
@@ -400,7 +410,9 @@ class RateDistortionLoss(nn.Module):
                     "rdloss.marginals.Categorical(K) or a prior; the default N(0, I) is "
                     "continuous"
                 )
-            rate = F.enumerated_rate(group.posterior, group.marginal, prior=group.prior)
+            rate = F.enumerated_rate(
+                group.posterior, group.marginal, prior=group.prior, balance=self.kl_balance
+            )
             zs = {group.name: draws}
             terms = RateTerms.single(rate.per_example, rate.per_dimension)
             estimator = rate.estimator
@@ -447,6 +459,11 @@ def _split_marginals(marginal: Mapping[Any, object]) -> dict[str, Distribution]:
         if not isinstance(key, str) or not key or "." in key:
             raise ValueError(
                 f"marginal group names must be non-empty strings without '.', got {key!r}"
+            )
+        if hasattr(nn.ModuleDict, key):
+            raise ValueError(
+                f"marginal group name {key!r} is an attribute of torch.nn.ModuleDict, which "
+                "holds the learned marginals; rename the group"
             )
         if isinstance(value, Distribution):
             fixed[key] = value

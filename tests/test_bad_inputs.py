@@ -869,6 +869,22 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
         CommandError,
         r"exit 1: rdloss: error: unknown --device 'tpu9'; try cpu or cuda",
     ),
+    "cli: meta device": (
+        lambda: _cli("sweep", "--device", "meta"),
+        CommandError,
+        r"exit 1: rdloss: error: --device meta holds no data; use a device that computes",
+    ),
+    "cli: device torch was built without": (
+        lambda: _cli("sweep", "--device", "mps"),
+        CommandError,
+        r"exit 1: rdloss: error: --device mps is not available here: ",
+    ),
+    "cli: learning rate that diverges": (
+        lambda: _cli("toy", "--lr", "1e308", "--steps", "5"),
+        CommandError,
+        r"exit 1: rdloss: error: training diverged at step 1 of 5: non-finite parameters "
+        r"with lr=1e\+308; try a smaller --lr",
+    ),
     "cli: output folder inside a file": (
         lambda: _cli("toy", "--out", str(_a_file() / "sub")),
         CommandError,

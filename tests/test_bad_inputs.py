@@ -295,6 +295,11 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
         ValueError,
         r"give exactly one of scale= or logvar=",
     ),
+    "helper: laplace without a scale": (
+        lambda: helpers.laplace(torch.zeros(B, D)),
+        ValueError,
+        r"give exactly one of scale= or log_scale=",
+    ),
     "helper: scale that enlarges loc": (
         lambda: helpers.normal(torch.zeros(B, D), scale=torch.ones(2, B, D)),
         ValueError,

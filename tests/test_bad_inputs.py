@@ -339,7 +339,7 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
     "schedule: fractional steps": (
         lambda: schedules.Linear(0.0, 1.0, steps=2.5),  # type: ignore[arg-type]
         TypeError,
-        r"steps must be an int, got float",
+        r"steps must be an int \(or a float with an integer value, e\.g\. 1e5\), got 2\.5",
     ),
     "schedule: NaN start": (
         lambda: schedules.Cosine(float("nan"), 1.0, steps=10),

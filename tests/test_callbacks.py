@@ -91,7 +91,7 @@ def _direct(model: TinyVAE) -> tuple[float, int]:
 def test_csv_logger_gets_the_numbers_and_one_figure_per_epoch(tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path, name="csv")
     model, callback = _fit(logger, tmp_path)
-    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    rows = list(csv.DictReader((Path(logger.log_dir) / "metrics.csv").open()))
     logged = [r for r in rows if r.get("val/rate")]
     assert len(logged) == 2  # two validation epochs; the sanity check is not one
     rate, active = _direct(model)

@@ -10,6 +10,8 @@ The convention (for everyone writing docs):
   instead the linked script must exist, be linked from the same page, and be run by
   ``tests/test_examples.py``.
 * Keep blocks fast: tiny tensors, a few steps.
+* Keep ``python`` and ``bash`` lines within 88 characters: longer ones scroll out of view in
+  the site's code column at a 1280-pixel window.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)\s*$")
 FRAGMENT = re.compile(r"^\s*<!-- fragment: (?P<script>examples/[\w/.-]+\.py) -->\s*$")
+
+
+WIDTH = 88
 
 
 class Block(NamedTuple):
@@ -102,3 +107,15 @@ def test_fragments_link_a_script_that_the_examples_test_runs(page: Path) -> None
         assert f'"{script.stem}"' in tested or script.name in tested, (
             f"{block.fragment_of} is not run by tests/test_examples.py"
         )
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_name)
+def test_code_lines_fit_the_page(page: Path) -> None:
+    lines, inside, long = page.read_text(encoding="utf-8").splitlines(), None, []
+    for number, line in enumerate(lines, 1):
+        fence = FENCE.match(line)
+        if fence or line.strip() == "```":
+            inside = None if inside is not None else (fence["lang"] if fence else "")
+        elif inside in ("python", "bash") and len(line) > WIDTH:
+            long.append(f"{_name(page)}:{number} has {len(line)} characters")
+    assert long == []

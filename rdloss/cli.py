@@ -250,23 +250,6 @@ def _prepare(args: argparse.Namespace) -> Path:
     return folder
 
 
-def _provenance(args: argparse.Namespace, started: float) -> dict[str, object]:
-    """What produced the files: versions, the parsed arguments, the start time (UTC)."""
-    import platform
-
-    import torch
-
-    arguments = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    return {
-        "rdloss": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "arguments": arguments,
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-    }
-
-
 def _run(args: argparse.Namespace) -> None:
     from rdloss.demo import data, outputs, results, sweep, toy
 
@@ -354,7 +337,7 @@ def _run(args: argparse.Namespace) -> None:
             staged.path("results.json"),
             command=args.command,
             seconds=round(elapsed, 1),
-            provenance=_provenance(args, started),
+            provenance=outputs.provenance(vars(args), started),
             findings=[f._asdict() for f in found],
             attribution=data.DIGITS_ATTRIBUTION,
         )

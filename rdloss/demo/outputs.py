@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["ARTEFACTS", "Staging"]
+from rdloss._version import __version__
+
+__all__ = ["ARTEFACTS", "Staging", "provenance"]
 
 # Every file a command may write into its output folder.
 ARTEFACTS = ("results.csv", "results.json", "rd_plane.png", "trajectory.png")
@@ -67,3 +72,25 @@ class Staging:
             if name not in self.written:
                 with contextlib.suppress(FileNotFoundError):
                     (self.folder / name).unlink()
+
+
+def provenance(arguments: Mapping[str, object], started: float) -> dict[str, object]:
+    """What produced a run's files: versions, the parsed arguments, the start time (UTC).
+
+    Args:
+        arguments: the command's parsed arguments (paths are written as text).
+        started: ``time.time()`` at the start of the run.
+
+    Returns:
+        A JSON-ready dict for ``results.json``.
+    """
+    import torch
+
+    return {
+        "rdloss": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in arguments.items()},
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+    }

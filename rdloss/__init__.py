@@ -5,9 +5,25 @@ separately, bound the mutual information by them, and train at a chosen point of
 rate-distortion curve.
 """
 
-from rdloss import diagnostics, distributions, functional, helpers, marginals, objectives, schedules
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from rdloss._version import __version__
-from rdloss.loss import RateDistortionLoss, RDOutput
+
+if TYPE_CHECKING:
+    from rdloss import (
+        diagnostics,
+        distributions,
+        functional,
+        helpers,
+        latents,
+        marginals,
+        objectives,
+        schedules,
+    )
+    from rdloss.loss import RateDistortionLoss, RDOutput
 
 __all__ = [
     "RDOutput",
@@ -17,7 +33,24 @@ __all__ = [
     "distributions",
     "functional",
     "helpers",
+    "latents",
     "marginals",
     "objectives",
     "schedules",
 ]
+
+# Names are imported on first use (PEP 562) so that `rdloss --help` and `rdloss --version`
+# answer without importing torch, which takes seconds.
+_FROM_LOSS = ("RDOutput", "RateDistortionLoss")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_LOSS:
+        return getattr(importlib.import_module("rdloss.loss"), name)
+    if name in __all__:
+        return importlib.import_module(f"rdloss.{name}")
+    raise AttributeError(f"module 'rdloss' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -9,21 +9,30 @@ Subcommands:
   marginal.
 
 Run ``rdloss <command> --help`` for the options. Errors in the arguments exit with code 2,
-errors while running (e.g. an unwritable output folder) with code 1.
+errors while running (e.g. an unwritable output folder) with code 1. Each command writes to
+its own folder, ``./rdloss-output/<command>`` unless ``--out`` is given.
+
+torch is imported only once the arguments are parsed, so ``rdloss --help`` and
+``rdloss --version`` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from rdloss._version import __version__
+
 __all__ = ["main"]
 
 DEFAULT_OUT = "rdloss-output"
+# Measured: `time rdloss demo --no-progress` on 2 shared CPU cores (docs/reproducing.md).
+DEMO_TIME = "about 2 minutes"
 
 
 class _RunError(Exception):
@@ -59,6 +68,13 @@ def _seed(text: str) -> int:
     return value
 
 
+def _cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -72,10 +88,10 @@ def _positive_int(text: str) -> int:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
-        default=DEFAULT_OUT,
+        default=None,
         type=Path,
         metavar="DIR",
-        help=f"output folder, created if needed (default: ./{DEFAULT_OUT})",
+        help=f"output folder, created if needed (default: ./{DEFAULT_OUT}/<command>)",
     )
     parser.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     parser.add_argument(
@@ -83,9 +99,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=1,
         metavar="N",
-        help="torch CPU threads (default: 1; the models are tiny and gain nothing from more)",
+        help="torch CPU threads, at most the CPU count (default: 1; the models are tiny "
+        "and gain nothing from more)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bars (they are shown only on a terminal)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
 
 
@@ -117,10 +138,11 @@ def _parser() -> argparse.ArgumentParser:
         "(Alemi et al., 2018) on data shipped with the package. Nothing downloads.",
         epilog="Start with: rdloss demo",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"rdloss {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser(
         "demo",
-        help="toy model + digits β sweep, table and plots (~2 min)",
+        help=f"toy model + digits β sweep, table and plots ({DEMO_TIME})",
         description="Run the toy experiment and a small β sweep on the "
         "embedded 8x8 digits; print the table and the paper's findings; write "
         "results.csv, results.json, rd_plane.png and trajectory.png.",
@@ -197,17 +219,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare(args: argparse.Namespace) -> Path:
+def _check_device(device: str) -> None:
+    """Fail with one line, before any training, on a device that cannot hold the models."""
     import torch
 
-    device = getattr(args, "device", "cpu")
     try:
-        torch.device(device)
+        kind = torch.device(device).type
     except RuntimeError:
         raise _RunError(f"unknown --device {device!r}; try cpu or cuda") from None
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise _RunError(f"--device {device} requested but CUDA is not available")
-    folder: Path = args.out
+    if kind == "meta":  # a meta tensor has no data: every reported number would be missing
+        raise _RunError("--device meta holds no data; use a device that computes, e.g. cpu")
+    try:
+        torch.zeros(1, device=device)
+    except (RuntimeError, AssertionError) as error:  # AssertionError: torch built without CUDA
+        # torch's first sentence says why; the rest lists its dispatch keys.
+        reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error) else "no device"
+        raise _RunError(f"--device {device} is not available here: {reason}") from None
+
+
+def _prepare(args: argparse.Namespace) -> Path:
+    _check_device(getattr(args, "device", "cpu"))
+    folder: Path = args.out if args.out is not None else Path(DEFAULT_OUT) / args.command
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".rdloss-write-test"
@@ -219,13 +251,12 @@ def _prepare(args: argparse.Namespace) -> Path:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from tqdm.auto import tqdm
-
-    from rdloss.demo import data, results, sweep, toy
+    from rdloss.demo import data, outputs, results, sweep, toy
 
     folder = _prepare(args)
-    started = time.perf_counter()
-    progress = not args.no_progress
+    started, clock = time.time(), time.perf_counter()
+    # Outside a terminal tqdm cannot redraw nested bars: it would leave escape codes behind.
+    progress = not args.no_progress and sys.stderr.isatty()
     quick = getattr(args, "quick", False)
     toy_runs: list[toy.ToyResult] = []
     digit_runs: list[sweep.DigitsResult] = []
@@ -247,12 +278,14 @@ def _run(args: argparse.Namespace) -> None:
         specs += [sweep.RunSpec(args.decoder, "target_rate", float(s)) for s in args.target_rate]
     steps = 20 if quick else getattr(args, "toy_steps", getattr(args, "steps", 2000))
     epochs = 1 if quick else getattr(args, "epochs", 1)
+    from tqdm.auto import tqdm
+
     bar = tqdm(total=len(toy_targets) + len(specs), desc="rdloss", disable=not progress)
     if toy_targets:
         distribution = data.toy_data()
         for target in toy_targets:
-            toy_runs.append(
-                toy.train_toy(
+            try:
+                run = toy.train_toy(
                     distribution,
                     target_rate=target,
                     steps=steps,
@@ -260,7 +293,9 @@ def _run(args: argparse.Namespace) -> None:
                     seed=args.seed,
                     progress=progress,
                 )
-            )
+            except FloatingPointError as error:
+                raise _RunError(f"{error}; try a smaller --lr") from None
+            toy_runs.append(run)
             bar.update()
     if specs:
         digits = data.load_digits()
@@ -281,7 +316,7 @@ def _run(args: argparse.Namespace) -> None:
     bar.close()
     rows = [results.from_toy(t) for t in toy_runs] + results.from_digits(digit_runs)
     found = results.findings(rows)
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - clock
     print(results.format_table(rows))
     for t in toy_runs:
         m0, m1 = t.cluster_masses
@@ -292,24 +327,28 @@ def _run(args: argparse.Namespace) -> None:
     if found:
         print("\nThe paper's findings at this scale" + (" (--quick: meaningless)" if quick else ""))
         print(results.format_findings(found))
-    results.write_csv(rows, folder / "results.csv")
-    results.write_json(
-        rows,
-        folder / "results.json",
-        command=args.command,
-        seconds=round(elapsed, 1),
-        findings=[f._asdict() for f in found],
-        attribution=data.DIGITS_ATTRIBUTION,
-    )
-    written = ["results.csv", "results.json"]
-    if not args.no_plot:
-        from rdloss.demo.figures import save_figures
+    # Every file is staged under a temporary name and all are renamed at the end, so an
+    # interrupted run leaves the previous run's files as they were, and a run that draws no
+    # plots removes the previous run's plots instead of leaving them beside new numbers.
+    with outputs.Staging(folder) as staged:
+        results.write_csv(rows, staged.path("results.csv"))
+        results.write_json(
+            rows,
+            staged.path("results.json"),
+            command=args.command,
+            seconds=round(elapsed, 1),
+            provenance=outputs.provenance(vars(args), started),
+            findings=[f._asdict() for f in found],
+            attribution=data.DIGITS_ATTRIBUTION,
+        )
+        if not args.no_plot:
+            try:
+                from rdloss.demo.figures import save_figures
 
-        try:
-            written += [p.name for p in save_figures(rows, toy_runs, digit_runs, folder)]
-        except ImportError:
-            print("(plots skipped: matplotlib is missing; pip install rdloss[plot])")
-    print(f"\nwrote {', '.join(written)} to {folder}/ in {elapsed:.0f} s")
+                save_figures(rows, toy_runs, digit_runs, staged.path)
+            except ImportError:
+                print("(plots skipped: matplotlib is missing; pip install rdloss[plot])")
+    print(f"\nwrote {', '.join(staged.written)} to {folder}/ in {elapsed:.0f} s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -319,16 +358,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments without the program name; default ``sys.argv[1:]``.
 
     Returns:
-        The exit code: 0 on success, 1 on a runtime error (one line on stderr), 2 on bad
-        arguments (argparse's message on stderr).
+        The exit code: 0 on success (and for ``--help``, ``--version`` or no command,
+        which print the help), 1 on a runtime error (one line on stderr), 2 on bad arguments
+        (the usage of the command concerned and argparse's message on stderr).
     """
+    parser = _parser()
     try:
-        args = _parser().parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # report them with the subcommand's usage, not the top-level one
+            commands = _subcommands(parser)
+            culprit = commands.get(args.command, parser) if args.command else parser
+            culprit.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # argparse: --help (0) or a bad argument (2, message printed)
         return exit_.code if isinstance(exit_.code, int) else 2
+    if args.command is None:
+        parser.print_help()
+        return 0
     import torch
 
-    threads = torch.get_num_threads()
+    threads, wanted = torch.get_num_threads(), args.threads
+    if wanted > _cpu_count():  # torch crashes (not raises) far past the CPU count
+        args.threads = _cpu_count()
+        print(f"rdloss: note: --threads {wanted} capped at {args.threads}, the CPU count")
     torch.set_num_threads(args.threads)
     try:
         _run(args)
@@ -338,6 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:  # callers of main() in the same process keep their thread count
         torch.set_num_threads(threads)
     return 0
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 if __name__ == "__main__":

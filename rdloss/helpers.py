@@ -12,7 +12,7 @@ import math
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Laplace, Normal
 
 from rdloss._validation import (
     SUPPORT_CHECK,
@@ -23,7 +23,7 @@ from rdloss._validation import (
     widen_half,
 )
 
-__all__ = ["bernoulli", "categorical", "normal"]
+__all__ = ["bernoulli", "categorical", "laplace", "normal"]
 
 
 def _floating(name: str, t: Tensor) -> Tensor:
@@ -140,28 +140,95 @@ def normal(
         sigma = torch.exp(0.5 * widen_half(logvar))
         if logvar.numel() > 0 and should_validate(validate_args is not False):
             pending.append(_logvar_in_range(logvar, sigma.dtype))
-    elif isinstance(scale, Tensor):
+    else:
+        sigma = _scale(loc, scale)
+        if isinstance(scale, Tensor) and should_validate(validate_args is not False):
+            pending.append(_positive(sigma))
+    dims = _event_dims("loc", loc, event_dims)
+    dist = _independent(Normal(loc, sigma, validate_args=validate_args or False), dims)
+    return _with_checks(dist, pending, validate_args)
+
+
+def _positive(scale: Tensor) -> Pending:
+    """``scale > 0`` everywhere, deferred to the loss (NaN fails it too)."""
+    return Pending(scale.detach().amin() > 0, lambda: _check_scale(scale))
+
+
+def _with_checks(
+    dist: Distribution, pending: list[Pending], validate_args: bool | None
+) -> Distribution:
+    """Run the value checks now (``validate_args=True``) or leave them to the loss."""
+    if not validate_args:
+        return defer(dist, *pending)
+    for check in pending:
+        check.explain()
+    return dist
+
+
+def _scale(loc: Tensor, scale: Tensor | float | None) -> Tensor:
+    """``scale`` as a tensor of ``loc``'s shape, from a float or a broadcastable tensor."""
+    if isinstance(scale, Tensor):
         sigma = widen_half(_floating("scale", scale))
         if torch.broadcast_shapes(loc.shape, sigma.shape) != loc.shape:
             raise ValueError(
                 f"scale of shape {tuple(sigma.shape)} must broadcast to loc's shape "
                 f"{tuple(loc.shape)} without enlarging it"
             )
-        sigma = sigma.expand_as(loc)
-        if sigma.numel() > 0 and should_validate(validate_args is not False):
-            pending.append(Pending(sigma.detach().amin() > 0, lambda: _check_scale(sigma)))
-    elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        return sigma.expand_as(loc)
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
         if not 0 < scale < math.inf:
             raise ValueError(f"scale must be > 0 and finite, got {scale}")
-        sigma = torch.full_like(loc, float(scale))
+        return torch.full_like(loc, float(scale))
+    raise TypeError(f"scale must be a float or a Tensor, got {type(scale).__name__}")
+
+
+def laplace(
+    loc: Tensor,
+    *,
+    scale: Tensor | float | None = None,
+    log_scale: Tensor | None = None,
+    event_dims: int | None = None,
+    validate_args: bool | None = None,
+) -> Distribution:
+    r"""Factorised Laplace decoder: the likelihood behind an L1 reconstruction loss.
+
+    $-\log d(x|z) = \sum_i |x_i - \mu_i| / b_i + \log(2 b_i)$, so with a fixed scale
+    $b$ the distortion is ``l1_loss(mu, x, reduction="sum") / b`` plus a constant.
+    Latent-diffusion autoencoders (Stable Diffusion's ``AutoencoderKL`` loss) write
+    ``|x - x_hat| / exp(logvar) + logvar`` with a learned scalar ``logvar``: that is this
+    density with ``log_scale=logvar``, less ``log 2`` per pixel.
+
+    Args:
+        loc: ``(B, ...)`` reconstructions $\mu$.
+        scale: $b > 0$, a float or a tensor broadcastable to ``loc``'s shape.
+        log_scale: $\log b$, a tensor broadcastable to ``loc``'s shape (e.g. a learned
+            scalar parameter); give exactly one of ``scale``/``log_scale``.
+        event_dims: trailing dims summed over; default all but the batch dim.
+        validate_args: as in `normal`: ``None`` (default) leaves the check of ``b > 0``
+            to the loss that uses the distribution, ``True`` checks now (and
+            ``torch.distributions.Laplace``'s checks), ``False`` turns it off.
+
+    Returns:
+        ``Independent(Laplace(loc, b), event_dims)``.
+
+    Examples:
+        >>> import torch
+        >>> p = laplace(torch.zeros(2, 3, 8, 8), scale=1.0)
+        >>> p.event_shape, round(float(-p.log_prob(torch.ones(2, 3, 8, 8))[0]), 3)
+        (torch.Size([3, 8, 8]), 325.084)
+    """
+    _floating("loc", check_tensor("loc", loc, min_ndim=1))
+    if (scale is None) == (log_scale is None):
+        raise ValueError("give exactly one of scale= or log_scale=")
+    loc = widen_half(loc)
+    if log_scale is not None:
+        b = _scale(loc, torch.exp(widen_half(_floating("log_scale", log_scale))))
     else:
-        raise TypeError(f"scale must be a float or a Tensor, got {type(scale).__name__}")
+        b = _scale(loc, scale)
     dims = _event_dims("loc", loc, event_dims)
-    if validate_args and pending:  # checked now, as torch.distributions would
-        for check in pending:
-            check.explain()
-    dist = _independent(Normal(loc, sigma, validate_args=validate_args or False), dims)
-    return dist if validate_args else defer(dist, *pending)
+    pending = [_positive(b)] if should_validate(validate_args is not False) else []
+    dist = _independent(Laplace(loc, b, validate_args=validate_args or False), dims)
+    return _with_checks(dist, pending, validate_args)
 
 
 def bernoulli(

@@ -118,16 +118,20 @@ def rd_plane(
     r"""Draw models in the rate-distortion plane.
 
     Every point on the diagonal $D = H - R$ has the same ELBO $-H$, the best
-    possible; no model lies below it (the sandwich $H - D \le I \le R$), so that region
-    is shaded as infeasible. Dashed grey lines are ELBO iso-lines $D + R = c$: models
-    on one line are indistinguishable by their ELBO however different their rates.
+    possible; no model lies below it (the sandwich $H - D \le I \le R$), so with an exact
+    $H$ that region is shaded as infeasible, and the diagonal's ends are marked: the
+    auto-decoding limit $(R = 0, D = H)$ and the auto-encoding limit $(R = H, D = 0)$.
+    With an estimate of $H$ (e.g. the best $-\mathrm{ELBO}$ seen, which the best model
+    meets by construction) the diagonal is drawn dashed and nothing is shaded. Dashed grey
+    lines are ELBO iso-lines $D + R = c$: models on one line are indistinguishable by their
+    ELBO however different their rates.
 
     Args:
         points: `RDPoint` s or plain ``(rate, distortion)`` pairs, nats.
         entropy: the data entropy ``H`` in nats, or an estimate of it; ``None`` draws no
             diagonal and no infeasible region.
-        entropy_is_estimate: label ``H`` as an estimate (e.g. the best ``-ELBO`` seen, an
-            upper bound on ``H``); the shaded region is then only indicative.
+        entropy_is_estimate: ``entropy`` is an estimate (e.g. the best ``-ELBO`` seen, an
+            upper estimate of ``H``): it is labelled ``Ĥ`` and no region is shaded.
         elbo_levels: values ``c`` of ``D + R`` for the iso-lines; default the lowest and
             highest ``D + R`` among the points.
         ax: matplotlib axes to draw on; default a new figure.
@@ -155,23 +159,15 @@ def rd_plane(
             raise ValueError("elbo_levels must contain at least one value, or be None")
     ax = _axes(ax)
     reach = max(max(levels), entropy or 0.0, 1e-3) * 1.08
+    labelled = -math.inf
     for c in sorted(set(levels)):
         ax.plot([0, c], [c, 0], ls="--", lw=0.8, color="0.6", zorder=1)
-        ax.annotate(f"ELBO = {-c:.3g}", (0.8 * c, 0.2 * c), xytext=(4, 4), fontsize=7,
-                    textcoords="offset points", color="0.4")  # fmt: skip
+        if c - labelled > 0.03 * reach:  # a label per line, unless two lines nearly coincide
+            ax.annotate(f"ELBO = {-c:.3g}", (0.8 * c, 0.2 * c), xytext=(4, 4), fontsize=7,
+                        textcoords="offset points", color="0.4")  # fmt: skip
+            labelled = c
     if entropy is not None:
-        name = "Ĥ (estimate)" if entropy_is_estimate else "H"
-        ax.fill_between(
-            [0, entropy],
-            [entropy, 0],
-            0,
-            color="0.85",
-            hatch="//",
-            lw=0,
-            label=f"infeasible: D < {name} \u2212 R",
-            zorder=0,
-        )
-        ax.plot([0, entropy], [entropy, 0], color="k", lw=1.2, label=f"D = {name} \u2212 R")
+        _landmarks(ax, entropy, estimate=entropy_is_estimate)
     groups = list(dict.fromkeys(p.group for p in pts))
     for index, group in enumerate(groups):
         members = [p for p in pts if p.group == group]
@@ -198,6 +194,24 @@ def rd_plane(
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="upper right")
     return ax
+
+
+def _landmarks(ax: Axes, entropy: float, *, estimate: bool) -> None:
+    """The diagonal ``D = H - R``, its two limits and, for an exact ``H``, the region below."""
+    name = "Ĥ" if estimate else "H"
+    if estimate:
+        ax.plot([0, entropy], [entropy, 0], color="k", lw=1.0, ls="-.",
+                label="D = Ĥ \u2212 R (Ĥ = best \u2212ELBO, an estimate)")  # fmt: skip
+    else:
+        ax.fill_between([0, entropy], [entropy, 0], 0, color="0.85", hatch="//", lw=0,
+                        label="infeasible: D < H \u2212 R", zorder=0)  # fmt: skip
+        ax.plot([0, entropy], [entropy, 0], color="k", lw=1.2, label="D = H \u2212 R")
+    ax.scatter([0, entropy], [entropy, 0], marker="x", color="k", s=30, zorder=2, clip_on=False)
+    # Below the diagonal, where no model can be, so the label never covers a point.
+    ax.annotate(f"auto-decoding (R = 0, D = {name})", (0, entropy), xytext=(6, -14),
+                textcoords="offset points", fontsize=7, color="0.25")  # fmt: skip
+    ax.annotate(f"auto-encoding\n(R = {name}, D = 0)", (entropy, 0), xytext=(4, 6),
+                textcoords="offset points", fontsize=7, color="0.25")  # fmt: skip
 
 
 def trajectory(

@@ -112,14 +112,25 @@ class Constant(Schedule):
         return f"value={self.value}"
 
 
+def _steps(value: object) -> int:
+    """A step count; a float with an integer value (``1e5`` in a YAML config) is accepted."""
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise TypeError(
+                f"steps must be an int (or a float with an integer value, e.g. 1e5), got {value}"
+            )
+        value = int(value)
+    return check_positive_int("steps", value)
+
+
 class _Ramp(Schedule):
     """Shared by ramps from ``start`` to ``end`` over ``steps`` steps."""
 
-    def __init__(self, start: float, end: float, *, steps: int) -> None:
+    def __init__(self, start: float, end: float, *, steps: int | float) -> None:
         super().__init__()
         self.start = _real("start", start)
         self.end = _real("end", end)
-        self.steps = check_positive_int("steps", steps)
+        self.steps = _steps(steps)
 
     def _progress(self, step: Tensor) -> Tensor:
         """Fraction of the ramp done at ``step``, in ``[0, 1]``."""
@@ -148,7 +159,8 @@ class Linear(_Ramp):
     Args:
         start: value at step 0.
         end: value from step ``steps`` on.
-        steps: length ``T`` of the ramp, ``>= 1``.
+        steps: length ``T`` of the ramp, ``>= 1``; an integer-valued float such as ``1e5``
+            (as configs written for AntixK's PyTorch-VAE give it) is accepted.
 
     Examples:
         >>> import torch
@@ -194,14 +206,14 @@ class Cyclical(Schedule):
         start: float = 0.0,
         end: float = 1.0,
         *,
-        steps: int,
+        steps: int | float,
         cycles: int = 4,
         ratio: float = 0.5,
     ) -> None:
         super().__init__()
         self.start = _real("start", start)
         self.end = _real("end", end)
-        self.steps = check_positive_int("steps", steps)
+        self.steps = _steps(steps)
         self.cycles = check_positive_int("cycles", cycles)
         self.ratio = _real("ratio", ratio)
         if not 0.0 < self.ratio <= 1.0:
@@ -258,11 +270,13 @@ class Sigmoid(Schedule):
         tensor(0.5000)
     """
 
-    def __init__(self, start: float, end: float, *, steps: int, steepness: float = 10.0) -> None:
+    def __init__(
+        self, start: float, end: float, *, steps: int | float, steepness: float = 10.0
+    ) -> None:
         super().__init__()
         self.start = _real("start", start)
         self.end = _real("end", end)
-        self.steps = check_positive_int("steps", steps)
+        self.steps = _steps(steps)
         self.steepness = _real("steepness", steepness)
         if self.steepness <= 0:
             raise ValueError(f"steepness must be > 0, got {self.steepness}")
@@ -295,7 +309,8 @@ class Cosine(_Ramp):
     Args:
         start: value at step 0.
         end: value from step ``steps`` on.
-        steps: length ``T`` of the ramp, ``>= 1``.
+        steps: length ``T`` of the ramp, ``>= 1``; an integer-valued float such as ``1e5``
+            (as configs written for AntixK's PyTorch-VAE give it) is accepted.
 
     Examples:
         >>> import torch

@@ -296,6 +296,11 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
         ValueError,
         r"give exactly one of scale= or logvar=",
     ),
+    "helper: laplace without a scale": (
+        lambda: helpers.laplace(torch.zeros(B, D)),
+        ValueError,
+        r"give exactly one of scale= or log_scale=",
+    ),
     "helper: scale that enlarges loc": (
         lambda: helpers.normal(torch.zeros(B, D), scale=torch.ones(2, B, D)),
         ValueError,
@@ -335,7 +340,7 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
     "schedule: fractional steps": (
         lambda: schedules.Linear(0.0, 1.0, steps=2.5),  # type: ignore[arg-type]
         TypeError,
-        r"steps must be an int, got float",
+        r"steps must be an int \(or a float with an integer value, e\.g\. 1e5\), got 2\.5",
     ),
     "schedule: NaN start": (
         lambda: schedules.Cosine(float("nan"), 1.0, steps=10),
@@ -869,6 +874,22 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
         lambda: _cli("sweep", "--device", "tpu9"),
         CommandError,
         r"exit 1: rdloss: error: unknown --device 'tpu9'; try cpu or cuda",
+    ),
+    "cli: meta device": (
+        lambda: _cli("sweep", "--device", "meta"),
+        CommandError,
+        r"exit 1: rdloss: error: --device meta holds no data; use a device that computes",
+    ),
+    "cli: device torch was built without": (
+        lambda: _cli("sweep", "--device", "mps"),
+        CommandError,
+        r"exit 1: rdloss: error: --device mps is not available here: ",
+    ),
+    "cli: learning rate that diverges": (
+        lambda: _cli("toy", "--lr", "1e308", "--steps", "5"),
+        CommandError,
+        r"exit 1: rdloss: error: training diverged at step 1 of 5: non-finite parameters "
+        r"with lr=1e\+308; try a smaller --lr",
     ),
     "cli: output folder inside a file": (
         lambda: _cli("toy", "--out", str(_a_file() / "sub")),

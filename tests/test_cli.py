@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -38,6 +39,18 @@ def test_demo_quick_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFi
     loaded = json.loads((out / "results.json").read_text())
     assert len(loaded["rows"]) == 8 and loaded["command"] == "demo"
     assert "CC BY 4.0" in loaded["attribution"]
+    # Provenance: what produced the numbers.
+    import torch
+
+    import rdloss
+
+    origin = loaded["provenance"]
+    assert (origin["rdloss"], origin["torch"]) == (rdloss.__version__, torch.__version__)
+    assert origin["arguments"]["seed"] == 0 and origin["arguments"]["out"] == str(out)
+    assert origin["started_utc"].endswith("Z")
+    # H is exact for the toy rows and only estimated for the digits rows: two columns.
+    assert [bool(r["entropy"]) for r in rows] == [True] * 2 + [False] * 6
+    assert [bool(r["entropy_upper"]) for r in rows] == [False] * 2 + [True] * 6
     assert (out / "rd_plane.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -98,7 +111,6 @@ def test_sweep_command(tmp_path: Path) -> None:
         (["sweep", "--epochs", "0"], "expected an integer >= 1"),
         (["toy", "--target-rate", "x"], "expected a number"),
         (["fly"], "invalid choice: 'fly'"),
-        ([], "required: COMMAND"),
     ],
 )
 def test_bad_arguments_exit_2(
@@ -146,3 +158,172 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_version_and_bare_command_print_and_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    import rdloss
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"rdloss {rdloss.__version__}"
+    assert main([]) == 0
+    assert capsys.readouterr().out.startswith("usage: rdloss [-h] [--version] COMMAND")
+
+
+def test_unknown_option_of_a_command_shows_that_commands_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: rdloss demo [-h]") and "--toy-steps" in err
+    assert err.rstrip().endswith("rdloss demo: error: unrecognized arguments: --bogus")
+
+
+def test_help_and_version_do_not_import_torch() -> None:
+    code = (
+        "import contextlib, io, sys\n"
+        "from rdloss.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    codes = [main(['--help']), main(['--version']), main([]), main(['demo', '--help'])]\n"
+        "print(codes, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["[0,", "0,", "0,", "0]", "False"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--device", "meta"], "rdloss: error: --device meta holds no data"),
+        (["--device", "mps"], "rdloss: error: --device mps is not available here: "),
+        (["--device", "cuda:0"], "rdloss: error: --device cuda:0 is not available here: "),
+    ],
+)
+def test_devices_that_cannot_train_are_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    if argv[1].startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["sweep", *argv, "--epochs", "1", "--beta", "1", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_diverging_learning_rate_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["toy", "--lr", "1e308", "--steps", "5", "--no-plot", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "rdloss: error: training diverged at step 1 of 5: non-finite parameters with "
+        "lr=1e+308; try a smaller --lr\n"
+    )
+
+
+def test_threads_beyond_the_cpu_count_are_capped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from rdloss.cli import _cpu_count
+
+    before = torch.get_num_threads()
+    argv = ["toy", "--threads", "100000", "--steps", "2", "--no-plot", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"--threads 100000 capped at {_cpu_count()}, the CPU count" in out
+    assert (
+        json.loads((tmp_path / "results.json").read_text())["provenance"]["arguments"]["threads"]
+        == _cpu_count()
+    )
+    assert torch.get_num_threads() == before
+
+
+def test_each_command_has_its_own_default_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["toy", "--steps", "2", "--no-plot"]) == 0
+    assert main(["sweep", "--beta", "1", "--epochs", "1", "--no-plot"]) == 0
+    assert sorted(p.name for p in (tmp_path / "rdloss-output").iterdir()) == ["sweep", "toy"]
+    assert (tmp_path / "rdloss-output" / "toy" / "results.json").exists()
+
+
+def _toy(out: Path, *extra: str) -> int:
+    return main(["toy", "--steps", "3", "--no-progress", "--out", str(out), *extra])
+
+
+def test_interrupted_plotting_leaves_the_previous_run_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rdloss.demo import figures
+
+    assert _toy(tmp_path) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"results.csv", "results.json", "rd_plane.png", "trajectory.png"}
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C while matplotlib draws
+
+    monkeypatch.setattr(figures, "save_figures", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _toy(tmp_path, "--seed", "1")
+    # Not the new numbers beside the old plots: the old files, byte for byte, and no debris.
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_run_without_plots_removes_the_previous_plots(tmp_path: Path) -> None:
+    assert _toy(tmp_path) == 0
+    assert (tmp_path / "rd_plane.png").exists()
+    assert _toy(tmp_path, "--no-plot") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.json"]
+
+
+def test_no_escape_codes_outside_a_terminal(tmp_path: Path) -> None:
+    argv = ["demo", "--quick", "--no-plot", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-m", "rdloss", *argv], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "\x1b[" not in done.stderr + done.stdout and "\r" not in done.stderr
+
+
+def test_every_no_says_why_and_where_to_read_more(capsys: pytest.CaptureFixture[str]) -> None:
+    from rdloss.demo import results
+
+    found = [
+        results.Finding("a claim", True, "numbers"),
+        results.Finding("b claim", False, "numbers", "it is too small here", "mnist"),
+        results.Finding("c claim", False, "numbers", "the runs were short"),
+    ]
+    lines = results.format_findings(found).splitlines()
+    assert lines[0] == "[yes] a claim: numbers"
+    assert lines[2] == (
+        "      why: it is too small here; see https://rdloss.github.io/rdloss/reproducing/#mnist"
+    )
+    assert lines[4].endswith(
+        "the runs were short; see https://rdloss.github.io/rdloss/reproducing/"
+    )
+    # Every claim the demo can make has its reason written in advance.
+    assert all(f.why_not for f in results.findings(_all_rows()))
+
+
+def _all_rows() -> list:
+    from rdloss.demo import results
+
+    nan = math.nan
+    toy = [
+        results.Row("toy", "table", "elbo", 1.0, 0.0, 3.0, -3.0, 0.0, 0.0, 3.0, nan, 1),
+        results.Row("toy", "table", "target_rate", 0.5, 0.5, 2.5, -3.0, 0.5, 0.5, 3.0, nan, 2),
+    ]
+    digits = [
+        results.Row("digits", m, o, v, 1.0, 9.0, -10.0, nan, nan, nan, 10.0, 4)
+        for m, o, v in [
+            ("factorized", "beta", 1.0),
+            ("factorized", "beta", 0.1),
+            ("autoregressive", "beta", 1.0),
+            ("autoregressive", "target_rate", 6.0),
+        ]
+    ]
+    return toy + digits

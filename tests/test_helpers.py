@@ -109,3 +109,38 @@ def test_logvar_at_the_float32_edges_gives_finite_rate_and_gradient(logvar: floa
     # d KL / d logvar = (exp(logvar) - 1) / 2 against N(0, 1), per dim, over a batch of 2
     want = torch.full((2, 4), (math.exp(logvar) - 1) / 4)
     torch.testing.assert_close(raw.grad, want, rtol=1e-5, atol=1e-6)
+
+
+def test_laplace_is_the_l1_density_written_by_hand() -> None:
+    torch.manual_seed(0)
+    mu, x = torch.randn(4, 2, 5, dtype=torch.float64), torch.randn(4, 2, 5, dtype=torch.float64)
+    b = torch.rand(2, 1, dtype=torch.float64) + 0.1  # per-channel scale, broadcast
+    dist = helpers.laplace(mu, scale=b)
+    assert dist.batch_shape == (4,) and dist.event_shape == (2, 5)
+    by_hand = ((x - mu).abs() / b + torch.log(2 * b)).sum((1, 2))
+    assert_close(-dist.log_prob(x), by_hand)
+    assert_close(helpers.laplace(mu, log_scale=b.log()).log_prob(x), dist.log_prob(x))
+    fixed = helpers.laplace(mu, scale=0.5)
+    l1 = tnf.l1_loss(mu, x, reduction="none").sum((1, 2))
+    assert_close(-fixed.log_prob(x), l1 / 0.5 + 10 * math.log(2 * 0.5))
+
+
+def test_laplace_maps_the_latent_diffusion_reconstruction_loss() -> None:
+    # CompVis/stable-diffusion LPIPSWithDiscriminator (without LPIPS): a learned scalar
+    # logvar, nll = |x - x_hat| / exp(logvar) + logvar, summed per image.
+    torch.manual_seed(1)
+    x, x_hat = torch.rand(3, 3, 4, 4), torch.rand(3, 3, 4, 4)
+    logvar = torch.tensor(0.3)
+    nll = ((x - x_hat).abs() / logvar.exp() + logvar).sum((1, 2, 3))
+    posterior = helpers.normal(torch.zeros(3, 2), logvar=torch.zeros(3, 2))
+    out = RateDistortionLoss()(
+        x, posterior=posterior, likelihood=helpers.laplace(x_hat, log_scale=logvar)
+    )
+    assert_close(out.distortion_per_example, nll + 48 * math.log(2))
+
+
+def test_laplace_needs_exactly_one_scale() -> None:
+    with pytest.raises(ValueError, match="exactly one of scale= or log_scale="):
+        helpers.laplace(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        helpers.laplace(torch.zeros(2, 3), scale=0.0)

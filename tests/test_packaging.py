@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def test_import_has_no_global_side_effects() -> None:
         "import torch\n"
         "from torch.distributions.kl import _KL_REGISTRY\n"
         "before, known = torch.distributions.Distribution._validate_args, set(_KL_REGISTRY)\n"
-        "import rdloss\n"
+        "import rdloss, rdloss.loss, rdloss.distributions, rdloss.callbacks\n"
         "assert torch.distributions.Distribution._validate_args == before\n"
         "added = set(_KL_REGISTRY) - known\n"
         "foreign = [k for k in added if not any(c.__module__.startswith('rdloss') for c in k)]\n"
@@ -59,14 +60,78 @@ def test_import_has_no_global_side_effects() -> None:
 
 
 def _readme_commands() -> list[str]:
+    """The README's one-line ``bash`` blocks: the two commands for a clone."""
     text = (ROOT / "README.md").read_text()
     return re.findall(r"```bash\n(.+?)\n```", text)
 
 
-def test_readme_opens_with_two_commands_and_ci_runs_the_test_one() -> None:
+def test_readme_has_two_clone_commands_and_ci_runs_the_test_one() -> None:
     commands = _readme_commands()
-    assert len(commands) >= 2
-    main_job, test_command = commands[0], commands[1]
+    assert len(commands) == 2
+    main_job, test_command = commands
+    assert main_job.startswith("pip install -e ") and "pytest" not in main_job
     assert "pytest" in test_command
-    assert "pytest" not in main_job
     assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def _readme_pypi_block() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Install\n.*?```bash\n(.+?)\n```", text, re.DOTALL)
+    assert block, "README's Install section has no bash block"
+    return [line for line in block[1].splitlines() if line and not line.startswith("#")]
+
+
+def test_readme_pypi_path_installs_from_the_index_not_from_a_checkout() -> None:
+    lines = _readme_pypi_block()
+    assert lines == [
+        "pip install torch --index-url https://download.pytorch.org/whl/cpu",
+        'pip install "rdloss[plot]"',
+        "rdloss demo",
+    ]
+    # PyPI renders the README without the repository: every link must be absolute.
+    text = (ROOT / "README.md").read_text()
+    relative = [t for t in re.findall(r"\]\(([^)]+)\)", text) if not t.startswith("https://")]
+    assert relative == []
+
+
+@pytest.mark.slow
+def test_readme_pypi_path_from_a_built_wheel(tmp_path: Path) -> None:
+    """The wheel in a fresh venv, used from outside the repository: version, demo, quickstart.
+
+    torch comes from this machine's local 2.13.0 build (the README's CPU-index line does the
+    same for a user); everything else is the wheel and its declared dependencies.
+    """
+    dist, env, elsewhere = tmp_path / "dist", tmp_path / "venv", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # Nothing of the checkout may leak in: no PYTHONPATH (it would also make pip think
+    # rdloss is installed already), and the commands run from an unrelated folder.
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    run = lambda *cmd, **kw: subprocess.run(  # noqa: E731
+        [str(c) for c in cmd],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        **{"env": clean, **kw},
+    )
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", dist, ROOT)
+    (wheel,) = dist.glob("rdloss-*.whl")
+    run(sys.executable, "-m", "venv", env)
+    python, rdloss_cmd = env / "bin" / "python", env / "bin" / "rdloss"
+    run(python, "-m", "pip", "install", "--quiet", "torch==2.13.0")
+    run(python, "-m", "pip", "install", "--quiet", f"{wheel}[plot]")
+    assert (
+        run(rdloss_cmd, "--version", cwd=elsewhere).stdout.strip() == f"rdloss {rdloss.__version__}"
+    )
+    demo = run(rdloss_cmd, "demo", "--quick", "--no-plot", cwd=elsewhere)
+    assert "wrote results.csv, results.json" in demo.stdout
+    assert (elsewhere / "rdloss-output" / "demo" / "results.json").exists()
+    quickstart = re.search(
+        r"## Quickstart\n.*?```python\n(.+?)\n```", (ROOT / "README.md").read_text(), re.DOTALL
+    )
+    assert quickstart
+    (elsewhere / "quickstart.py").write_text(quickstart[1])
+    done = run(python, "quickstart.py", cwd=elsewhere)
+    assert "'rate':" in done.stdout and "'distortion':" in done.stdout
+    origin = run(python, "-c", "import rdloss; print(rdloss.__file__)", cwd=elsewhere).stdout
+    assert str(env) in origin

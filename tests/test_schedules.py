@@ -121,7 +121,7 @@ def test_schedules_hold_no_state(schedule: Schedule) -> None:
     ("build", "error", "match"),
     [
         (lambda: Linear(0.0, 1.0, steps=0), ValueError, "steps must be >= 1, got 0"),
-        (lambda: Linear(0.0, 1.0, steps=2.5), TypeError, "steps must be an int, got float"),
+        (lambda: Linear(0.0, 1.0, steps=2.5), TypeError, r"steps must be an int \(or a float"),
         (lambda: Linear(0.0, 1.0, steps=True), TypeError, "steps must be an int, got bool"),
         (lambda: Linear("0", 1.0, steps=3), TypeError, "start must be a real number, got str"),
         (lambda: Cosine(0.0, math.nan, steps=3), ValueError, "end must be finite"),
@@ -149,3 +149,11 @@ def test_compiles_once_for_all_steps() -> None:
         step = torch.tensor(float(t))
         torch.testing.assert_close(compiled(step), schedule(step))
     assert counter.frame_count == 1
+
+
+def test_steps_given_as_an_integer_valued_float() -> None:
+    # AntixK's PyTorch-VAE configs write counts as 1e5; YAML reads them as floats.
+    schedule = Linear(0.0, 1.0, steps=1e5)
+    assert schedule.steps == 100_000 and isinstance(schedule.steps, int)
+    torch.testing.assert_close(schedule(torch.tensor(25_000)), torch.tensor(0.25))
+    assert Cyclical(steps=8e1).steps == 80

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rdloss.demo.results import Row
@@ -14,20 +14,26 @@ __all__ = ["save_figures"]
 
 
 _SYMBOL = {"beta": "\u03b2", "target_rate": "\u03c3", "elbo": ""}
+_OBJECTIVE = {"beta": "\u03b2", "target_rate": "target rate \u03c3", "elbo": "ELBO, \u03b2"}
+_DECODER = {"factorized": "factorised decoder", "autoregressive": "autoregressive decoder"}
 
 
 def _point(row: Row) -> RDPoint:
-    symbol = _SYMBOL.get(row.objective, "")
-    label = f"{symbol}={row.value:g}" if symbol else "ELBO"
-    group = f"{row.model}, {row.objective}" if row.dataset == "digits" else row.objective
-    return RDPoint(row.rate, row.distortion, label, group)
+    """A sweep's points share a legend entry and carry their β; others have their own entry."""
+    if (row.dataset, row.model, row.objective) == ("digits", "factorized", "beta"):
+        return RDPoint(
+            row.rate, row.distortion, f"\u03b2={row.value:g}", "factorised decoder, β sweep"
+        )
+    model = f"{_DECODER[row.model]}, " if row.dataset == "digits" else ""
+    group = f"{model}{_OBJECTIVE.get(row.objective, row.objective)} = {row.value:g}"
+    return RDPoint(row.rate, row.distortion, "", group)
 
 
 def save_figures(
     rows: Sequence[Row],
     toy: Sequence[ToyResult],
     digits: Sequence[DigitsResult],
-    folder: Path,
+    path: Callable[[str], Path],
 ) -> list[Path]:
     """Write ``rd_plane.png`` (toy and digits planes) and ``trajectory.png``.
 
@@ -35,7 +41,8 @@ def save_figures(
         rows: all result rows.
         toy: the toy runs (for their training histories).
         digits: the digits runs (for their training histories).
-        folder: output folder.
+        path: where to write a file of the given name, e.g. ``folder.joinpath`` or a
+            `rdloss.demo.outputs.Staging`'s ``path``.
 
     Returns:
         The paths written.
@@ -51,7 +58,7 @@ def save_figures(
     written = []
     panels = [
         ("toy", "toy model (exact H)"),
-        ("digits", "8x8 digits, held out (Ĥ = best \u2212ELBO)"),
+        ("digits", "8x8 digits, held out"),
     ]
     present = [(name, title) for name, title in panels if any(r.dataset == name for r in rows)]
     if present:
@@ -60,16 +67,16 @@ def save_figures(
             chosen = [r for r in rows if r.dataset == name]
             rd_plane(
                 [_point(r) for r in chosen],
-                entropy=chosen[0].entropy,
+                entropy=chosen[0].entropy if name == "toy" else chosen[0].entropy_upper,
                 entropy_is_estimate=name == "digits",
                 ax=ax,
                 title=title,
             )
         fig.tight_layout()
-        path = folder / "rd_plane.png"
-        fig.savefig(path, dpi=120)
+        target = path("rd_plane.png")
+        fig.savefig(target, dpi=120)
         plt.close(fig)
-        written.append(path)
+        written.append(target)
     runs = [(f"toy {t.objective}", t.history) for t in toy]
     runs += [
         (f"{d.spec.decoder}, {_SYMBOL[d.spec.objective]}={d.spec.value:g}", d.history)
@@ -85,8 +92,8 @@ def save_figures(
         if digits and toy:
             axes[0][1].set_title("digits: training-set R, D per epoch")
         fig.tight_layout()
-        path = folder / "trajectory.png"
-        fig.savefig(path, dpi=120)
+        target = path("trajectory.png")
+        fig.savefig(target, dpi=120)
         plt.close(fig)
-        written.append(path)
+        written.append(target)
     return written

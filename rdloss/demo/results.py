@@ -38,10 +38,12 @@ class Row(NamedTuple):
         rate: R.
         distortion: D.
         elbo: ``-(D + R)``.
-        mi_lower: ``H - D`` where ``H`` is known (toy), else NaN.
-        mi_upper: ``R``.
+        mi_lower: ``H - D`` where ``H`` is known (toy), else NaN. The upper bound on
+            ``I(X;Z)`` is ``rate`` itself.
         mutual_information: exact ``I(X;Z)`` where computable (toy), else NaN.
-        entropy: ``H`` (toy), or the best ``-ELBO`` of the sweep, an upper estimate (digits).
+        entropy: the exact data entropy ``H`` where it is known (toy), else NaN.
+        entropy_upper: where ``H`` is unknown (digits), the best ``-ELBO`` of the sweep on
+            held-out data, an upper estimate of ``H``; else NaN.
         active_units: active units (digits), or latent states with > 1% mass (toy).
     """
 
@@ -53,9 +55,9 @@ class Row(NamedTuple):
     distortion: float
     elbo: float
     mi_lower: float
-    mi_upper: float
     mutual_information: float
     entropy: float
+    entropy_upper: float
     active_units: int
 
 
@@ -73,15 +75,15 @@ def from_toy(result: ToyResult) -> Row:
         result.distortion,
         result.elbo,
         result.entropy - result.distortion,
-        result.rate,
         result.mutual_information,
         result.entropy,
+        math.nan,
         result.used_states,
     )
 
 
 def from_digits(results: Sequence[DigitsResult]) -> list[Row]:
-    """Rows of the digits runs; ``entropy`` is the sweep's best ``-ELBO`` (an upper bound)."""
+    """Rows of the digits runs; ``entropy_upper`` is the sweep's best ``-ELBO``."""
     best = min((r.entropy_upper for r in results), default=math.nan)
     return [
         Row(
@@ -93,7 +95,7 @@ def from_digits(results: Sequence[DigitsResult]) -> list[Row]:
             r.distortion,
             r.elbo,
             math.nan,
-            r.mi_upper,
+            math.nan,
             math.nan,
             best,
             r.active_units,
@@ -112,7 +114,8 @@ def format_table(rows: Sequence[Row]) -> str:
     """Plain-text table of the rows, one line per model, NaN shown as ``-``.
 
     Examples:
-        >>> row = Row("toy", "table", "elbo", 1.0, 0.0, 3.0, -3.0, 0.0, 0.0, 0.0, 3.0, 1)
+        >>> nan = float("nan")
+        >>> row = Row("toy", "table", "elbo", 1.0, 0.0, 3.0, -3.0, 0.0, 0.0, 3.0, nan, 1)
         >>> print(format_table([row]).splitlines()[0].split()[:4])
         ['dataset', 'model', 'objective', 'value']
     """
@@ -148,11 +151,19 @@ class Finding(NamedTuple):
         claim: what the paper reports.
         holds: whether it reproduced here (``None`` when the rows needed are missing).
         detail: the measured numbers.
+        why_not: one sentence on why it may not reproduce here, printed when it does not.
+        section: anchor of the section of the Reproducing page that says more.
     """
 
     claim: str
     holds: bool | None
     detail: str
+    why_not: str = ""
+    section: str = ""
+
+
+READ_MORE = "https://rdloss.github.io/rdloss/reproducing/"
+_UNCONVERGED = "the toy runs did not converge: keep the default --toy-steps and lr"
 
 
 def _find(rows: Sequence[Row], dataset: str, model: str, objective: str) -> Row | None:
@@ -184,6 +195,7 @@ def findings(rows: Sequence[Row]) -> list[Finding]:
                 "toy: H - D <= I <= R for every model",
                 worst <= 1e-9,
                 f"smallest slack {-worst:.2e} nats",
+                "the bound is exact here, so a violation is a bug: please report it",
             )
         )
     elbo, target = _find(rows, "toy", "table", "elbo"), _find(rows, "toy", "table", "target_rate")
@@ -196,6 +208,7 @@ def findings(rows: Sequence[Row]) -> list[Finding]:
                 worst < 0.01 and apart > 0.1,
                 f"|ELBO + H| <= {worst:.1e}; R = {elbo.rate:.4f} (ELBO) vs {target.rate:.4f} "
                 f"(target); paper 0.0002 vs 0.4999",
+                _UNCONVERGED,
             )
         )
         out.append(
@@ -203,6 +216,7 @@ def findings(rows: Sequence[Row]) -> list[Finding]:
                 f"toy: target-rate R within 0.02 of sigma = {target.value:g}",
                 abs(target.rate - target.value) < 0.02,
                 f"R = {target.rate:.4f}",
+                _UNCONVERGED,
             )
         )
     sweep = sorted(
@@ -212,7 +226,14 @@ def findings(rows: Sequence[Row]) -> list[Finding]:
     if len(sweep) >= 2:
         falls = all(a.distortion > b.distortion for a, b in itertools.pairwise(sweep))
         pairs = ", ".join(f"β={r.value:g}: ({r.rate:.2f}, {r.distortion:.2f})" for r in sweep)
-        out.append(Finding("digits: D falls as R rises along the β sweep", falls, pairs))
+        out.append(
+            Finding(
+                "digits: D falls as R rises along the β sweep",
+                falls,
+                pairs,
+                "with few epochs neighbouring β values can swap places: train longer (--epochs)",
+            )
+        )
     fact = next((r for r in sweep if r.value == 1.0), None)
     ar = next(
         (
@@ -230,6 +251,10 @@ def findings(rows: Sequence[Row]) -> list[Finding]:
                 "digits: at β = 1 the autoregressive decoder collapses (R < 25%)",
                 ratio < 0.25,
                 f"R = {ar.rate:.2f} vs {fact.rate:.2f} factorised ({100 * ratio:.0f}%)",
+                "a small MADE on 1,500 8x8 digits is a far weaker decoder than the paper's "
+                "PixelCNN++ on MNIST, so it still uses part of the code; the MNIST section "
+                "runs the paper's setting",
+                "mnist",
             )
         )
     held = _find(rows, "digits", "autoregressive", "target_rate")
@@ -242,12 +267,22 @@ def findings(rows: Sequence[Row]) -> list[Finding]:
                 on_target and close,
                 f"R = {held.rate:.2f} (sigma = {held.value:g}), ELBO {held.elbo:.2f} vs "
                 f"{ar.elbo:.2f} at R = {ar.rate:.2f}",
+                "a sigma far from the β = 1 rate costs ELBO: try --target-rate near it",
             )
         )
     return out
 
 
 def format_findings(found: Sequence[Finding]) -> str:
-    """One line per finding: ``[yes]``, ``[NO]`` or ``[n/a]``, the claim and the numbers."""
+    """One line per finding: ``[yes]``, ``[NO]`` or ``[n/a]``, the claim and the numbers.
+
+    A ``[NO]`` line is followed by an indented line saying why, with the page that has more.
+    """
     tags = {True: "[yes]", False: "[NO] ", None: "[n/a]"}
-    return "\n".join(f"{tags[f.holds]} {f.claim}: {f.detail}" for f in found)
+    lines = []
+    for f in found:
+        lines.append(f"{tags[f.holds]} {f.claim}: {f.detail}")
+        if f.holds is False:
+            page = READ_MORE + (f"#{f.section}" if f.section else "")
+            lines.append(f"      why: {f.why_not}; see {page}")
+    return "\n".join(lines)

@@ -137,6 +137,9 @@ def train_toy(
 
     Returns:
         `ToyResult` with exact R, D, ELBO, H and I.
+
+    Raises:
+        FloatingPointError: the parameters stopped being finite (too large an ``lr``).
     """
     from tqdm.auto import tqdm
 
@@ -165,6 +168,12 @@ def train_toy(
         out.loss.backward()
         optimizer.step()
         scheduler.step()
+        # A 30 x 30 float64 table: checking it every step costs nothing and names the cause.
+        if not all(bool(p.isfinite().all()) for p in params):
+            raise FloatingPointError(
+                f"training diverged at step {step + 1} of {steps}: non-finite parameters "
+                f"with lr={lr:g}"
+            )
         history[step] = torch.stack([out.rate, out.distortion]).detach()
     with torch.no_grad():
         out = loss_fn.eval()(

@@ -1,0 +1,121 @@
+"""Every Python code block of README.md and docs/*.md runs as it is shown.
+
+The convention (for everyone writing docs):
+
+* Each fenced block opened with three backticks and ``python`` is executed. The blocks of one
+  page run in order, in one fresh namespace, from a temporary working directory, so a page
+  can define ``x`` in one block and use it in the next, exactly as a reader would paste them.
+* A block that cannot run alone (a fragment of a longer program) is marked on the line just
+  before its fence with ``<!-- fragment: examples/<script>.py -->``. It is skipped here, and
+  instead the linked script must exist, be linked from the same page, and be run by
+  ``tests/test_examples.py``.
+* Keep blocks fast: tiny tensors, a few steps.
+* Keep ``python`` and ``bash`` lines within 88 characters: longer ones scroll out of view in
+  the site's code column at a 1280-pixel window.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import matplotlib
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: a thread pool only waits
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)\s*$")
+FRAGMENT = re.compile(r"^\s*<!-- fragment: (?P<script>examples/[\w/.-]+\.py) -->\s*$")
+
+
+WIDTH = 88
+
+
+class Block(NamedTuple):
+    line: int  # 1-based line of the opening fence
+    code: str
+    fragment_of: str | None
+
+
+def python_blocks(text: str) -> list[Block]:
+    """The ``python`` blocks of a Markdown page, with their fragment markers."""
+    lines, blocks, index = text.splitlines(), [], 0
+    while index < len(lines):
+        opened = FENCE.match(lines[index])
+        if not opened or not opened["lang"]:
+            index += 1
+            continue
+        indent, body, start = len(opened["indent"]), [], index
+        index += 1
+        while index < len(lines) and lines[index].strip() != "```":
+            body.append(lines[index][indent:])
+            index += 1
+        index += 1
+        if opened["lang"] == "python":
+            marker = FRAGMENT.match(lines[start - 1]) if start else None
+            script = marker["script"] if marker else None
+            blocks.append(Block(start + 1, "\n".join(body) + "\n", script))
+    return blocks
+
+
+def test_the_block_finder_sees_fragments_and_indented_blocks() -> None:
+    page = (
+        "text\n<!-- fragment: examples/quickstart.py -->\n```python\nfoo(x)\n```\n"
+        "* item\n\n    ```python\n    y = 1\n    ```\n```bash\nls\n```\n"
+    )
+    assert python_blocks(page) == [
+        Block(3, "foo(x)\n", "examples/quickstart.py"),
+        Block(8, "y = 1\n", None),
+    ]
+
+
+def _name(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_name)
+def test_every_python_block_runs_in_order(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    matplotlib.use("Agg")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
+    for block in python_blocks(page.read_text(encoding="utf-8")):
+        if block.fragment_of is not None:
+            continue
+        try:
+            exec(compile(block.code, f"{_name(page)}:{block.line}", "exec"), namespace)
+        except Exception as error:
+            pytest.fail(f"{_name(page)}, block at line {block.line}: {error!r}")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_name)
+def test_fragments_link_a_script_that_the_examples_test_runs(page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
+    tested = (ROOT / "tests" / "test_examples.py").read_text(encoding="utf-8")
+    for block in python_blocks(text):
+        if block.fragment_of is None:
+            continue
+        script = ROOT / block.fragment_of
+        assert script.is_file(), f"{_name(page)}:{block.line}: {block.fragment_of} is missing"
+        assert script.name in text.replace(block.code, ""), (
+            f"{_name(page)}:{block.line}: the page must link {block.fragment_of}"
+        )
+        assert f'"{script.stem}"' in tested or script.name in tested, (
+            f"{block.fragment_of} is not run by tests/test_examples.py"
+        )
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_name)
+def test_code_lines_fit_the_page(page: Path) -> None:
+    lines, inside, long = page.read_text(encoding="utf-8").splitlines(), None, []
+    for number, line in enumerate(lines, 1):
+        fence = FENCE.match(line)
+        if fence or line.strip() == "```":
+            inside = None if inside is not None else (fence["lang"] if fence else "")
+        elif inside in ("python", "bash") and len(line) > WIDTH:
+            long.append(f"{_name(page)}:{number} has {len(line)} characters")
+    assert long == []

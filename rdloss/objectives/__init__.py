@@ -23,7 +23,7 @@ takes a number also takes a `Schedule` of the step.
 from rdloss.objectives._base import Hyperparameter, Objective, ObjectiveOutput
 from rdloss.objectives._controllers import GECO, RateController
 from rdloss.objectives._penalties import Beta, Capacity, TargetDistortion, TargetRate
-from rdloss.objectives._structured import FreeBits
+from rdloss.objectives._structured import FreeBits, nvae_balanced_rate
 
 __all__ = [
     "GECO",
@@ -36,4 +36,5 @@ __all__ = [
     "RateController",
     "TargetDistortion",
     "TargetRate",
+    "nvae_balanced_rate",
 ]

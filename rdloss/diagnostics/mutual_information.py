@@ -18,12 +18,12 @@ from torchmetrics.utilities import dim_zero_cat
 from typing_extensions import override
 
 from rdloss._validation import check_positive_int, check_tensor, should_validate
+from rdloss.diagnostics._metric import _Diagnostic
 from rdloss.diagnostics.aggregate import (
     AggregatePosterior,
     aggregate_posterior,
     check_gaussian_parameters,
 )
-from rdloss.diagnostics.metrics import _Diagnostic
 from rdloss.functional import as_latent
 
 __all__ = ["MutualInformation"]

@@ -89,15 +89,17 @@ class _Grouped(_Diagnostic):
             raise ValueError(f"{name}'s groups have different batch sizes {sorted(batch)}")
         sizes = torch.tensor([p.shape[1] for p in parts])
         known = self.group_sizes
-        if bool((known > 0).any()) and not torch.equal(known.cpu(), sizes):
+        if bool((known > 0).any()) and not torch.equal(known.cpu().long(), sizes):
             raise ValueError(
-                f"{name} has group sizes {sizes.tolist()} but earlier batches had {known.tolist()}"
+                f"{name} has group sizes {sizes.tolist()} but earlier batches had "
+                f"{[int(n) for n in known.tolist()]}"
             )
         self.group_sizes.copy_(sizes)
         return torch.cat(parts, dim=1)
 
     def _split(self, values: Tensor) -> list[Tensor]:
-        return list(values.split(self.group_sizes.tolist()))
+        # int(): set_dtype() casts every state, the integer sizes included.
+        return list(values.split([int(n) for n in self.group_sizes.tolist()]))
 
 
 def _merge_moments(stacked: Tensor) -> Tensor:

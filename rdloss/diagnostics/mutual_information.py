@@ -156,6 +156,12 @@ class MutualInformation(_Diagnostic):
                     f"means and scales must both have shape (B, D), got {tuple(loc.shape)} "
                     f"and {tuple(scale.shape)}"
                 )
+        stored = self.loc[0] if isinstance(self.loc, list) and self.loc else None
+        if stored is not None and stored.shape[1:] != loc.shape[1:]:
+            raise ValueError(
+                f"posterior has {loc.shape[1]} latent dimensions but earlier batches had "
+                f"{stored.shape[1]} (one latent per metric; reset() between models)"
+            )
         if should_validate(self.validate_args):
             check_gaussian_parameters(loc, scale)
         self.loc.append(loc.detach())

@@ -116,8 +116,8 @@ class _Diagnostic(Metric):
         if isinstance(rate, RDOutput):
             if distortion is not None or weight is not None:
                 raise ValueError(
-                    "pass either an RDOutput (which carries its weight) or rate and distortion "
-                    "tensors"
+                    "pass either an RDOutput or rate and distortion tensors (an RDOutput "
+                    "carries its weight)"
                 )
             output = rate
             rate, distortion = output.rate_per_example, output.distortion_per_example

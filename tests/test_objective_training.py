@@ -160,7 +160,8 @@ def elbo_run() -> list[dict[str, Tensor]]:
 def test_rate_controller_holds_its_rate(elbo_run: list[dict[str, Tensor]]) -> None:
     target = 6.0
     assert _tail_mean(elbo_run, "rate") < 0.6 * target  # the ELBO alone sits far below
-    history = Run(RateController(target, kp=0.01, ki=3e-3, error="absolute")).train(binary_patterns(), 300)
+    controller = RateController(target, kp=0.01, ki=3e-3, error="absolute")
+    history = Run(controller).train(binary_patterns(), 300)
     assert _tail_mean(history, "rate") == pytest.approx(target, rel=0.05)
     beta = _tail_mean(history, "beta")
     assert 0.0 < beta < 1.0  # held by the controller, not by a bound

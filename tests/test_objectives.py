@@ -358,10 +358,21 @@ def test_state_lives_in_persistent_buffers() -> None:
     # Numeric hyperparameters are buffers too (HyperparameterAttribute); schedules are not.
     assert set(Beta(0.5).state_dict()) == {"step", "beta"}
     assert set(GECO(1.0).state_dict()) == {
-        "step", "multiplier", "constraint_ma", "skipped", "target_distortion", "lr"
+        "step",
+        "multiplier",
+        "constraint_ma",
+        "skipped",
+        "target_distortion",
+        "lr",
     }
     assert set(RateController(1.0).state_dict()) == {
-        "step", "beta", "integral", "skipped", "target_rate", "kp", "ki"
+        "step",
+        "beta",
+        "integral",
+        "skipped",
+        "target_rate",
+        "kp",
+        "ki",
     }
     assert set(Capacity(Linear(0.0, 1.0, steps=3)).state_dict()) == {"step", "gamma"}
     loss_fn = RateDistortionLoss(objective=GECO(1.0))
@@ -394,7 +405,11 @@ def test_hyper_reaches_the_loss_output_and_metrics() -> None:
         (lambda: GECO(1.0, lr=0.0), ValueError, "lr must be > 0"),
         (lambda: GECO(1.0, multiplier=2e6), ValueError, "multiplier must lie in"),
         (lambda: GECO(1.0, min_multiplier=0.0), ValueError, "min_multiplier must be > 0"),
-        (lambda: RateController(1.0, beta_min=1.0, beta_max=1.0), ValueError, "beta_min must be < beta_max"),
+        (
+            lambda: RateController(1.0, beta_min=1.0, beta_max=1.0),
+            ValueError,
+            "beta_min must be < beta_max",
+        ),
         (lambda: RateController(1.0, ki=-1e-4), ValueError, "ki must be >= 0"),
     ],
 )

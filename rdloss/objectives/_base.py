@@ -211,6 +211,14 @@ class Objective(nn.Module, ABC):
     training step sees step 0. Keep any further state in registered buffers as well: then
     ``state_dict()`` / ``load_state_dict()`` resume training exactly.
 
+    Declare each numeric hyperparameter as a `HyperparameterAttribute` class attribute and
+    assign it in ``__init__`` (``beta = HyperparameterAttribute()`` ... ``self.beta = beta``):
+    every assignment, also after construction, is validated, and numbers live in float64
+    buffers that a compiled loss reads without recompiling. Name settings checked against
+    each other in ``_fixed``: assigning them after construction raises ``AttributeError``.
+    Casting the module to a lower precision (``.half()``, ``.to(torch.bfloat16)``) leaves
+    every floating buffer at its precision: state and hyperparameters never narrow.
+
     Attributes:
         step: 0-dim int64 buffer, the number of training steps taken.
         sync_dist: while training, reduce over the batches of all processes
@@ -219,7 +227,7 @@ class Objective(nn.Module, ABC):
     """
 
     step: Tensor
-    fixed: ClassVar[frozenset[str]] = frozenset()
+    _fixed: ClassVar[frozenset[str]] = frozenset()
     """Attributes set once by the constructor; assigning them later raises ``AttributeError``."""
 
     def __init__(self) -> None:
@@ -234,7 +242,7 @@ class Objective(nn.Module, ABC):
             # nn.Module.__setattr__ would register a Schedule before the descriptor sees it.
             attribute.__set__(self, value)
             return
-        if name in self.fixed and name in self.__dict__:
+        if name in self._fixed and name in self.__dict__:
             raise AttributeError(
                 f"{type(self).__name__}.{name} is fixed at construction (it is checked "
                 f"against the other arguments); build a new {type(self).__name__} instead"

@@ -94,7 +94,7 @@ class GECO(Objective):
     skipped: Tensor
     target_distortion = HyperparameterAttribute()
     lr = HyperparameterAttribute(positive=True)
-    fixed = frozenset({"alpha", "min_multiplier", "max_multiplier"})
+    _fixed = frozenset({"alpha", "min_multiplier", "max_multiplier"})
 
     def __init__(
         self,
@@ -228,7 +228,7 @@ class RateController(Objective):
     target_rate = HyperparameterAttribute()
     kp = HyperparameterAttribute()
     ki = HyperparameterAttribute()
-    fixed = frozenset({"beta_min", "beta_max", "span", "error"})
+    _fixed = frozenset({"beta_min", "beta_max", "span", "error"})
 
     def __init__(
         self,

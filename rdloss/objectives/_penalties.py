@@ -150,7 +150,7 @@ class TargetRate(Objective):
     sigma = HyperparameterAttribute()
     weight = HyperparameterAttribute(positive=True)
     lr = HyperparameterAttribute(positive=True)
-    fixed = frozenset({"reduction", "adaptive", "max_weight"})
+    _fixed = frozenset({"reduction", "adaptive", "max_weight"})
     min_weight = 1e-3
 
     def __init__(
@@ -248,7 +248,7 @@ class TargetDistortion(Objective):
 
     delta = HyperparameterAttribute()
     weight = HyperparameterAttribute(positive=True)
-    fixed = frozenset({"reduction"})
+    _fixed = frozenset({"reduction"})
 
     def __init__(
         self,

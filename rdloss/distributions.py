@@ -252,19 +252,20 @@ def _refine(
 
     Returns:
         ``(N,)`` log-densities and ``(N,)`` bounds on what the other components' rounding
-        error ``error`` can change in them: ``expm1(2 error) * (their share of the mass)``.
+        error ``error`` can change in them: ``expm1(3 error) * (their share of the mass)``.
     """
     top = joint.detach().topk(refined, dim=-1).indices  # (N, r)
     rows = F.embedding(top, table)  # (N, r, 2D+1)
     d = z.shape[1]
     diff = (z.unsqueeze(1) - rows[..., :d]) * rows[..., d : 2 * d]
     exact = rows[..., -1] - 0.5 * diff.square().sum(-1)
-    mixed = joint.scatter(-1, top, exact)
-    out = _logsumexp(mixed)
+    out = _logsumexp(joint.scatter(-1, top, exact))
     with torch.no_grad():
-        rest = joint.scatter(-1, top, torch.full_like(exact, -math.inf))
-        share = (rest - out.unsqueeze(-1) + error.unsqueeze(-1)).exp().sum(-1)
-        bound = torch.expm1(2 * error) * share
+        # The others' share of the mass is 1 minus the refined ones' (no second (N, K) pass);
+        # + eps covers the cancellation, and exp(error) their possible underestimate.
+        kept = (exact - out.unsqueeze(-1)).exp().sum(-1)
+        share = (1.0 - kept).clamp_min(0.0) + torch.finfo(out.dtype).eps
+        bound = torch.expm1(3 * error) * share
     return out, bound
 
 

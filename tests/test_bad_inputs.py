@@ -56,6 +56,29 @@ def _encoder(u: torch.Tensor) -> torch.distributions.Distribution:
     return helpers.normal(u, scale=1.0)
 
 
+def _grouped_output() -> rdloss.RDOutput:
+    """A two-group RDOutput (groups 'top' and 'bottom'), built by hand."""
+    r = torch.ones(B)
+    return rdloss.RDOutput(
+        r.mean(),
+        r.mean(),
+        r.mean(),
+        -2 * r.mean(),
+        r,
+        r,
+        None,
+        "analytic",
+        {},
+        rate_per_group={"top": r / 2, "bottom": r / 2},
+    )
+
+
+def _mi_two_sizes() -> None:
+    metric = diagnostics.MutualInformation()
+    metric.update(torch.zeros(B, 3), logvar=torch.zeros(B, 3))
+    metric.update(torch.zeros(B, 2), logvar=torch.zeros(B, 2))
+
+
 def _x() -> torch.Tensor:
     return torch.randint(0, 2, (B, P)).float()
 
@@ -481,6 +504,81 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
         lambda: objectives.RateController(5.0)(torch.ones(3, 2), torch.ones(3)),
         ValueError,
         r"rate must have shape \(B,\), got \(3, 2\)",
+    ),
+    "objective: negative beta assigned by attribute": (
+        lambda: setattr(objectives.Beta(1.0), "beta", -3.0),
+        ValueError,
+        r"beta must be >= 0, got -3.0",
+    ),
+    "objective: text sigma assigned by attribute": (
+        lambda: setattr(objectives.TargetRate(1.0), "sigma", "2"),
+        TypeError,
+        r"sigma must be a real number or an rdloss.schedules.Schedule, got str",
+    ),
+    "objective: reduction reassigned after construction": (
+        lambda: setattr(objectives.TargetRate(1.0), "reduction", "example"),
+        AttributeError,
+        r"TargetRate.reduction is fixed at construction",
+    ),
+    "objective: adaptive target rate with a scheduled weight": (
+        lambda: objectives.TargetRate(
+            1.0, weight=schedules.Linear(1.0, 2.0, steps=5), adaptive=True
+        ),
+        TypeError,
+        r"weight must be a number with adaptive=True \(the initial weight\), got a Linear",
+    ),
+    "objective: adaptive target rate weight above its clamp": (
+        lambda: objectives.TargetRate(1.0, weight=20.0, adaptive=True, max_weight=10.0),
+        ValueError,
+        r"weight must lie in \[0.001, max_weight\] = \[0.001, 10.0\] with adaptive=True, got 20.0",
+    ),
+    "controller: unknown rate controller error mode": (
+        lambda: objectives.RateController(1.0, error="percent"),
+        ValueError,
+        r"error must be 'relative' or 'absolute', got 'percent'",
+    ),
+    "controller: GECO alpha reassigned": (
+        lambda: setattr(objectives.GECO(1.0), "alpha", 0.5),
+        AttributeError,
+        r"GECO.alpha is fixed at construction",
+    ),
+    "metric: grouped metric fed other groups": (
+        lambda: diagnostics.RateDistortion(groups=["a", "b"]).update(_grouped_output()),
+        ValueError,
+        r"rate_per_group has groups \['top', 'bottom'\], but this metric was built with "
+        r"groups=\['a', 'b'\]",
+    ),
+    "metric: grouped metric fed tensors": (
+        lambda: diagnostics.RateDistortion(groups=["a"]).update(torch.ones(B), torch.ones(B)),
+        ValueError,
+        r"this metric was built with groups=\['a'\]: update it with the loss's RDOutput",
+    ),
+    "metric: groups given as one string": (
+        lambda: diagnostics.RatePerDimension(groups="top"),
+        TypeError,
+        r"groups must be a sequence of group names",
+    ),
+    "metric: negative example weight": (
+        lambda: diagnostics.RateDistortion().update(
+            torch.ones(B), torch.ones(B), weight=-torch.ones(B)
+        ),
+        ValueError,
+        r"weight must be non-negative",
+    ),
+    "metric: active units of a scalar latent": (
+        lambda: diagnostics.ActiveUnits().update(Normal(torch.zeros(B), 1.0)),
+        ValueError,
+        r"posterior_mean must have latent units \(an event_shape such as \(D,\)\)",
+    ),
+    "metric: ungrouped active units fed a mapping": (
+        lambda: diagnostics.ActiveUnits().update({"a": torch.zeros(B, D)}),
+        ValueError,
+        r"posterior_mean is a mapping of groups \['a'\]: build the metric with groups=\['a'\]",
+    ),
+    "mutual information: latent size changes between updates": (
+        _mi_two_sizes,
+        ValueError,
+        r"posterior has 2 latent dimensions but earlier batches had 3",
     ),
     # ---- marginals ---------------------------------------------------------------------
     "marginal: fractional latent_dim": (

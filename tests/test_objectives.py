@@ -234,7 +234,9 @@ def test_geco_multiplier_stays_in_its_bounds() -> None:
 
 
 def test_rate_controller_sequence_with_anti_windup() -> None:
-    controller = RateController(5.0, kp=0.5, ki=0.1, beta_min=0.1, beta_max=1.0).double()
+    controller = RateController(
+        5.0, kp=0.5, ki=0.1, beta_min=0.1, beta_max=1.0, error="absolute"
+    ).double()
 
     def p(error: float) -> float:
         return 0.5 / (1.0 + math.exp(error))
@@ -264,7 +266,7 @@ def test_rate_controller_sequence_with_anti_windup() -> None:
 
 
 def test_rate_controller_holds_beta_in_bounds_at_the_lower_end() -> None:
-    controller = RateController(100.0, kp=0.01, ki=1.0, beta_min=0.2).double()
+    controller = RateController(100.0, kp=0.01, ki=1.0, beta_min=0.2, error="absolute").double()
     for _ in range(3):
         out, _, _ = _call(controller)
         _close(out.hyper["beta"], 0.2)
@@ -353,10 +355,26 @@ def test_state_does_not_advance_outside_training(mode: str) -> None:
 
 
 def test_state_lives_in_persistent_buffers() -> None:
-    assert set(Beta(0.5).state_dict()) == {"step"}
-    assert set(GECO(1.0).state_dict()) == {"step", "multiplier", "constraint_ma"}
-    assert set(RateController(1.0).state_dict()) == {"step", "beta", "integral"}
-    assert set(Capacity(Linear(0.0, 1.0, steps=3)).state_dict()) == {"step"}
+    # Numeric hyperparameters are buffers too (HyperparameterAttribute); schedules are not.
+    assert set(Beta(0.5).state_dict()) == {"step", "beta"}
+    assert set(GECO(1.0).state_dict()) == {
+        "step",
+        "multiplier",
+        "constraint_ma",
+        "skipped",
+        "target_distortion",
+        "lr",
+    }
+    assert set(RateController(1.0).state_dict()) == {
+        "step",
+        "beta",
+        "integral",
+        "skipped",
+        "target_rate",
+        "kp",
+        "ki",
+    }
+    assert set(Capacity(Linear(0.0, 1.0, steps=3)).state_dict()) == {"step", "gamma"}
     loss_fn = RateDistortionLoss(objective=GECO(1.0))
     assert "objective.multiplier" in loss_fn.state_dict()
 
@@ -387,7 +405,11 @@ def test_hyper_reaches_the_loss_output_and_metrics() -> None:
         (lambda: GECO(1.0, lr=0.0), ValueError, "lr must be > 0"),
         (lambda: GECO(1.0, multiplier=2e6), ValueError, "multiplier must lie in"),
         (lambda: GECO(1.0, min_multiplier=0.0), ValueError, "min_multiplier must be > 0"),
-        (lambda: RateController(1.0, beta_min=1.0), ValueError, "beta_min must be < beta_max"),
+        (
+            lambda: RateController(1.0, beta_min=1.0, beta_max=1.0),
+            ValueError,
+            "beta_min must be < beta_max",
+        ),
         (lambda: RateController(1.0, ki=-1e-4), ValueError, "ki must be >= 0"),
     ],
 )

@@ -63,6 +63,8 @@ class RateDistortionResult(NamedTuple):
         distortion_bits: ``D / ln 2``.
         bits_per_dim: ``(D + R) / (ln 2 * data_dims)``, the usual NLL-bound report; ``None``
             when the number of data dimensions was not given.
+        rate_per_group: the mean rate of each named latent group (they sum to ``rate``),
+            for a metric built with ``groups=``; else ``None``.
     """
 
     rate: Tensor
@@ -71,6 +73,7 @@ class RateDistortionResult(NamedTuple):
     rate_bits: Tensor
     distortion_bits: Tensor
     bits_per_dim: Tensor | None
+    rate_per_group: dict[str, Tensor] | None = None
 
 
 class MIBounds(NamedTuple):
@@ -96,11 +99,15 @@ class ActiveUnitsResult(NamedTuple):
         variances: ``(D,)`` $A_u = \mathrm{Var}_x\,\mathbb{E}_{e(z|x)}[z_u]$
             (unbiased, ``correction=1``, as ``torch.var``).
         active: ``(D,)`` bool mask.
+        per_group: for grouped posteriors (``ActiveUnits(groups=...)``), the same result for
+            each group's flattened units (``variances`` and ``active`` above concatenate
+            them in group order); else ``None``.
     """
 
     num_active: Tensor
     variances: Tensor
     active: Tensor
+    per_group: dict[str, ActiveUnitsResult] | None = None
 
 
 class DiscreteAggregate(NamedTuple):

@@ -18,12 +18,12 @@ from torchmetrics.utilities import dim_zero_cat
 from typing_extensions import override
 
 from rdloss._validation import check_positive_int, check_tensor, should_validate
+from rdloss.diagnostics._metric import _Diagnostic
 from rdloss.diagnostics.aggregate import (
     AggregatePosterior,
     aggregate_posterior,
     check_gaussian_parameters,
 )
-from rdloss.diagnostics.metrics import _Diagnostic
 from rdloss.functional import as_latent
 
 __all__ = ["MutualInformation"]
@@ -156,6 +156,12 @@ class MutualInformation(_Diagnostic):
                     f"means and scales must both have shape (B, D), got {tuple(loc.shape)} "
                     f"and {tuple(scale.shape)}"
                 )
+        stored = self.loc[0] if isinstance(self.loc, list) and self.loc else None
+        if stored is not None and stored.shape[1:] != loc.shape[1:]:
+            raise ValueError(
+                f"posterior has {loc.shape[1]} latent dimensions but earlier batches had "
+                f"{stored.shape[1]} (one latent per metric; reset() between models)"
+            )
         if should_validate(self.validate_args):
             check_gaussian_parameters(loc, scale)
         self.loc.append(loc.detach())

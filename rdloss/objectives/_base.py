@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numbers
 from abc import ABC, abstractmethod
-from typing import NamedTuple, TypeAlias
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple, TypeAlias, overload
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from rdloss._validation import check_nonnegative_number, in_functorch
 from rdloss.functional import batch_mean, global_batch_mean
@@ -16,6 +18,7 @@ from rdloss.schedules import Schedule
 
 __all__ = [
     "Hyperparameter",
+    "HyperparameterAttribute",
     "Objective",
     "ObjectiveOutput",
     "as_hyperparameter",
@@ -62,6 +65,71 @@ def as_hyperparameter(name: str, value: object, *, positive: bool = False) -> fl
             f"got {type(value).__name__}"
         )
     return check_nonnegative_number(name, value, positive=positive)
+
+
+class HyperparameterAttribute:
+    """A hyperparameter attribute of an `Objective` that validates every assignment.
+
+    Assigning a number stores it in a float64 buffer of the same name (one element, updated
+    in place by later assignments), so a compiled loss reads it as a tensor and does not
+    recompile when the value changes; assigning a `Schedule` registers it as a submodule.
+    Reading gives the number as a 0-dim view of the buffer, or the schedule. (Shape
+    ``(1,)`` rather than ``()``: torch.compile turns a 0-dim float64 input into a Python
+    float and re-traces the graph once.) Both the constructor and later assignments
+    (``objective.beta = 0.3``, e.g. annealing by hand) go through `as_hyperparameter`.
+
+    Args:
+        positive: require a number ``> 0`` rather than ``>= 0``.
+
+    Examples:
+        >>> from rdloss.objectives import Beta
+        >>> objective = Beta(0.5)
+        >>> objective.beta = 0.25
+        >>> objective.beta
+        tensor(0.2500, dtype=torch.float64)
+        >>> objective.beta = -1.0
+        Traceback (most recent call last):
+        ...
+        ValueError: beta must be >= 0, got -1.0
+    """
+
+    def __init__(self, *, positive: bool = False) -> None:
+        self.positive = positive
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> HyperparameterAttribute: ...
+    @overload
+    def __get__(self, obj: Objective, owner: type | None = None) -> Tensor | Schedule: ...
+    def __get__(
+        self, obj: Objective | None, owner: type | None = None
+    ) -> HyperparameterAttribute | Tensor | Schedule:
+        if obj is None:
+            return self
+        schedule = obj._modules.get(self.name)
+        if isinstance(schedule, Schedule):
+            return schedule
+        buffer = obj._buffers.get(self.name)
+        if buffer is None:
+            raise AttributeError(f"{type(obj).__name__}.{self.name} has not been set")
+        return buffer.view(())
+
+    def __set__(self, obj: Objective, value: Hyperparameter | Tensor) -> None:
+        checked = as_hyperparameter(self.name, value, positive=self.positive)
+        if isinstance(checked, Schedule):
+            obj._buffers.pop(self.name, None)
+            obj._modules[self.name] = checked
+            return
+        obj._modules.pop(self.name, None)
+        buffer = obj._buffers.get(self.name)
+        if buffer is None:
+            obj.register_buffer(self.name, torch.tensor([checked], dtype=torch.float64))
+        else:
+            with torch.no_grad():  # in place: the same tensor, so compiled code reads it
+                buffer.fill_(checked)
 
 
 def check_terms(
@@ -117,9 +185,9 @@ def check_terms(
     )
 
 
-def numbers_repr(**values: float | Schedule) -> str:
+def numbers_repr(**values: float | Tensor | Schedule) -> str:
     """``extra_repr`` text for the constant hyperparameters (schedules print as children)."""
-    return ", ".join(f"{k}={v}" for k, v in values.items() if isinstance(v, float))
+    return ", ".join(f"{k}={float(v)}" for k, v in values.items() if isinstance(v, (float, Tensor)))
 
 
 class ObjectiveOutput(NamedTuple):
@@ -144,6 +212,14 @@ class Objective(nn.Module, ABC):
     training step sees step 0. Keep any further state in registered buffers as well: then
     ``state_dict()`` / ``load_state_dict()`` resume training exactly.
 
+    Declare each numeric hyperparameter as a `HyperparameterAttribute` class attribute and
+    assign it in ``__init__`` (``beta = HyperparameterAttribute()`` ... ``self.beta = beta``):
+    every assignment, also after construction, is validated, and numbers live in float64
+    buffers that a compiled loss reads without recompiling. Name settings checked against
+    each other in ``_fixed``: assigning them after construction raises ``AttributeError``.
+    Casting the module to a lower precision (``.half()``, ``.to(torch.bfloat16)``) leaves
+    every floating buffer at its precision: state and hyperparameters never narrow.
+
     Attributes:
         step: 0-dim int64 buffer, the number of training steps taken.
         sync_dist: while training, reduce over the batches of all processes
@@ -153,6 +229,8 @@ class Objective(nn.Module, ABC):
     """
 
     step: Tensor
+    _fixed: ClassVar[frozenset[str]] = frozenset()
+    """Attributes set once by the constructor; assigning them later raises ``AttributeError``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -161,6 +239,34 @@ class Objective(nn.Module, ABC):
         # The flag of the call in progress: the loss's, so that a shared objective follows
         # each loss it serves (set by `forward` for the call, never left set).
         self._sync_call: bool | None = None
+
+    @override
+    def __setattr__(self, name: str, value: Any) -> None:
+        attribute = getattr(type(self), name, None)
+        if isinstance(attribute, HyperparameterAttribute):
+            # nn.Module.__setattr__ would register a Schedule before the descriptor sees it.
+            attribute.__set__(self, value)
+            return
+        if name in self._fixed and name in self.__dict__:
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is fixed at construction (it is checked "
+                f"against the other arguments); build a new {type(self).__name__} instead"
+            )
+        super().__setattr__(name, value)
+
+    @override
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Objective:
+        # State and hyperparameters keep their precision whatever the module's dtype
+        # (``.half()``, ``.to(torch.bfloat16)``, Lightning's "bf16-true"), as torchmetrics
+        # keeps its states: in bfloat16 a multiplier of 1.0 cannot move by exp(1e-3), and
+        # float16 overflows above 65504. Devices still move.
+        before = {k: b for k, b in self._buffers.items() if b is not None and b.is_floating_point()}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if new is not None and torch.finfo(new.dtype).bits < torch.finfo(old.dtype).bits:
+                self._buffers[name] = old.to(device=new.device)
+        return self
 
     @property
     def advancing(self) -> bool:
@@ -184,20 +290,23 @@ class Objective(nn.Module, ABC):
             return global_batch_mean(values, weight)
         return batch_mean(values, weight)
 
-    def hyperparameter(self, value: float | Schedule, like: Tensor) -> Tensor:
+    def hyperparameter(self, value: float | Tensor | Schedule, like: Tensor) -> Tensor:
         """Evaluate a hyperparameter at the current step.
 
         Args:
-            value: a number or a schedule.
+            value: a number, a 0-dim tensor (a `HyperparameterAttribute`'s buffer) or a
+                schedule.
             like: tensor whose device (and dtype, raised to at least float32) the result takes.
 
         Returns:
-            0-dim tensor.
+            0-dim tensor (a new one: later assignments do not change it).
         """
         dtype = torch.promote_types(like.dtype, torch.float32)
         if isinstance(value, Schedule):
             scheduled: Tensor = value(self.step.to(dtype))
             return scheduled.to(dtype)
+        if isinstance(value, Tensor):
+            return value.to(device=like.device, dtype=dtype, copy=True)
         return torch.tensor(value, dtype=dtype, device=like.device)
 
     def forward(

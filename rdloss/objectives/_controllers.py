@@ -1,12 +1,16 @@
 r"""Feedback objectives: a Lagrange multiplier (GECO) and a PI controller on β (ControlVAE).
 
-Their state (multiplier, moving average, integrator, current β) lives in buffers next to the
-step, so ``state_dict()`` / ``load_state_dict()`` resume them exactly. State is updated with
-in-place tensor operations and no host synchronisation, so a compiled loss does not
-recompile as it changes.
+Their state (multiplier, moving average, integrator, current β) lives in float32 buffers next
+to the step, so ``state_dict()`` / ``load_state_dict()`` resume them exactly; they stay
+float32 when the module is cast to a half dtype (`Objective`). State is updated with in-place
+tensor operations and no host synchronisation, so a compiled loss does not recompile as it
+changes, and only from a finite batch: a NaN or inf rate or distortion leaves the state as
+it was and is counted in the ``skipped`` buffer, so training recovers after a bad batch.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -15,9 +19,9 @@ from typing_extensions import override
 from rdloss._validation import check_nonnegative_number
 from rdloss.objectives._base import (
     Hyperparameter,
+    HyperparameterAttribute,
     Objective,
     ObjectiveOutput,
-    as_hyperparameter,
     numbers_repr,
 )
 
@@ -68,8 +72,10 @@ class GECO(Objective):
         max_multiplier: upper clamp of λ.
 
     Attributes:
-        multiplier: 0-dim buffer, the current λ.
-        constraint_ma: 0-dim buffer, the moving average $C^{ma}$ of ``D - kappa``.
+        multiplier: 0-dim float32 buffer, the current λ.
+        constraint_ma: 0-dim float32 buffer, the moving average $C^{ma}$ of ``D - kappa``.
+        skipped: 0-dim int64 buffer, training steps whose non-finite constraint left the
+            state unchanged.
 
     Examples:
         >>> import torch
@@ -85,6 +91,10 @@ class GECO(Objective):
 
     multiplier: Tensor
     constraint_ma: Tensor
+    skipped: Tensor
+    target_distortion = HyperparameterAttribute()
+    lr = HyperparameterAttribute(positive=True)
+    _fixed = frozenset({"alpha", "min_multiplier", "max_multiplier"})
 
     def __init__(
         self,
@@ -97,11 +107,11 @@ class GECO(Objective):
         max_multiplier: float = 1e6,
     ) -> None:
         super().__init__()
-        self.target_distortion = as_hyperparameter("target_distortion", target_distortion)
+        self.target_distortion = target_distortion
         self.alpha = check_nonnegative_number("alpha", alpha)
         if not self.alpha < 1:
             raise ValueError(f"alpha must be in [0, 1), got {self.alpha}")
-        self.lr = as_hyperparameter("lr", lr, positive=True)
+        self.lr = lr
         _bounds("min_multiplier", min_multiplier, "max_multiplier", max_multiplier, positive=True)
         initial = check_nonnegative_number("multiplier", multiplier, positive=True)
         if not min_multiplier <= initial <= max_multiplier:
@@ -111,8 +121,9 @@ class GECO(Objective):
             )
         self.min_multiplier = float(min_multiplier)
         self.max_multiplier = float(max_multiplier)
-        self.register_buffer("multiplier", torch.tensor(initial))
-        self.register_buffer("constraint_ma", torch.tensor(0.0))
+        self.register_buffer("multiplier", torch.tensor(initial, dtype=torch.float32))
+        self.register_buffer("constraint_ma", torch.tensor(0.0, dtype=torch.float32))
+        self.register_buffer("skipped", torch.zeros((), dtype=torch.long))
 
     def compute(
         self,
@@ -129,13 +140,19 @@ class GECO(Objective):
         multiplier = self.multiplier.clone()
         if self.advancing:
             observed = constraint.detach()
+            finite = torch.isfinite(observed)
             blended = self.alpha * self.constraint_ma + (1.0 - self.alpha) * observed
-            moving = torch.where(self.step == 0, observed, blended)
+            # The average starts at the first finite constraint (no update before it).
+            moving = torch.where(self.step == self.skipped, observed, blended)
+            moving = torch.where(finite, moving, self.constraint_ma)
             used = constraint + (moving - constraint).detach()
             lr = self.hyperparameter(self.lr, rate)
-            updated = multiplier * torch.exp(lr * moving)
+            updated = (multiplier * torch.exp(lr * moving)).clamp(
+                self.min_multiplier, self.max_multiplier
+            )
             self.constraint_ma.copy_(moving)
-            self.multiplier.copy_(updated.clamp(self.min_multiplier, self.max_multiplier))
+            self.multiplier.copy_(torch.where(finite, updated, multiplier))
+            self.skipped.add_((~finite).long())
         else:
             moving = self.constraint_ma.clone()
             used = constraint
@@ -158,24 +175,30 @@ class GECO(Objective):
 class RateController(Objective):
     r"""Hold the rate at a set point with a PI controller on β (Shao et al., 2020, ControlVAE).
 
-    Trains on $\bar D + \beta_t \bar R$ with β set every step from the error
-    $e_t = R_{set} - \bar R_t$ of the detached batch-mean rate:
+    Trains on $\bar D + \beta_t \bar R$ with β set every step from the error of the
+    detached batch-mean rate, by default relative to the set point (scale-free gains):
 
     $$
+    e_t = \frac{R_{set} - \bar R_t}{\max(R_{set}, 10^{-3})}, \qquad
     \beta_t = \frac{K_p}{1 + e^{e_t}} + I_t + \beta_{min}, \qquad
     I_t = I_{t-1} - K_i\, e_t.
     $$
 
-    A rate above the set point ($e_t < 0$) raises β, one below lowers it. Anti-windup
-    by integrator clamping: $I_t$ is limited to the range that keeps the unclamped β in
+    ``error="absolute"`` uses the paper's $e_t = R_{set} - \bar R_t$ in nats. A rate above
+    the set point ($e_t < 0$) raises β, one below lowers it. Anti-windup by integrator
+    clamping: $I_t$ is limited to the range that keeps the unclamped β in
     ``[beta_min, beta_max]``, so the integrator never accumulates beyond saturation and β
     leaves a bound as soon as the error changes sign. (The paper instead freezes the
     integrator whenever the previous β was out of bounds, which can lock β at a bound.)
-    Outside training nothing updates and the last β is used.
+    Outside training nothing updates and the last β is used; a non-finite batch rate
+    leaves the state unchanged and is counted in ``skipped``.
 
-    Defaults are the paper's: $K_p = 0.01$, $K_i = 10^{-4}$, β in ``[0, 1]``
-    (its language-modelling setting). Small gains move β slowly; raise them (and
-    ``beta_max``) for short runs or large rates.
+    The defaults ($K_p = 1$, $K_i = 0.05$ on the relative error, β in ``[0, 10]``) reach
+    set points both below the ELBO-trained rate (β > 1) and above it (β < 1) within a few
+    hundred steps. The paper's values, ``kp=0.01, ki=1e-4, beta_max=1.0,
+    error="absolute"`` (its language-modelling setting), move β by about $10^{-4}$ per
+    nat of error per step: they need tens of thousands of steps, and with ``beta_max=1``
+    cannot hold a rate below the ELBO-trained one.
 
     Args:
         target_rate: set point $R_{set}$, nats per example; a number or a schedule.
@@ -183,14 +206,17 @@ class RateController(Objective):
         ki: integral gain $K_i \ge 0$; a number or a schedule.
         beta_min: lower bound of β, ``>= 0``.
         beta_max: upper bound of β, ``> beta_min``.
+        error: ``"relative"`` (divided by the set point) or ``"absolute"`` (nats).
 
     Attributes:
-        beta: 0-dim buffer, the β of the last training step (``beta_min`` initially).
-        integral: 0-dim buffer, the integrator $I_t$.
+        beta: 0-dim float32 buffer, the β of the last training step (``beta_min`` initially).
+        integral: 0-dim float32 buffer, the integrator $I_t$.
+        skipped: 0-dim int64 buffer, training steps whose non-finite rate left the state
+            unchanged.
 
     Examples:
         >>> import torch
-        >>> controller = RateController(5.0, kp=0.01, ki=0.1)
+        >>> controller = RateController(5.0, kp=0.01, ki=0.1, error="absolute")
         >>> out = controller(torch.tensor([6.0]), torch.tensor([1.0]))  # e = 5 - 6 = -1
         >>> out.hyper["beta"]  # 0.01 * sigmoid(1) + 0.1 * 1
         tensor(0.1073)
@@ -198,26 +224,36 @@ class RateController(Objective):
 
     beta: Tensor
     integral: Tensor
+    skipped: Tensor
+    target_rate = HyperparameterAttribute()
+    kp = HyperparameterAttribute()
+    ki = HyperparameterAttribute()
+    _fixed = frozenset({"beta_min", "beta_max", "span", "error"})
 
     def __init__(
         self,
         target_rate: Hyperparameter,
-        kp: Hyperparameter = 0.01,
-        ki: Hyperparameter = 1e-4,
+        kp: Hyperparameter = 1.0,
+        ki: Hyperparameter = 0.05,
         *,
         beta_min: float = 0.0,
-        beta_max: float = 1.0,
+        beta_max: float = 10.0,
+        error: Literal["relative", "absolute"] = "relative",
     ) -> None:
         super().__init__()
-        self.target_rate = as_hyperparameter("target_rate", target_rate)
-        self.kp = as_hyperparameter("kp", kp)
-        self.ki = as_hyperparameter("ki", ki)
+        self.target_rate = target_rate
+        self.kp = kp
+        self.ki = ki
         _bounds("beta_min", beta_min, "beta_max", beta_max, positive=False)
+        if error not in ("relative", "absolute"):
+            raise ValueError(f"error must be 'relative' or 'absolute', got {error!r}")
+        self.error = error
         self.beta_min = float(beta_min)
         self.beta_max = float(beta_max)
         self.span = self.beta_max - self.beta_min
-        self.register_buffer("beta", torch.tensor(self.beta_min))
-        self.register_buffer("integral", torch.tensor(0.0))
+        self.register_buffer("beta", torch.tensor(self.beta_min, dtype=torch.float32))
+        self.register_buffer("integral", torch.tensor(0.0, dtype=torch.float32))
+        self.register_buffer("skipped", torch.zeros((), dtype=torch.long))
 
     def compute(
         self,
@@ -230,24 +266,28 @@ class RateController(Objective):
         r"""$\bar D + \beta_t \bar R$ with a controlled β; see `Objective.compute`."""
         target = self.hyperparameter(self.target_rate, rate)
         mean_rate = self.mean(rate, weight)
+        beta = self.beta.clone()  # the buffers are updated in place below
         if self.advancing:
             error = target - mean_rate.detach()
+            if self.error == "relative":
+                error = error / target.clamp_min(1e-3)
+            finite = torch.isfinite(error)
             # K_p / (1 + exp(e)) = K_p * sigmoid(-e), which cannot overflow.
             proportional = self.hyperparameter(self.kp, rate) * torch.sigmoid(-error)
             candidate = self.integral - self.hyperparameter(self.ki, rate) * error
             # Anti-windup: the integrator only goes as far as it takes to reach a bound.
             low = -proportional
             integral = torch.minimum(torch.maximum(candidate, low), low + self.span)
-            beta = (proportional + integral + self.beta_min).clamp(self.beta_min, self.beta_max)
-            self.integral.copy_(integral)
+            updated = (proportional + integral + self.beta_min).clamp(self.beta_min, self.beta_max)
+            beta = torch.where(finite, updated, beta)
+            self.integral.copy_(torch.where(finite, integral, self.integral))
             self.beta.copy_(beta)
-        else:
-            beta = self.beta.clone()
+            self.skipped.add_((~finite).long())
         loss = self.mean(distortion, weight) + beta.to(mean_rate.dtype) * mean_rate
         return ObjectiveOutput(loss, {"beta": beta, "target_rate": target})
 
     @override
     def extra_repr(self) -> str:
         numbers = numbers_repr(target_rate=self.target_rate, kp=self.kp, ki=self.ki)
-        rest = f"beta_min={self.beta_min}, beta_max={self.beta_max}"
+        rest = f"beta_min={self.beta_min}, beta_max={self.beta_max}, error={self.error!r}"
         return ", ".join(filter(None, (numbers, rest)))

@@ -13,15 +13,17 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
+from rdloss._validation import check_nonnegative_number
 from rdloss.latents import RateTerms
 from rdloss.objectives._base import (
     Hyperparameter,
+    HyperparameterAttribute,
     Objective,
     ObjectiveOutput,
-    as_hyperparameter,
     numbers_repr,
 )
 from rdloss.objectives._structured import check_alpha, nvae_balanced_rate
+from rdloss.schedules import Schedule
 
 __all__ = ["Beta", "Capacity", "TargetDistortion", "TargetRate"]
 
@@ -73,6 +75,9 @@ class Beta(Objective):
         tensor(11.)
     """
 
+    beta = HyperparameterAttribute()
+    _fixed = frozenset({"group_balance", "alpha"})
+
     def __init__(
         self,
         beta: Hyperparameter = 1.0,
@@ -81,7 +86,7 @@ class Beta(Objective):
         alpha: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
-        self.beta = as_hyperparameter("beta", beta)
+        self.beta = beta
         if not isinstance(group_balance, bool):
             raise TypeError(f"group_balance must be a bool, got {type(group_balance).__name__}")
         if alpha is not None and not group_balance:
@@ -125,21 +130,62 @@ class Beta(Objective):
 class TargetRate(Objective):
     r"""The paper's fix: $\bar D + w\,|\sigma - \bar R|$ (Alemi et al., 2018, Sec. 4).
 
-    The rate is held near the target ``sigma`` whatever the decoder's power. By default the
-    absolute value applies to the *batch-mean* rate, as in the paper; ``reduction="example"``
-    gives the different objective $\overline{D_i + w|\sigma - R_i|}$ that some public
-    implementations use, which pushes every example to the same rate.
+    By default the absolute value applies to the *batch-mean* rate, as in the paper;
+    ``reduction="example"`` gives the different objective $\overline{D_i + w|\sigma - R_i|}$
+    that some public implementations use, which pushes every example to the same rate.
+
+    **When the target holds.** On a convex, decreasing frontier $D(R)$, the rate $\sigma$
+    minimises $D(R) + w|\sigma - R|$ exactly when some subgradient of the frontier at
+    $\sigma$ has magnitude at most $w$: $|D'_+(\sigma)| \le w$. Since $|D'|$ falls as R
+    grows and $|D'(R_w)| = w$ at the rate $R_w$ that ``Beta(w)`` trains to, the fixed-weight
+    objective lands at $\max(\sigma, R_w)$: it holds every $\sigma \ge R_w$ (with ``w = 1``:
+    every target at or above the ELBO-trained rate) and, below $R_w$, stops at $R_w$. To
+    hold a lower $\sigma$, raise ``weight`` above the frontier's slope magnitude there, or
+    set ``adaptive=True``: the weight then follows dual ascent on the constraint
+    $\bar R = \sigma$,
+
+    $$
+    w_{t+1} = \mathrm{clip}\big(w_t\, e^{\eta(\bar R_t - \sigma)},\,
+    w_{min},\, w_{max}\big),
+    $$
+
+    which raises $w$ while the rate is above the target and lowers it while below, so it
+    settles near the smallest weight that holds $\sigma$, $|D'(\sigma)|$. The weight is a
+    float32 buffer, updated only in training and only from a finite batch (a non-finite
+    one is counted in ``skipped`` and changes nothing).
 
     Args:
         sigma: target rate in nats per example, ``>= 0``, a number or a schedule.
-        weight: weight ``w`` of the penalty, ``> 0``, a number or a schedule.
+        weight: weight ``w`` of the penalty, ``> 0``, a number or a schedule; with
+            ``adaptive=True`` the initial weight (a number).
         reduction: ``"batch"`` (the paper's) or ``"example"``.
+        adaptive: adapt the weight by dual ascent, as above.
+        lr: step size $\eta$ of the adaptive weight, per nat of $\bar R - \sigma$, ``> 0``.
+        max_weight: upper clamp $w_{max}$ of the adaptive weight (``w_min = 1e-3``).
+
+    Attributes:
+        adaptive_weight: 0-dim float32 buffer, the current adaptive weight (with
+            ``adaptive=True``).
+        skipped: 0-dim int64 buffer, training steps whose non-finite rate left the weight
+            unchanged (with ``adaptive=True``).
 
     Examples:
         >>> import torch
         >>> TargetRate(5.0)(torch.tensor([2.0, 4.0]), torch.tensor([10.0, 10.0])).loss
         tensor(12.)
+        >>> held = TargetRate(1.0, adaptive=True, lr=0.5)
+        >>> out = held(torch.tensor([3.0]), torch.tensor([10.0]))  # R - sigma = 2
+        >>> held.adaptive_weight  # exp(0.5 * 2)
+        tensor(2.7183)
     """
+
+    adaptive_weight: Tensor
+    skipped: Tensor
+    sigma = HyperparameterAttribute()
+    weight = HyperparameterAttribute(positive=True)
+    lr = HyperparameterAttribute(positive=True)
+    _fixed = frozenset({"reduction", "adaptive", "max_weight"})
+    min_weight = 1e-3
 
     def __init__(
         self,
@@ -147,11 +193,34 @@ class TargetRate(Objective):
         weight: Hyperparameter = 1.0,
         *,
         reduction: Reduction = "batch",
+        adaptive: bool = False,
+        lr: Hyperparameter = 0.05,
+        max_weight: float = 1e4,
     ) -> None:
         super().__init__()
-        self.sigma = as_hyperparameter("sigma", sigma)
-        self.weight = as_hyperparameter("weight", weight, positive=True)
+        self.sigma = sigma
+        self.weight = weight
         self.reduction = _check_reduction(reduction)
+        if not isinstance(adaptive, bool):
+            raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
+        self.adaptive = adaptive
+        self.lr = lr
+        self.max_weight = check_nonnegative_number("max_weight", max_weight, positive=True)
+        if adaptive:
+            initial = self.weight
+            if isinstance(initial, Schedule):
+                raise TypeError(
+                    "weight must be a number with adaptive=True (the initial weight), got a "
+                    f"{type(initial).__name__} schedule"
+                )
+            if not self.min_weight <= float(initial) <= self.max_weight:
+                raise ValueError(
+                    f"weight must lie in [{self.min_weight}, max_weight] = "
+                    f"[{self.min_weight}, {self.max_weight}] with adaptive=True, "
+                    f"got {float(initial)}"
+                )
+            self.register_buffer("adaptive_weight", initial.to(torch.float32).clone())
+            self.register_buffer("skipped", torch.zeros((), dtype=torch.long))
 
     def compute(
         self,
@@ -164,13 +233,31 @@ class TargetRate(Objective):
         r"""$\bar D + w|\sigma - \bar R|$; see `Objective.compute`."""
         sigma = self.hyperparameter(self.sigma, rate)
         penalty = _target_penalty(self, rate, sigma, weight, self.reduction)
-        loss = self.mean(distortion, weight) + self.hyperparameter(self.weight, rate) * penalty
-        return ObjectiveOutput(loss, {"target_rate": sigma})
+        hyper = {"target_rate": sigma}
+        if not self.adaptive:
+            w = self.hyperparameter(self.weight, rate)
+        else:
+            w = self.adaptive_weight.clone()  # the buffer is updated in place below
+            hyper["rate_weight"] = w
+            if self.advancing:
+                excess = self.mean(rate, weight).detach() - sigma
+                lr = self.hyperparameter(self.lr, rate)
+                updated = (w * torch.exp(lr * excess)).clamp(self.min_weight, self.max_weight)
+                finite = torch.isfinite(excess)
+                self.adaptive_weight.copy_(torch.where(finite, updated, w))
+                self.skipped.add_((~finite).long())
+        loss = self.mean(distortion, weight) + w.to(penalty.dtype) * penalty
+        return ObjectiveOutput(loss, hyper)
 
     @override
     def extra_repr(self) -> str:
-        numbers = numbers_repr(sigma=self.sigma, weight=self.weight)
-        return ", ".join(filter(None, (numbers, f"reduction={self.reduction!r}")))
+        extra = [
+            numbers_repr(sigma=self.sigma, weight=self.weight),
+            f"reduction={self.reduction!r}",
+        ]
+        if self.adaptive:
+            extra += ["adaptive=True", numbers_repr(lr=self.lr), f"max_weight={self.max_weight}"]
+        return ", ".join(filter(None, extra))
 
 
 class TargetDistortion(Objective):
@@ -193,6 +280,10 @@ class TargetDistortion(Objective):
         tensor(5.)
     """
 
+    delta = HyperparameterAttribute()
+    weight = HyperparameterAttribute(positive=True)
+    _fixed = frozenset({"reduction"})
+
     def __init__(
         self,
         delta: Hyperparameter,
@@ -201,8 +292,8 @@ class TargetDistortion(Objective):
         reduction: Reduction = "batch",
     ) -> None:
         super().__init__()
-        self.delta = as_hyperparameter("delta", delta)
-        self.weight = as_hyperparameter("weight", weight, positive=True)
+        self.delta = delta
+        self.weight = weight
         self.reduction = _check_reduction(reduction)
 
     def compute(
@@ -242,10 +333,13 @@ class Capacity(Objective):
         tensor(12.)
     """
 
+    capacity = HyperparameterAttribute()
+    gamma = HyperparameterAttribute(positive=True)
+
     def __init__(self, capacity: Hyperparameter, gamma: Hyperparameter = 1000.0) -> None:
         super().__init__()
-        self.capacity = as_hyperparameter("capacity", capacity)
-        self.gamma = as_hyperparameter("gamma", gamma, positive=True)
+        self.capacity = capacity
+        self.gamma = gamma
 
     def compute(
         self,

@@ -21,9 +21,9 @@ from rdloss._validation import check_nonnegative_number
 from rdloss.latents import RateTerms
 from rdloss.objectives._base import (
     Hyperparameter,
+    HyperparameterAttribute,
     Objective,
     ObjectiveOutput,
-    as_hyperparameter,
     numbers_repr,
 )
 
@@ -98,6 +98,10 @@ class FreeBits(Objective):
         tensor(4.5000)
     """
 
+    lam = HyperparameterAttribute()
+    beta = HyperparameterAttribute()
+    _fixed = frozenset({"per", "reduction"})
+
     def __init__(
         self,
         lam: Hyperparameter = 0.25,
@@ -107,14 +111,14 @@ class FreeBits(Objective):
         beta: Hyperparameter = 1.0,
     ) -> None:
         super().__init__()
-        self.lam = as_hyperparameter("lam", lam)
+        self.lam = lam
         if per not in ("dimension", "group", "step", "total"):
             raise ValueError(f"per must be 'dimension', 'group', 'step' or 'total', got {per!r}")
         if reduction not in ("batch", "example"):
             raise ValueError(f"reduction must be 'batch' or 'example', got {reduction!r}")
         self.per: Level = per
         self.reduction: Reduction = reduction
-        self.beta = as_hyperparameter("beta", beta)
+        self.beta = beta
 
     def compute(
         self,

@@ -1,0 +1,171 @@
+"""The shared base of rdloss' metrics: ``output=`` selection, checks, weighted sums, groups."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from typing_extensions import override
+
+from rdloss._validation import (
+    check_finite,
+    check_tensor,
+    should_validate,
+)
+from rdloss.loss import RDOutput
+
+__all__ = ["check_groups", "match_groups"]
+
+
+def check_groups(groups: object) -> tuple[str, ...] | None:
+    """``groups=`` of a metric: ``None`` or a non-empty sequence of distinct names."""
+    if groups is None:
+        return None
+    if isinstance(groups, str) or not isinstance(groups, Sequence):
+        raise TypeError(
+            f"groups must be a sequence of group names (e.g. ['z1', 'z2']) or None, "
+            f"got {type(groups).__name__}"
+        )
+    names = tuple(groups)
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"groups must be distinct non-empty strings, got {list(names)}")
+    return names
+
+
+def match_groups(name: str, values: object, groups: tuple[str, ...]) -> list[Any]:
+    """The entries of a per-group mapping in the order of ``groups``, or a clear error."""
+    if not isinstance(values, Mapping):
+        raise TypeError(
+            f"{name} must be a mapping from group name to value with groups {list(groups)}, "
+            f"got {type(values).__name__}"
+        )
+    if tuple(values) != groups:
+        raise ValueError(
+            f"{name} has groups {list(values)}, but this metric was built with groups="
+            f"{list(groups)} (same names, same order)"
+        )
+    return [values[g] for g in groups]
+
+
+class _Diagnostic(Metric):
+    """Shared ``output=`` selection of one field of the named-tuple result."""
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+    _fields: ClassVar[tuple[str, ...]] = ()
+    sums: Tensor
+
+    def __init__(
+        self, *, output: str | None = None, validate_args: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if output is not None and output not in self._fields:
+            raise ValueError(f"output must be None or one of {self._fields}, got {output!r}")
+        if not isinstance(validate_args, bool):
+            raise TypeError(f"validate_args must be a bool, got {type(validate_args).__name__}")
+        self.output = output
+        self.validate_args = validate_args
+
+    def _check_finite(self, **tensors: Tensor) -> None:
+        """NaN/inf check of an update's inputs (one host sync), if ``validate_args``."""
+        if should_validate(self.validate_args):
+            check_finite(**tensors)
+
+    @override
+    def _wrap_compute(self, compute: Callable[..., Any]) -> Callable[..., Any]:
+        # torchmetrics squeezes every one-element tensor that compute returns, which would
+        # turn a (D,) per-unit result into a 0-dim tensor when D = 1.
+        wrapped = super()._wrap_compute(compute)
+
+        @functools.wraps(wrapped)
+        def keep_shapes(*args: Any, **kwargs: Any) -> Any:
+            return self._restore_shapes(wrapped(*args, **kwargs))
+
+        return keep_shapes
+
+    def _restore_shapes(self, value: Any) -> Any:
+        """Undo torchmetrics' squeeze of one-element results that have a shape."""
+        return value
+
+    def _require(self, fields: tuple[str, ...], condition: bool, needs: str) -> None:
+        """Reject an ``output`` field that would always be ``None`` (Lightning needs a tensor)."""
+        if self.output in fields and not condition:
+            raise ValueError(f"output={self.output!r} needs {needs}")
+
+    def _select(self, result: tuple[Any, ...]) -> Any:
+        return result if self.output is None else getattr(result, self.output)
+
+    def _add_sums(self, groups: int = 0) -> None:
+        # [sum w R, sum w D, sum w, sum w R_g per group] in one state: one in-place add per
+        # update, and weighted sums stay sum-reducible across processes.
+        self.add_state("sums", torch.zeros(3 + groups), dist_reduce_fx="sum", persistent=True)
+
+    def _update_sums(
+        self,
+        rate: Tensor | RDOutput,
+        distortion: Tensor | None,
+        weight: Tensor | None,
+        groups: tuple[str, ...] | None = None,
+    ) -> None:
+        per_group: list[Tensor] = []
+        if isinstance(rate, RDOutput):
+            if distortion is not None or weight is not None:
+                raise ValueError(
+                    "pass either an RDOutput or rate and distortion tensors (an RDOutput "
+                    "carries its weight)"
+                )
+            output = rate
+            rate, distortion = output.rate_per_example, output.distortion_per_example
+            weight = output.weight
+            if groups is not None:
+                if output.rate_per_group is None:
+                    raise ValueError(
+                        f"this metric was built with groups={list(groups)} but the RDOutput "
+                        "has no rate_per_group (an ungrouped call)"
+                    )
+                per_group = match_groups("rate_per_group", output.rate_per_group, groups)
+        elif groups is not None:
+            raise ValueError(
+                f"this metric was built with groups={list(groups)}: update it with the loss's "
+                "RDOutput, which carries rate_per_group"
+            )
+        check_tensor("rate", rate, min_ndim=1)
+        if distortion is None:
+            raise ValueError("distortion is required when rate is a tensor")
+        check_tensor("distortion", distortion, min_ndim=1)
+        if rate.ndim != 1 or rate.shape != distortion.shape:
+            raise ValueError(
+                "rate and distortion must be per-example tensors of the same shape (B,), got "
+                f"{tuple(rate.shape)} and {tuple(distortion.shape)}"
+            )
+        if weight is not None:
+            check_tensor("weight", weight)
+            if weight.shape != rate.shape:
+                raise ValueError(
+                    f"weight must have rate's shape (B,) = {tuple(rate.shape)}, "
+                    f"got {tuple(weight.shape)}"
+                )
+        for name, value in zip(groups or (), per_group, strict=True):
+            if not isinstance(value, Tensor) or value.shape != rate.shape:
+                raise ValueError(
+                    f"rate_per_group[{name!r}] must be a (B,) = {tuple(rate.shape)} tensor, got "
+                    f"{tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__}"
+                )
+        if should_validate(self.validate_args):
+            checked = {"rate": rate, "distortion": distortion}
+            check_finite(**checked, **({} if weight is None else {"weight": weight}))
+            if weight is not None and bool((weight < 0).any()):
+                raise ValueError("weight must be non-negative")
+        w = torch.ones_like(rate) if weight is None else weight.detach().to(rate.dtype)
+        rows = torch.stack([rate.detach(), distortion.detach(), *(g.detach() for g in per_group)])
+        weighted = (rows * w).sum(1).to(self.sums.dtype)
+        self.sums.add_(torch.cat([weighted[:2], w.sum().reshape(1).to(self.sums), weighted[2:]]))
+
+    @override
+    def extra_repr(self) -> str:
+        return "" if self.output is None else f"output={self.output!r}"

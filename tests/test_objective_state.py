@@ -1,0 +1,304 @@
+"""Objective state that keeps its promises: dtype, finite-only updates, hyperparameter attributes.
+
+Reproducers of issue 13's findings: half-precision casts froze or overflowed the feedback
+state, one NaN batch poisoned it for good, and hyperparameters set by attribute were neither
+checked nor compile-friendly.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor
+from torch._dynamo.testing import CompileCounterWithBackend
+from torch.distributions import Bernoulli, Independent, Normal
+
+from rdloss import RateDistortionLoss, helpers
+from rdloss.objectives import (
+    GECO,
+    Beta,
+    Capacity,
+    Objective,
+    RateController,
+    TargetDistortion,
+    TargetRate,
+)
+from rdloss.schedules import Linear
+
+HALF = [torch.bfloat16, torch.float16]
+NAN = float("nan")
+
+
+def _drive(objective: Objective, terms: list[tuple[float, float]]) -> list[dict[str, Tensor]]:
+    """Train-mode calls on one-example terms; the state after each call."""
+    states = []
+    for rate, distortion in terms:
+        r = torch.tensor([rate], requires_grad=True)
+        objective(r, torch.tensor([distortion]))
+        states.append({k: v.clone() for k, v in objective.state_dict().items()})
+    return states
+
+
+# --- state keeps float32 whatever the module's dtype ---------------------------------------
+
+FEEDBACK: list[Callable[[], Objective]] = [
+    lambda: GECO(10.0, lr=1e-3),
+    lambda: RateController(2.0, kp=0.01, ki=1e-4, error="absolute"),
+    lambda: TargetRate(2.0, adaptive=True, lr=1e-3),
+]
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("build", FEEDBACK, ids=lambda b: type(b()).__name__)
+def test_half_cast_keeps_feedback_state_float32(
+    build: Callable[[], Objective], dtype: torch.dtype
+) -> None:
+    # 200 steps of a constant error: in bfloat16 a multiplier of 1.0 cannot move by
+    # exp(2e-3) and an integrator stalls; the cast module must follow float32 exactly.
+    terms = [(4.0, 12.0)] * 200
+    reference = _drive(build(), terms)
+    cast = build().to(dtype)
+    for name, buffer in cast.state_dict().items():
+        assert buffer.dtype in (torch.float32, torch.float64, torch.int64), name
+    got = _drive(cast, terms)
+    torch.testing.assert_close(got, reference, rtol=0, atol=0)
+    moved = [v for k, v in got[-1].items() if k in ("multiplier", "integral", "adaptive_weight")]
+    assert moved and all(v.item() not in (0.0, 1.0, 2.0) for v in moved)
+
+
+def test_float16_multiplier_does_not_overflow() -> None:
+    # max_multiplier=1e6 > 65504: a float16 buffer would hold inf and never recover.
+    geco = GECO(50.0, lr=1.0, alpha=0.5).half()
+    _drive(geco, [(1.0, 100.0)] * 30)
+    assert geco.multiplier.dtype == torch.float32
+    assert geco.multiplier.item() == pytest.approx(1e6)
+    _drive(geco, [(1.0, 0.0)] * 5)  # and it comes back down
+    assert math.isfinite(geco.multiplier.item()) and geco.multiplier.item() < 1e6
+
+
+def test_hyperparameters_stay_float64_and_state_may_widen() -> None:
+    objective = GECO(10.0, lr=1e-3).half()
+    assert objective.lr.dtype == torch.float64 and objective.step.dtype == torch.int64
+    wide = RateController(2.0).double()  # widening is the user's choice and is kept
+    assert wide.beta.dtype == torch.float64 and wide.integral.dtype == torch.float64
+
+
+def test_loss_module_cast_keeps_the_objective_state() -> None:
+    loss_fn = RateDistortionLoss(objective=GECO(10.0)).to(torch.bfloat16)
+    assert loss_fn.objective.multiplier.dtype == torch.float32
+    assert loss_fn.objective.constraint_ma.dtype == torch.float32
+
+
+# --- one non-finite batch does not poison the state ----------------------------------------
+
+
+@pytest.mark.parametrize("bad", [NAN, math.inf, -math.inf])
+@pytest.mark.parametrize("build", FEEDBACK, ids=lambda b: type(b()).__name__)
+def test_a_non_finite_batch_is_skipped(build: Callable[[], Objective], bad: float) -> None:
+    good = [(4.0, 12.0), (3.0, 11.0), (5.0, 9.0), (2.5, 13.0)]
+    clean = _drive(build(), good)
+    objective = build()
+    # rate and distortion both non-finite (what GECO and the rate objectives each read)
+    poisoned = _drive(objective, [*good[:2], (bad, bad), *good[2:]])
+    assert objective.skipped.item() == 1
+    del poisoned[2]
+    for got, want in zip(poisoned, clean, strict=True):
+        for key in want:
+            if key in ("step", "skipped"):
+                continue
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+    assert all(math.isfinite(v.float().item()) for v in objective.state_dict().values())
+
+
+def test_geco_average_starts_at_the_first_finite_batch() -> None:
+    geco = GECO(10.0, lr=0.1)
+    _drive(geco, [(NAN, NAN), (1.0, 12.0)])
+    assert geco.constraint_ma.item() == pytest.approx(2.0)  # not 0.01 * 2 blended with 0
+    torch.testing.assert_close(geco.multiplier, torch.tensor(math.exp(0.2)))
+
+
+@pytest.mark.parametrize("build", FEEDBACK, ids=lambda b: type(b()).__name__)
+def test_training_recovers_after_a_nan_batch_without_validation(
+    build: Callable[[], Objective],
+) -> None:
+    # validate_args=False (and torch.compile) skip the loss's NaN check: the state must
+    # still survive, so the next finite batch gives a finite loss.
+    loss_fn = RateDistortionLoss(objective=build(), validate_args=False)
+    mu = torch.zeros(4, 2, requires_grad=True)
+    x = torch.ones(4, 3)
+    logits = torch.zeros(4, 3, requires_grad=True)
+    for poison in (False, True, False, False):
+        shift = NAN if poison else 0.0  # NaN in both the rate and the distortion
+        out = loss_fn(
+            x,
+            posterior=Independent(Normal(mu + shift, 1.0, validate_args=False), 1),
+            likelihood=Independent(Bernoulli(logits=logits + shift, validate_args=False), 1),
+        )
+        out.loss.backward()
+        assert math.isnan(out.loss.item()) == poison
+    assert loss_fn.objective.skipped.item() == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", FEEDBACK, ids=lambda b: type(b()).__name__)
+def test_compiled_skip_is_graph_free(build: Callable[[], Objective]) -> None:
+    torch._dynamo.reset()
+    eager, compiled_objective = build(), build()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(compiled_objective, backend=counter, fullgraph=True)
+    for rate in (4.0, NAN, 3.0, math.inf, 5.0):
+        r, d = torch.tensor([rate, 2.0], requires_grad=True), torch.tensor([12.0, rate])
+        compiled(r, d)
+        eager(r.detach().requires_grad_(), d)
+    assert counter.frame_count == 1
+    torch.testing.assert_close(compiled_objective.state_dict(), eager.state_dict())
+    assert compiled_objective.skipped.item() == 2
+
+
+# --- hyperparameters set by attribute -------------------------------------------------------
+
+ASSIGNABLE: list[tuple[Callable[[float], Objective], str, list[float]]] = [
+    (lambda v: Beta(v), "beta", [0.0, 0.25, 3.0]),
+    (lambda v: TargetRate(v), "sigma", [0.0, 1.0, 7.5]),
+    (lambda v: TargetRate(2.0, weight=v), "weight", [0.5, 2.0, 10.0]),
+    (lambda v: TargetDistortion(v), "delta", [1.0, 8.0, 0.0]),
+    (lambda v: Capacity(3.0, gamma=v), "gamma", [1.0, 100.0, 0.1]),
+    (lambda v: Capacity(v), "capacity", [0.0, 4.0, 25.0]),
+    (lambda v: GECO(v), "target_distortion", [5.0, 12.0, 0.0]),
+    (lambda v: GECO(10.0, lr=v), "lr", [0.1, 1e-3, 0.5]),
+    (lambda v: RateController(v), "target_rate", [1.0, 3.0, 0.5]),
+    (lambda v: RateController(2.0, kp=v), "kp", [0.0, 0.5, 2.0]),
+    (lambda v: RateController(2.0, ki=v), "ki", [0.0, 0.1, 1e-3]),
+    (lambda v: TargetRate(2.0, adaptive=True, lr=v), "lr", [0.5, 0.01, 1.0]),
+]
+POSITIVE = {"weight", "gamma", "lr"}
+
+
+Case = tuple[Callable[[float], Objective], str, list[float]]
+
+
+def _ids(case: Case) -> str:
+    return f"{type(case[0](1.0)).__name__}.{case[1]}"
+
+
+@pytest.mark.parametrize("case", ASSIGNABLE, ids=_ids)
+def test_assignment_validates_like_the_constructor(case: Case) -> None:
+    make, name, values = case
+    objective = make(values[-1])
+    before = getattr(objective, name).clone()
+    with pytest.raises(ValueError, match=f"{name} must be >=? 0, got -3.0"):
+        setattr(objective, name, -3.0)
+    with pytest.raises(ValueError, match=f"{name} must be finite, got nan"):
+        setattr(objective, name, NAN)
+    with pytest.raises(TypeError, match=f"{name} must be a real number or an rdloss.schedules"):
+        setattr(objective, name, "0.5")
+    if name in POSITIVE:
+        with pytest.raises(ValueError, match=f"{name} must be > 0, got 0.0"):
+            setattr(objective, name, 0.0)
+    torch.testing.assert_close(getattr(objective, name), before)  # failed sets change nothing
+
+
+@pytest.mark.parametrize("case", ASSIGNABLE, ids=_ids)
+def test_assignment_equals_construction(case: Case) -> None:
+    make, name, values = case
+    r = torch.tensor([1.0, 3.0, 8.0], dtype=torch.float64, requires_grad=True)
+    d = torch.tensor([10.0, 20.0, 6.0], dtype=torch.float64)
+    assigned = make(values[-1])
+    for value in values:  # a training step after each assignment, against a fresh build
+        setattr(assigned, name, value)
+        fresh = make(value)
+        fresh.load_state_dict({**assigned.state_dict(), name: fresh.state_dict()[name]})
+        torch.testing.assert_close(assigned(r, d), fresh(r, d), rtol=0, atol=0)
+        torch.testing.assert_close(assigned.state_dict(), fresh.state_dict(), rtol=0, atol=0)
+        assert getattr(assigned, name).item() == value
+        assert getattr(assigned, name).dtype == torch.float64
+
+
+def test_beta_formula_after_assignment_in_float64() -> None:
+    objective = Beta(1.0)
+    objective.beta = 1 / 0.0018  # not representable in float32: float64 buffers keep it exact
+    r = torch.tensor([2.0, 4.0], dtype=torch.float64)
+    d = torch.tensor([10.0, 20.0], dtype=torch.float64)
+    assert objective(r, d).loss.item() == 15.0 + (1 / 0.0018) * 3.0
+
+
+def test_hyper_output_is_a_copy() -> None:
+    objective = Beta(0.5)
+    out = objective(torch.tensor([2.0]), torch.tensor([1.0]))
+    objective.beta = 0.75
+    assert out.hyper["beta"].item() == 0.5
+
+
+def test_schedule_and_number_swap_by_assignment() -> None:
+    objective = Beta(0.5)
+    objective.beta = Linear(0.0, 1.0, steps=4)
+    assert isinstance(objective.beta, Linear) and "beta" not in objective.state_dict()
+    assert "(beta): Linear" in repr(objective)
+    objective.beta = 0.3
+    assert objective.state_dict()["beta"].item() == pytest.approx(0.3)
+    assert repr(objective) == "Beta(beta=0.3)"
+    with pytest.raises(ValueError, match="beta must be >= 0 at every step"):
+        objective.beta = Linear(-1.0, 1.0, steps=4)
+
+
+def test_assigned_value_survives_state_dict_and_deepcopy() -> None:
+    objective = TargetRate(2.0)
+    objective.sigma = 4.5
+    clone = copy.deepcopy(objective)
+    assert clone.sigma.item() == 4.5
+    fresh = TargetRate(2.0)
+    fresh.load_state_dict(objective.state_dict())
+    assert fresh.sigma.item() == 4.5
+
+
+@pytest.mark.parametrize(
+    ("build", "name"),
+    [
+        (lambda: GECO(1.0), "alpha"),
+        (lambda: GECO(1.0), "max_multiplier"),
+        (lambda: RateController(1.0), "beta_max"),
+        (lambda: RateController(1.0), "error"),
+        (lambda: TargetRate(1.0), "reduction"),
+        (lambda: TargetRate(1.0, adaptive=True), "adaptive"),
+    ],
+)
+def test_interdependent_settings_are_fixed(build: Callable[[], Objective], name: str) -> None:
+    objective = build()
+    with pytest.raises(AttributeError, match=f"{name} is fixed at construction"):
+        setattr(objective, name, getattr(objective, name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ASSIGNABLE, ids=_ids)
+def test_changing_a_hyperparameter_does_not_recompile(case: Case) -> None:
+    make, name, values = case
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    mu = torch.randn(8, 4, requires_grad=True)
+    logits = torch.randn(8, 12, requires_grad=True)
+    x = torch.randint(0, 2, (8, 12)).float()
+    eager_fn = RateDistortionLoss(objective=make(values[-1]))
+    compiled_fn = RateDistortionLoss(objective=make(values[-1]))
+
+    def step(loss_fn: RateDistortionLoss) -> tuple[Tensor, dict[str, Tensor]]:
+        q = helpers.normal(mu, logvar=torch.zeros(8, 4))
+        out = loss_fn(x, posterior=q, likelihood=helpers.bernoulli(logits=logits))
+        return out.loss, out.hyper
+
+    with torch.no_grad():  # warm torch.distributions' KL dispatch cache outside the trace
+        step(eager_fn.eval())
+    eager_fn.train()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    compiled(compiled_fn)
+    step(eager_fn)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for value in values:
+            setattr(compiled_fn.objective, name, value)
+            setattr(eager_fn.objective, name, value)
+            torch.testing.assert_close(compiled(compiled_fn), step(eager_fn))
+    assert counter.frame_count == 1

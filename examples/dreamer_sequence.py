@@ -54,6 +54,7 @@ class Check(NamedTuple):
 
 def compare(name: str, got: Tensor, want: Tensor, rtol: float = 1e-10) -> Check:
     """Print and assert the largest absolute and relative differences."""
+    got, want = got.detach(), want.detach()
     max_abs = float((got - want).abs().max())
     max_rel = max_abs / max(float(want.abs().max()), 1e-300)
     print(f"check {name}: max abs diff {max_abs:.3e}, max rel diff {max_rel:.3e}")
@@ -105,7 +106,9 @@ def check_against_dreamer(
     # Logit scales growing along the steps: early steps below the 1-nat floor, late above.
     spread = torch.linspace(0.05, 1.5, steps, dtype=torch.float64).view(1, steps, 1, 1)
     post_logits = (torch.randn(shape, generator=gen, dtype=torch.float64) * spread).requires_grad_()
-    prior_logits = (torch.randn(shape, generator=gen, dtype=torch.float64) * spread).requires_grad_()
+    prior_logits = (
+        torch.randn(shape, generator=gen, dtype=torch.float64) * spread
+    ).requires_grad_()
     x = torch.randn(batch, steps, 3, generator=gen, dtype=torch.float64)
     # A likelihood that does not depend on the logits: loss - distortion is the KL part.
     likelihood = helpers.normal(torch.zeros_like(x), scale=1.0)
@@ -125,7 +128,7 @@ def check_against_dreamer(
         )
         if not 0 < int((kl < 1).sum()) < kl.numel():
             raise AssertionError("the check must cover clamped and unclamped steps")
-        checks.append(compare(f"{version} loss = T x DreamerV3 loss", ours.detach(), want.detach()))
+        checks.append(compare(f"{version} loss = T x DreamerV3 loss", ours, want))
         checks.append(compare(f"{version} grad posterior logits", grads[0], ref_grads[0]))
         checks.append(compare(f"{version} grad prior logits", grads[1], ref_grads[1]))
     post, prior = unimix(post_logits.detach()), unimix(prior_logits.detach())

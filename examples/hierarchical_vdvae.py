@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> list[Check]:
     parser.add_argument("--lam", type=float, default=0.25, help="free nats per group")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    n_steps = args.steps if args.steps is not None else (5 if args.quick else 2000)
+    n_steps = args.steps if args.steps is not None else (5 if args.quick else 1000)
     warmup = max(3, int(0.3 * n_steps))  # NVAE anneals the KL over 30% of training
 
     images = load_digits().images.view(-1, 1, 8, 8)

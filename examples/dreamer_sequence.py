@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> list[Check]:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     latents, classes, length = (4, 8, 6) if args.quick else (32, 32, 16)
-    n_steps = args.steps if args.steps is not None else (5 if args.quick else 300)
+    n_steps = args.steps if args.steps is not None else (5 if args.quick else 100)
 
     checks = check_against_dreamer(
         batch=4, steps=length, latents=latents, classes=classes, seed=args.seed

@@ -38,9 +38,10 @@ def handwritten(x, mu, logvar, logits):
 def distributions_floor(x, mu, logvar, logits):
     """The least any loss built on torch.distributions objects does, written out by hand.
 
-    What DESIGN.md's contract costs before rdloss adds anything: the posterior and
-    likelihood objects, the rate per dimension (it is reported), the four-op closed form,
-    both batch means (reported), the ELBO and the objective's step counter.
+    What rdloss' interface (distributions in, rate and distortion reported) costs before
+    rdloss adds anything: the posterior and likelihood objects, the rate per dimension (it
+    is reported), the four-op closed form, both batch means (reported), the ELBO and the
+    objective's step counter.
     """
     q = Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1)
     p = Independent(Bernoulli(logits=logits, validate_args=False), 1)

@@ -10,8 +10,11 @@ main does not meet yet are strict xfails, so the fix flips them and the mark mus
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
+from torch.distributions import Distribution
 
 from benchmarks._counting import count
 from benchmarks.host_syncs import LOSS_CASES, METRIC_CASES, measure
@@ -28,6 +31,15 @@ _OFF_SYNCS = {
     "Categorical": "the marginal builds OneHotCategorical with torch's validation (3)",
 }
 _BUILDS = "Objective.hyperparameter builds torch.tensor(value) per constant per call"
+
+
+@pytest.fixture(autouse=True)
+def _torch_validation_on() -> Iterator[None]:
+    """torch.distributions' global default as a user has it: on (zuko turns it off at import)."""
+    before = Distribution._validate_args
+    Distribution.set_default_validate_args(True)
+    yield
+    Distribution.set_default_validate_args(before)
 
 
 def _case(name: str, reason: str | None) -> object:

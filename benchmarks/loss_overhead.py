@@ -1,16 +1,18 @@
 """Overhead of RateDistortionLoss against a hand-written beta-VAE loss on identical tensors.
 
 B = 128, 32 latent dims, 784 Bernoulli pixels, CPU; forward + backward to the encoder and
-decoder outputs. Both are timed in alternation in one run and the ratio is printed, in eager
-mode (with rdloss' value checks on, the default, and off) and under
-``torch.compile(fullgraph=True)``. A third function, `distributions_floor`, writes out by
-hand the least a loss built on ``torch.distributions`` objects computes, to separate the
-cost of that design from rdloss' own. Run: ``python benchmarks/loss_overhead.py``.
+decoder outputs. Both are timed in alternation in one process, ``--runs`` times, and the
+median ratio and the range over runs are printed, in eager mode (with rdloss' value checks
+on, the default, and off) and under ``torch.compile(fullgraph=True)``. A third function,
+`distributions_floor`, writes out by hand the least a loss built on ``torch.distributions``
+objects computes, to separate the cost of that design from rdloss' own.
+Run: ``python benchmarks/loss_overhead.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 import torch.nn.functional as tnf
@@ -20,9 +22,9 @@ import rdloss
 from rdloss import helpers, objectives
 
 try:
-    from benchmarks._timing import compare
+    from benchmarks._timing import compare_runs
 except ImportError:  # run as a script from benchmarks/
-    from _timing import compare  # type: ignore[no-redef]
+    from _timing import compare_runs  # type: ignore[no-redef]
 
 B, LATENT, PIXELS, BETA = 128, 32, 784, 0.5
 
@@ -36,9 +38,10 @@ def handwritten(x, mu, logvar, logits):
 def distributions_floor(x, mu, logvar, logits):
     """The least any loss built on torch.distributions objects does, written out by hand.
 
-    What DESIGN.md's contract costs before rdloss adds anything: the posterior and
-    likelihood objects, the rate per dimension (it is reported), the four-op closed form,
-    both batch means (reported), the ELBO and the objective's step counter.
+    What rdloss' interface (distributions in, rate and distortion reported) costs before
+    rdloss adds anything: the posterior and likelihood objects, the rate per dimension (it
+    is reported), the four-op closed form, both batch means (reported), the ELBO and the
+    objective's step counter.
     """
     q = Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1)
     p = Independent(Bernoulli(logits=logits, validate_args=False), 1)
@@ -73,6 +76,7 @@ def make_rdloss(validate: bool):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=5, help="repeated comparisons per row")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--batch", type=int, default=B, help="batch size (default 128)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -101,7 +105,8 @@ def main() -> None:
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, B={batch}, "
-        f"latent={LATENT}, pixels={PIXELS}, forward+backward"
+        f"latent={LATENT}, pixels={PIXELS}, forward+backward; ratio: median and range "
+        f"over {args.runs} runs, load average {os.getloadavg()[0]:.1f}"
     )
     rows = [
         ("eager, value checks on (default)", make_rdloss(True), handwritten),
@@ -117,10 +122,11 @@ def main() -> None:
         rows.append(("torch.compile(fullgraph=True), both compiled", compiled_ours, compiled_base))
         rows.append(("torch.compile, the floor", compiled_floor, compiled_base))
     for label, ours, base in rows:
-        t_ours, t_base, ratio = compare(run(ours), run(base), repeats=args.repeats)
+        t = compare_runs(run(ours), run(base), runs=args.runs, repeats=args.repeats)
         print(
-            f"{label:48s} rdloss {t_ours * 1e6:8.1f} us  hand-written {t_base * 1e6:8.1f} us"
-            f"  ratio {ratio:5.3f}"
+            f"{label:48s} rdloss {t.ours * 1e6:8.1f} us  hand-written {t.baseline * 1e6:8.1f} us"
+            f"  ratio {t.ratio:5.3f}  range {t.range()}",
+            flush=True,
         )
 
 

@@ -9,19 +9,21 @@ D = 64 dimensions, float32 on CPU, for
 * ``torch``: ``MixtureSameFamily(Categorical, Independent(Normal))``, which builds
   ``(B, K, D)`` tensors.
 
-Time: median over ``--repeats`` runs after two warm-up runs, both variants in this
-process, alternating, on one thread by default (``--threads``). One thread compares the
-algorithms, not the thread pool: on a shared machine, each of rdloss's many small
-parallel kernels waits for a descheduled second OpenMP thread (a few ms per kernel),
-which inflates its time several-fold while barely touching the few large kernels of the
-baseline.
+Time: both variants in this process, one call each in alternation, ``--repeats`` rounds
+after two warm-up rounds; the ratio is the median of the per-round ratios, repeated
+``--runs`` times (median and range printed), on one thread by default (``--threads``).
+One thread compares the algorithms, not the thread pool: on a shared machine, each of
+rdloss's many small parallel kernels waits for a descheduled second OpenMP thread (a few
+ms per kernel), which inflates its time several-fold while barely touching the few large
+kernels of the baseline.
 
 Peak memory: ``tracemalloc`` does not see torch's allocations, so each variant runs in a
 fresh subprocess with ``MALLOC_MMAP_THRESHOLD_=65536``: every tensor of 64 KiB or more is
 then its own ``mmap``, resident while alive and returned to the system when freed, so the
 process's peak resident set tracks the peak of live tensors. After imports and input
 allocation the child resets its peak (``echo 5 > /proc/self/clear_refs``, Linux), runs one
-forward + backward and reports the peak (``VmHWM``) minus the resident set before the call.
+forward + backward and reports the peak (``VmHWM``) minus the resident set before the call;
+``--runs`` processes per variant (median and range printed).
 This counts the intermediates of forward and backward, the gradients, and one-off runtime
 buffers (the latter make the figure conservative for the smaller side). Linux only.
 
@@ -41,7 +43,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,13 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from rdloss.distributions import DiagonalGaussianMixture
 
+try:
+    from benchmarks._timing import Timing, compare_runs
+except ImportError:  # run as a script from benchmarks/
+    from _timing import Timing, compare_runs  # type: ignore[no-redef]
+
 B, K, D = 1024, 512, 64
+VARIANTS = ("rdloss", "torch")
 
 
 def _status_kib(field: str) -> int:
@@ -106,18 +113,17 @@ def peak_memory_mib(variant: str, threads: int) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_kib"]) / 1024
 
 
-def time_ms(repeats: int) -> dict[str, float]:
+def time_ratio(runs: int, repeats: int) -> Timing:
+    """rdloss against torch, one forward + backward each, in alternation, ``runs`` times."""
     inputs = make_inputs()
-    times: dict[str, list[float]] = {"rdloss": [], "torch": []}
-    for _ in range(2):
-        for variant in times:
-            step(variant, inputs)
-    for _ in range(repeats):
-        for variant, record in times.items():
-            start = time.perf_counter()
-            step(variant, inputs)
-            record.append(time.perf_counter() - start)
-    return {variant: 1e3 * statistics.median(record) for variant, record in times.items()}
+    return compare_runs(
+        lambda: step("rdloss", inputs),
+        lambda: step("torch", inputs),
+        runs=runs,
+        repeats=repeats,
+        number=1,
+        warmup=2,
+    )
 
 
 def max_relative_error(large: bool) -> dict[str, float]:
@@ -143,7 +149,8 @@ def max_relative_error(large: bool) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=15, help="alternating rounds per run")
+    parser.add_argument("--runs", type=int, default=5, help="timing runs and memory processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--memory", choices=["rdloss", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -156,20 +163,26 @@ def main() -> None:
         f"B={B} K={K} D={D} float32, forward + backward, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
-    times = time_ms(args.repeats)
-    memory = {v: peak_memory_mib(v, args.threads) for v in ("rdloss", "torch")}
-    print(f"{'':24}{'rdloss':>12}{'torch':>12}{'ratio':>10}")
-    print(
-        f"{'time, median (ms)':24}{times['rdloss']:12.2f}{times['torch']:12.2f}"
-        f"{times['torch'] / times['rdloss']:9.1f}x"
+    t = time_ratio(args.runs, args.repeats)
+    # torch / rdloss: how many times faster and leaner rdloss is; medians and ranges.
+    speedups = sorted(1 / r for r in (t.low, t.high))
+    memory = {v: [peak_memory_mib(v, args.threads) for _ in range(args.runs)] for v in VARIANTS}
+    savings = sorted(
+        a / max(b, 1e-3) for a, b in zip(memory["torch"], memory["rdloss"], strict=True)
     )
+    print(f"{'':24}{'rdloss':>12}{'torch':>12}{'ratio':>10}  range over {args.runs} runs")
     print(
-        f"{'peak memory (MiB)':24}{memory['rdloss']:12.1f}{memory['torch']:12.1f}"
-        f"{memory['torch'] / max(memory['rdloss'], 1e-3):9.1f}x"
+        f"{'time, median (ms)':24}{t.ours * 1e3:12.2f}{t.baseline * 1e3:12.2f}"
+        f"{1 / t.ratio:9.1f}x  {speedups[0]:.1f}-{speedups[1]:.1f}x"
+    )
+    peak = {v: statistics.median(m) for v, m in memory.items()}
+    print(
+        f"{'peak memory (MiB)':24}{peak['rdloss']:12.1f}{peak['torch']:12.1f}"
+        f"{statistics.median(savings):9.1f}x  {savings[0]:.1f}-{savings[-1]:.1f}x"
     )
     print(
         f"(a (B, K, D) float32 tensor is {B * K * D * 4 / 2**20:.0f} MiB; "
-        f"a (B, K) one {B * K * 4 / 2**20:.1f} MiB)"
+        f"a (B, K) one {B * K * 4 / 2**20:.1f} MiB; load average {os.getloadavg()[0]:.1f})"
     )
     for label, large in (("typical z", False), ("|z| large vs scales", True)):
         errors = max_relative_error(large)

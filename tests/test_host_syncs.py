@@ -4,8 +4,7 @@ A host synchronisation stalls a GPU pipeline. They are counted on CPU (see
 ``benchmarks/_counting.py``): ``aten._local_scalar_dense`` (``.item()``, ``bool(t)``) with a
 dispatch mode and ``Tensor.tolist()`` (which dispatches nothing on CPU) with a function
 mode. A case is one call as a user's training step makes it: the `rdloss.helpers` that build
-the distributions and the loss, sharing one ``validate_args`` flag. Parametrisations that
-main does not meet yet are strict xfails, so the fix flips them and the mark must go.
+the distributions and the loss, sharing one ``validate_args`` flag.
 """
 
 from __future__ import annotations
@@ -19,19 +18,6 @@ from torch.distributions import Distribution
 from benchmarks._counting import count
 from benchmarks.host_syncs import LOSS_CASES, METRIC_CASES, measure
 
-# Where main (d6d340a) syncs; benchmarks/SYNC_DIAGNOSIS.md has the file:line of each.
-_DEFAULT_SYNCS = (
-    "7+ syncs: helpers.normal's logvar range and Normal's 2 argument checks, Bernoulli's "
-    "logits check, check_finite(x), Bernoulli._validate_sample(x), _check_outputs"
-)
-_OFF_SYNCS = {
-    "DiagonalGaussian": "the marginal builds Normal with torch's default validation (2)",
-    "GaussianMixture": "DiagonalGaussianMixture validates its 3 parameters and z",
-    "VampPrior": "DiagonalGaussianMixture validates its 3 parameters and z",
-    "Categorical": "the marginal builds OneHotCategorical with torch's validation (3)",
-}
-_BUILDS = "Objective.hyperparameter builds torch.tensor(value) per constant per call"
-
 
 @pytest.fixture(autouse=True)
 def _torch_validation_on() -> Iterator[None]:
@@ -40,11 +26,6 @@ def _torch_validation_on() -> Iterator[None]:
     Distribution.set_default_validate_args(True)
     yield
     Distribution.set_default_validate_args(before)
-
-
-def _case(name: str, reason: str | None) -> object:
-    marks = [] if reason is None else [pytest.mark.xfail(strict=True, reason=reason)]
-    return pytest.param(name, marks=marks, id=name)
 
 
 def test_counter_sees_every_kind_of_host_read() -> None:
@@ -61,18 +42,18 @@ def test_counter_sees_every_kind_of_host_read() -> None:
     assert len(count(lambda: torch.tensor(0.5)).builds) == 1
 
 
-@pytest.mark.parametrize("name", [_case(n, _DEFAULT_SYNCS) for n in LOSS_CASES])
+@pytest.mark.parametrize("name", list(LOSS_CASES))
 def test_default_checks_sync_at_most_once(name: str) -> None:
     assert measure(LOSS_CASES[name], True).n_syncs <= 1
 
 
-@pytest.mark.parametrize("name", [_case(n, _OFF_SYNCS.get(n)) for n in LOSS_CASES])
+@pytest.mark.parametrize("name", list(LOSS_CASES))
 def test_no_sync_without_checks(name: str) -> None:
     counts = measure(LOSS_CASES[name], False)
     assert counts.n_syncs == 0, counts.syncs
 
 
-@pytest.mark.parametrize("name", [_case(n, _BUILDS) for n in LOSS_CASES])
+@pytest.mark.parametrize("name", list(LOSS_CASES))
 def test_no_tensor_built_from_python_numbers_per_call(name: str) -> None:
     # On a GPU each is a host-to-device copy that waits for the stream.
     counts = measure(LOSS_CASES[name], False)

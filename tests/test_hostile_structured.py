@@ -794,7 +794,7 @@ def test_free_bits_at_every_level_matches_the_formula(
 def test_free_bits_per_step_over_groups_of_different_lengths(
     reduction: str, weight: Tensor | None
 ) -> None:
-    post, prior, leaves = _model()
+    post, prior, _ = _model()
     del post["g"]
     lam = 1.0
     loss = rdloss.RateDistortionLoss(
@@ -837,9 +837,7 @@ def test_free_bits_per_dimension_with_a_mixture_group_is_refused() -> None:
     q = _q(B, D, seed=1)
     loss = rdloss.RateDistortionLoss(objective=objectives.FreeBits(0.1))
     with pytest.raises(ValueError, match="per='group'"):
-        _call(
-            loss=loss, posterior={"m": q, "n": _q(B, 2)}, prior={"m": mix}, z={"m": q.mean}
-        )
+        _call(loss=loss, posterior={"m": q, "n": _q(B, 2)}, prior={"m": mix}, z={"m": q.mean})
 
 
 def _nvae_reference(kl_all: list[Tensor], alpha: Tensor, weight: Tensor | None) -> Tensor:
@@ -902,14 +900,12 @@ def test_nvae_balancing_is_off_once_the_warm_up_reaches_one() -> None:
 
 
 def test_nvae_balancing_of_one_group_is_the_plain_rate() -> None:
-    post, prior, _ = _model()
+    post, _, _ = _model()
     one = {"g": post["g"]}
     x, lik = _x()
     a = rdloss.RateDistortionLoss(objective=objectives.Beta(0.4, group_balance=True))
     b = rdloss.RateDistortionLoss(objective=objectives.Beta(0.4))
-    assert_close(
-        a(x, posterior=one, likelihood=lik).loss, b(x, posterior=one, likelihood=lik).loss
-    )
+    assert_close(a(x, posterior=one, likelihood=lik).loss, b(x, posterior=one, likelihood=lik).loss)
 
 
 def test_nvae_alpha_missing_a_group_names_it() -> None:
@@ -947,3 +943,167 @@ def test_existing_objectives_see_the_total_rate_of_a_grouped_model(objective: An
     assert isinstance(total, Tensor)
     direct = objective(total, _nll(x)).loss
     assert_close(out.loss, direct, **EXACT)
+
+
+@pytest.fixture
+def one_process_group() -> Any:
+    """A one-process gloo group, so that ``sync_dist=True`` takes its all-reduce path."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: objectives.FreeBits(0.5, per="group", reduction="batch"),
+        lambda: objectives.FreeBits(0.5, per="dimension", reduction="batch"),
+        lambda: objectives.FreeBits(0.5, per="total", reduction="example"),
+        lambda: objectives.Beta(0.3, group_balance=True),
+    ],
+    ids=["freebits-group", "freebits-dimension", "freebits-total", "nvae"],
+)
+def test_sync_dist_on_one_process_equals_local(make: Any, one_process_group: None) -> None:
+    weight = WEIGHTS[1]
+    results = []
+    for sync in (False, True):
+        post, prior, leaves = _model()
+        loss = rdloss.RateDistortionLoss(objective=make(), sync_dist=sync)
+        x, lik = _x()
+        out = loss(x, posterior=post, prior=prior, likelihood=lik, weight=weight)
+        results.append((out.loss, torch.autograd.grad(out.loss, leaves)))
+    assert_close(results[0][0], results[1][0], **EXACT)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        assert_close(a, b, **EXACT)
+
+
+# --- KL balancing: the value is the KL, the gradient is split ------------------------------
+
+
+def _balance_case(alpha: float | None, estimator: str) -> tuple[Tensor, list[Tensor]]:
+    lq, sq = _normal(B, 3, D, seed=1, grad=True)
+    lp, sp = _normal(B, 3, D, seed=2, grad=True)
+    lg, sg = _normal(B, 2, seed=3, grad=True)
+    learned = marginals.DiagonalGaussian(2).double()
+    with torch.no_grad():
+        learned.loc.fill_(0.3)
+    post = {"s": Independent(Normal(lq, sq), 1), "g": Independent(Normal(lg, sg), 1)}
+    prior = {"s": Independent(Normal(lp, sp), 1)}
+    loss = rdloss.RateDistortionLoss(
+        marginal={"g": learned},
+        rate_estimator=estimator,  # type: ignore[arg-type]
+        kl_balance=alpha,
+    )
+    torch.manual_seed(0)
+    eps = {"s": torch.randn(B, 3, D, dtype=torch.float64), "g": torch.randn(B, 2)}
+    z = {"s": lq + sq * eps["s"], "g": lg + sg * eps["g"].double()}
+    x, lik = _x()
+    kwargs: dict[str, Any] = {"z": z} if estimator == "mc" else {}
+    out = loss(x, posterior=post, prior=prior, likelihood=lik, **kwargs)
+    return out.loss, [lq, sq, lg, sg, lp, sp, learned.loc, learned.raw_scale]
+
+
+@pytest.mark.parametrize("estimator", ["analytic", "mc"])
+@pytest.mark.parametrize("alpha", [0.0, 0.2, 0.8, 1.0])
+def test_kl_balance_keeps_the_value_and_splits_the_gradient(alpha: float, estimator: str) -> None:
+    plain, leaves = _balance_case(None, estimator)
+    balanced, leaves_b = _balance_case(alpha, estimator)
+    assert_close(balanced, plain, **EXACT)
+    g_plain = torch.autograd.grad(plain, leaves)
+    g_bal = torch.autograd.grad(balanced, leaves_b)
+    # the posterior's parameters (first four) get 1 - alpha, the prior's and the learned
+    # marginal's (last four) get alpha, of the plain gradient
+    for i, (a, b) in enumerate(zip(g_bal, g_plain, strict=True)):
+        share = 1.0 - alpha if i < 4 else alpha
+        assert_close(a, share * b, **EXACT)
+
+
+def test_kl_balance_with_the_default_n01_marginal_gives_the_posterior_its_share() -> None:
+    lq, sq = _normal(B, D, seed=1, grad=True)
+    x, lik = _x()
+    out = rdloss.RateDistortionLoss(kl_balance=0.8)(
+        x, posterior={"a": Normal(lq, sq)}, likelihood=lik
+    )
+    ref = _gaussian_kl(lq, sq, torch.zeros(1), torch.ones(1)).sum(1).mean()
+    assert_close(out.rate, ref, **EXACT)
+    g = torch.autograd.grad(out.loss, [lq, sq])
+    r = torch.autograd.grad(ref, [lq, sq])
+    for a, b in zip(g, r, strict=True):
+        assert_close(a, 0.2 * b, **EXACT)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "half"])
+def test_kl_balance_out_of_range_is_refused(bad: Any) -> None:
+    with pytest.raises((TypeError, ValueError), match="kl_balance"):
+        rdloss.RateDistortionLoss(kl_balance=bad)
+
+
+def test_kl_balance_on_a_flow_prior_is_refused_clearly() -> None:
+    zuko = pytest.importorskip("zuko")
+    flow = zuko.flows.MAF(D, transforms=1, hidden_features=(8,)).double()
+    q = _q(B, D, seed=1)
+    x, lik = _x()
+    loss = rdloss.RateDistortionLoss(kl_balance=0.5)
+    with pytest.raises(TypeError, match="stop-gradient"):
+        loss(x, posterior=q, prior=flow(), z=q.mean, likelihood=lik)
+
+
+# --- gradients in float64 ------------------------------------------------------------------
+
+
+def _leaves_loss(objective: Any) -> tuple[Any, list[Tensor]]:
+    lq1, sq1 = _normal(B, 2, 2, seed=1, grad=True)
+    lp1, sp1 = _normal(B, 2, 2, seed=2, grad=True)
+    lq2, sq2 = _normal(B, 2, 3, seed=3, grad=True)
+    leaves = [lq1, sq1, lp1, sp1, lq2, sq2]
+    x, lik = _x()
+    loss = rdloss.RateDistortionLoss(objective=objective).eval()
+
+    def fn(*params: Tensor) -> Tensor:
+        a, b, c, d, e, f = params
+        post = {"s": Independent(Normal(a, b), 1), "t": Independent(Normal(e, f), 1)}
+        out = loss(x, posterior=post, prior={"s": Independent(Normal(c, d), 1)}, likelihood=lik)
+        return out.loss
+
+    return fn, leaves
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        objectives.Beta(0.7),
+        objectives.FreeBits(0.3, per="dimension"),
+        objectives.FreeBits(0.3, per="dimension", reduction="example"),
+        objectives.FreeBits(1.0, per="group"),
+        objectives.FreeBits(1.0, per="group", reduction="example"),
+        objectives.FreeBits(0.8, per="step"),
+        objectives.FreeBits(0.8, per="step", reduction="example"),
+        objectives.FreeBits(2.0, per="total"),
+        objectives.FreeBits(2.0, per="total", reduction="example"),
+    ],
+    ids=lambda o: repr(o),
+)
+def test_gradcheck_grouped_stepped_rates(objective: Any) -> None:
+    fn, leaves = _leaves_loss(objective)
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_functional_rate_with_steps_and_prior() -> None:
+    lq, sq = _normal(B, 3, 2, seed=1, grad=True)
+    lp, sp = _normal(B, 3, 2, seed=2, grad=True)
+
+    def fn(a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> Tensor:
+        r = F.rate(Independent(Normal(a, b), 1), prior=Independent(Normal(c, d), 1))
+        assert r.per_step is not None
+        return r.per_step
+
+    assert torch.autograd.gradcheck(fn, [lq, sq, lp, sp])

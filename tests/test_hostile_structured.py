@@ -1265,7 +1265,7 @@ def test_state_dict_round_trip_of_a_marginal_mapping() -> None:
 
 def test_state_dict_of_a_mapping_does_not_load_into_a_loss_without_it() -> None:
     state = _mapped_loss().state_dict()
-    with pytest.raises(RuntimeError, match="marginal.a.loc"):
+    with pytest.raises(RuntimeError, match=r"marginal\.a\.loc"):
         rdloss.RateDistortionLoss().load_state_dict(state)
 
 
@@ -1423,8 +1423,8 @@ def test_fifty_groups_none_dropped() -> None:
 
 
 def test_batch_mismatch_with_x_names_the_group() -> None:
+    x, _ = _x()
     with pytest.raises(ValueError, match=r"posterior\['b'\]"):
-        x, lik = _x()
         rdloss.RateDistortionLoss()(
             x[:2],
             posterior={"b": _q(B, 2)},
@@ -1433,7 +1433,7 @@ def test_batch_mismatch_with_x_names_the_group() -> None:
 
 
 def test_rate_per_dimension_metric_over_a_grouped_output() -> None:
-    from rdloss.diagnostics import RatePerDimension, RateDistortion
+    from rdloss.diagnostics import RateDistortion, RatePerDimension
 
     post = {"a": _q(B, 2, seed=1), "b": _q(B, 3, seed=2)}
     prior = {"a": _q(B, 2, seed=3)}

@@ -1549,3 +1549,53 @@ def test_kl_balance_keeps_per_step_and_per_dimension_values() -> None:
     assert torch.equal(balanced.per_step, plain.per_step)
     assert plain.per_dimension is not None and balanced.per_dimension is not None
     assert torch.equal(balanced.per_dimension, plain.per_dimension)
+
+
+def _tril(seed: int) -> Tensor:
+    g = _gen(seed)
+    a = torch.randn(B, D, D, generator=g, dtype=torch.float64)
+    return torch.linalg.cholesky(a @ a.transpose(-1, -2) + torch.eye(D, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("alpha", [None, 0.3])
+def test_full_covariance_groups_with_balance(alpha: float | None) -> None:
+    from torch.distributions import MultivariateNormal
+
+    lq, _ = _normal(B, D, seed=1, grad=True)
+    lp, _ = _normal(B, D, seed=2, grad=True)
+    tq, tp = _tril(3).requires_grad_(), _tril(4).requires_grad_()
+    q = MultivariateNormal(lq, scale_tril=tq)
+    p = MultivariateNormal(lp, scale_tril=tp)
+    x, lik = _x()
+    loss = rdloss.RateDistortionLoss(kl_balance=alpha)
+    out = loss(x, posterior={"m": q, "n": _q(B, 2)}, prior={"m": p}, likelihood=lik)
+    ref = kl_divergence(
+        MultivariateNormal(lq, scale_tril=tq), MultivariateNormal(lp, scale_tril=tp)
+    )
+    assert out.rate_per_group is not None and out.rate_per_group_dimension is not None
+    assert_close(out.rate_per_group["m"], ref, **EXACT)
+    assert out.rate_per_group_dimension["m"] is None and out.rate_per_dimension is None
+    got = torch.autograd.grad(out.rate_per_group["m"].sum(), [lq, tq, lp, tp])
+    plain = torch.autograd.grad(ref.sum(), [lq, tq, lp, tp])
+    share = [1.0, 1.0, 1.0, 1.0] if alpha is None else [1 - alpha, 1 - alpha, alpha, alpha]
+    for a, b, s in zip(got, plain, share, strict=True):
+        assert_close(a, s * b, **EXACT)
+
+
+def test_mixture_prior_with_balance_under_mc_splits_the_gradient() -> None:
+    lq, sq = _normal(B, D, seed=1, grad=True)
+    loc, scale = _normal(B, 3, D, seed=2, grad=True)
+    logits = torch.zeros(B, 3, dtype=torch.float64, requires_grad=True)
+    eps = torch.randn(B, D, generator=_gen(3), dtype=torch.float64)
+
+    def value(alpha: float | None) -> tuple[Tensor, ...]:
+        q = Independent(Normal(lq, sq), 1)
+        mix = MixtureSameFamily(Categorical(logits=logits), Independent(Normal(loc, scale), 1))
+        r = F.rate(q, prior=mix, z=lq + sq * eps, balance=alpha).per_example.sum()
+        return (r, *torch.autograd.grad(r, [lq, sq, loc, scale, logits]))
+
+    plain, *g_plain = value(None)
+    bal, *g_bal = value(0.6)
+    assert_close(bal, plain, **EXACT)
+    for i, (a, b) in enumerate(zip(g_bal, g_plain, strict=True)):
+        assert_close(a, (0.4 if i < 2 else 0.6) * b, **EXACT)

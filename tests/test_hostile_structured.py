@@ -1048,7 +1048,12 @@ def test_kl_balance_out_of_range_is_refused(bad: Any) -> None:
 
 
 def test_kl_balance_on_a_flow_prior_is_refused_clearly() -> None:
-    zuko = pytest.importorskip("zuko")
+    # zuko turns torch.distributions' argument validation off at import: keep the default
+    default = torch.distributions.Distribution._validate_args
+    try:
+        zuko = pytest.importorskip("zuko")
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(default)
     flow = zuko.flows.MAF(D, transforms=1, hidden_features=(8,)).double()
     q = _q(B, D, seed=1)
     x, lik = _x()

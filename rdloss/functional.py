@@ -330,7 +330,7 @@ def rate_terms(
         except (ValueError, TypeError, NotImplementedError) as error:
             if not grouped:
                 raise
-            raise type(error)(f"latent group {g.name!r}: {error}") from error
+            raise type(error)(f"posterior[{g.name!r}]: {error}") from error
     per_group = {k: r.per_example for k, r in rates.items()}
     per_group_dimension = {k: r.per_dimension for k, r in rates.items()}
     dims = list(per_group_dimension.values())

@@ -446,7 +446,13 @@ class RateDistortionLoss(nn.Module):
 
     @override
     def extra_repr(self) -> str:
-        marginal = "" if isinstance(self.marginal, nn.Module) else f"marginal={self.marginal}, "
+        if self._marginal_keys is not None:  # the learned ones print as children
+            fixed = ", ".join(f"{k!r}: {v}" for k, v in self._fixed_marginals.items())
+            marginal = f"marginal={{{fixed}}}, " if fixed else ""
+        elif isinstance(self.marginal, nn.Module):
+            marginal = ""
+        else:
+            marginal = f"marginal={self.marginal}, "
         balance = "" if self.kl_balance is None else f", kl_balance={self.kl_balance}"
         sync = ", sync_dist=True" if self.sync_dist else ""
         return f"{marginal}rate_estimator={self.rate_estimator!r}{balance}{sync}"
@@ -460,7 +466,7 @@ def _split_marginals(marginal: Mapping[Any, object]) -> dict[str, Distribution]:
             raise ValueError(
                 f"marginal group names must be non-empty strings without '.', got {key!r}"
             )
-        if hasattr(nn.ModuleDict, key):
+        if hasattr(nn.ModuleDict(), key):
             raise ValueError(
                 f"marginal group name {key!r} is an attribute of torch.nn.ModuleDict, which "
                 "holds the learned marginals; rename the group"

@@ -2,8 +2,9 @@
 
 Every value is checked against an independent computation written here (torch's
 ``kl_divergence`` per group, Monte Carlo with fixed seeds, hand-written formulas), never
-against another rdloss call. Cases that show a bug are written as the code *should* behave
-and marked ``xfail(strict=True, reason="BUG: ...")`` so that the fix flips them.
+against another rdloss call. The 18 cases that found a bug or an unclear error (half-precision
+priors, differently split conv latents, KL balancing of enumerated rates, ...) now pass as
+regression tests.
 """
 
 from __future__ import annotations
@@ -143,11 +144,6 @@ def test_scalar_latent_with_a_shared_scalar_prior() -> None:
     assert_close(r.per_example, expected, **EXACT)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a scalar latent has rate_per_dimension (B, 1) against N(0, I) but None "
-    "against an explicit Normal marginal or prior, though the KL trivially factorises",
-)
 @pytest.mark.parametrize("against", ["marginal", "prior"])
 def test_scalar_latent_has_a_per_dimension_rate_whatever_it_is_against(against: str) -> None:
     lq, sq = _normal(B, seed=4)
@@ -320,7 +316,6 @@ HALF_BUG = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=HALF_BUG)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_prior_is_computed_in_float32(dtype: torch.dtype) -> None:
     lq, sq = _normal(B, D, seed=1, dtype=dtype)
@@ -344,7 +339,6 @@ def test_half_precision_posterior_against_n01_is_computed_in_float32(dtype: torc
     assert_close(out.rate_per_group["a"].double(), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason=HALF_BUG)
 def test_bfloat16_loss_with_a_learned_group_marginal_is_computed_in_float32() -> None:
     loss = rdloss.RateDistortionLoss(marginal={"a": marginals.DiagonalGaussian(D)})
     loss = loss.to(torch.bfloat16)
@@ -423,11 +417,6 @@ def test_meta_device_groups_steps_and_priors_give_shapes(objective: Any) -> None
     assert out.rate_per_step["b"].shape == (B, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="UNCLEAR: on the meta device the default validate_args=True fails with torch's "
-    "'Cannot copy out of meta tensor' instead of skipping the value checks (as under compile)",
-)
 def test_meta_device_with_default_validation_works() -> None:
     post = {"a": Independent(_meta_normal(B, D), 1)}
     out = rdloss.RateDistortionLoss()(
@@ -535,11 +524,6 @@ def test_discrete_group_against_default_marginal_says_discrete() -> None:
         rdloss.RateDistortionLoss()(x, posterior={"c": q, "g": _q(B, 2)}, likelihood=lik)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="UNCLEAR: errors raised per group inside functional.rate (discrete vs N(0, I), "
-    "z required, analytic not registered) say 'posterior', not which group",
-)
 def test_per_group_rate_errors_name_the_group() -> None:
     q = Categorical(logits=torch.zeros(B, 4))
     x, lik = _x(torch.float32)
@@ -664,11 +648,6 @@ def test_marginal_mapping_rejects_bad_group_names(name: object) -> None:
         rdloss.RateDistortionLoss(marginal={name: marginals.DiagonalGaussian(D)})  # type: ignore[dict-item]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="UNCLEAR: a learned group marginal named like an nn.Module attribute "
-    "('forward', 'keys', 'training', 'type') fails with ModuleDict's bare KeyError",
-)
 @pytest.mark.parametrize("name", ["forward", "keys", "training", "type"])
 def test_marginal_group_named_like_a_module_attribute(name: str) -> None:
     try:
@@ -680,22 +659,11 @@ def test_marginal_group_named_like_a_module_attribute(name: str) -> None:
     assert out.rate_per_group is not None and name in out.rate_per_group
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="UNCLEAR: an objective passed positionally (RateDistortionLoss(Beta(0.5))) is "
-    "taken as the marginal module; the first call fails with 'Objective.forward() missing "
-    "2 required positional arguments'",
-)
 def test_objective_passed_as_marginal_is_refused_at_construction() -> None:
     with pytest.raises(TypeError, match="marginal"):
         rdloss.RateDistortionLoss(objectives.Beta(0.5))  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: functional.rate checks only that z is a tensor, not its shape, when the "
-    "closed form is used (the loss checks it): a wrong z passes silently",
-)
 def test_functional_rate_checks_z_shape_also_when_analytic() -> None:
     with pytest.raises(ValueError, match="z must have shape"):
         F.rate(_q(B, D), prior=_q(B, D), z=torch.zeros(B, D + 1))
@@ -1377,7 +1345,6 @@ SPLIT_BUG = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=SPLIT_BUG)
 @pytest.mark.parametrize("against", ["prior", "marginal", "prior-z"])
 def test_conv_latent_against_a_differently_split_product_is_analytic(against: str) -> None:
     lq, sq = _normal(B, 2, 3, 3, seed=1)
@@ -1532,11 +1499,6 @@ def _enumerated_grads(alpha: float | None) -> tuple[Tensor, tuple[Tensor, ...]]:
     return out.rate, torch.autograd.grad(out.rate, [lq, lp])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: kl_balance is silently ignored with samples='enumerate' (rdloss/loss.py "
-    "_decode calls F.enumerated_rate, which has no balance): the gradient is the plain KL's",
-)
 def test_kl_balance_applies_to_the_enumerated_rate() -> None:
     plain, (gq, gp) = _enumerated_grads(None)
     value, (bq, bp) = _enumerated_grads(0.8)
@@ -1625,10 +1587,5 @@ def test_deepcopy_and_torch_save_keep_every_group_marginal() -> None:
             assert torch.equal(out.rate_per_group[k], ref.rate_per_group[k])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: repr(loss) omits the fixed (Distribution) entries of a marginal mapping: "
-    "only the ModuleDict of learned ones is shown (rdloss/loss.py extra_repr)",
-)
 def test_repr_names_every_group_marginal() -> None:
     assert "'b'" in repr(_mapped_loss()) or "(b)" in repr(_mapped_loss())

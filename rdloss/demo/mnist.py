@@ -59,8 +59,8 @@ class MNISTSpec(NamedTuple):
 
     @property
     def name(self) -> str:
-        """Short label, e.g. ``-+- β=1`` or ``-+- σ=10``."""
-        symbol = "β" if self.objective == "beta" else "σ"
+        """Short label, e.g. ``-+- β=1`` or ``-+- sigma=10``."""
+        symbol = "β" if self.objective == "beta" else "sigma"
         return f"{self.code} {symbol}={self.value:g}"
 
 

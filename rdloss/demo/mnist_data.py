@@ -36,6 +36,7 @@ __all__ = [
     "load_mnist5k",
     "read_amat",
     "read_idx_images",
+    "shipped_split",
 ]
 
 MNIST_ATTRIBUTION = (
@@ -200,9 +201,9 @@ def load_mnist(path: Path | None = None) -> MNISTSplit:
         train, test = (read_amat(p) for p in amat)
         return MNISTSplit(_images(train), _images(test), f"static MNIST .amat in {path}")
     for folder in (path, path / "MNIST" / "raw", path / "raw"):
-        found = [_find(folder, name) for name in _IDX]
-        if found[0] is not None and found[1] is not None:
-            train, test = (binarize(read_idx_images(p)) for p in found)
+        train_file, test_file = (_find(folder, name) for name in _IDX)
+        if train_file is not None and test_file is not None:
+            train, test = (binarize(read_idx_images(p)) for p in (train_file, test_file))
             return MNISTSplit(
                 _images(train), _images(test), f"MNIST IDX in {folder}, binarised (seeded)"
             )

@@ -127,7 +127,8 @@ class MaskedConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         """Masked convolution of ``(B, in, H, W)`` to ``(B, out, H, W)``."""
-        return self._conv_forward(x, self.weight * self.mask, self.bias)
+        out: Tensor = self._conv_forward(x, self.weight * self.mask, self.bias)
+        return out
 
 
 class _GatedBlock(nn.Module):
@@ -141,7 +142,8 @@ class _GatedBlock(nn.Module):
 
     def forward(self, h: Tensor, z: Tensor) -> Tensor:
         a, b = (self.conv(h) + self.latent(z)[:, :, None, None]).chunk(2, dim=1)
-        return h + self.out(torch.tanh(a) * torch.sigmoid(b))
+        gated: Tensor = self.out(torch.tanh(a) * torch.sigmoid(b))
+        return h + gated
 
 
 class PixelCNNDecoder(nn.Module):

@@ -6,7 +6,7 @@ tuned afterwards (Alemi et al., 2018, Sec. 5 gives the claims):
 1. At β = 1 with N(0, I) the PixelCNN decoder's held-out rate is below a quarter of the
    deconvolutional decoder's, which keeps at least 10 nats; and the same ratio holds for
    every marginal of the grid.
-2. ``TargetRate(σ)`` holds the PixelCNN within 10% of σ with an ELBO at most 2% worse than
+2. ``TargetRate(sigma)`` holds the PixelCNN within 10% of sigma with an ELBO at most 2% worse than
    the collapsed β = 1 PixelCNN's; β = 0.5 gives it at least 5 nats, also within 2%.
 3. Along the deconvolutional N(0, I) β sweep, R strictly falls and D strictly rises as β
    grows (a monotone frontier).
@@ -48,7 +48,7 @@ class Row(NamedTuple):
         decoder: ``"deconv"`` or ``"pixelcnn"``.
         marginal: ``"normal"``, ``"vamp"`` or ``"maf"``.
         objective: ``"beta"`` or ``"target_rate"``.
-        value: β or σ.
+        value: β or sigma.
         rate: R, also the upper bound on ``I(X;Z)``.
         distortion: D.
         elbo: ``-(D + R)``.
@@ -75,7 +75,9 @@ class Row(NamedTuple):
 COLUMNS = Row._fields
 
 
-def rows_from(results: Sequence[MNISTResult], *, entropy: float, iwae: dict[int, float]) -> list[Row]:
+def rows_from(
+    results: Sequence[MNISTResult], *, entropy: float, iwae: dict[int, float]
+) -> list[Row]:
     """Rows of the runs; ``entropy`` is ``Ĥ``, ``iwae`` maps a run's index to its NLL."""
     return [
         Row(
@@ -143,7 +145,9 @@ class Finding(NamedTuple):
     detail: str
 
 
-def _get(rows: Sequence[Row], decoder: str, marginal: str, objective: str, value: float | None):  # type: ignore[no-untyped-def]
+def _get(
+    rows: Sequence[Row], decoder: str, marginal: str, objective: str, value: float | None
+) -> Row | None:
     return next(
         (
             r
@@ -157,7 +161,10 @@ def _get(rows: Sequence[Row], decoder: str, marginal: str, objective: str, value
 
 def _collapse(rows: Sequence[Row]) -> list[Finding]:
     out = []
-    pix, dec = _get(rows, "pixelcnn", "normal", "beta", 1.0), _get(rows, "deconv", "normal", "beta", 1.0)
+    pix, dec = (
+        _get(rows, "pixelcnn", "normal", "beta", 1.0),
+        _get(rows, "deconv", "normal", "beta", 1.0),
+    )
     if pix and dec:
         ratio = pix.rate / max(dec.rate, 1e-12)
         out.append(
@@ -169,14 +176,15 @@ def _collapse(rows: Sequence[Row]) -> list[Finding]:
                 "paper: R ≈ 0 vs 25-27",
             )
         )
-    pairs = [
-        (m, _get(rows, "pixelcnn", m, "beta", 1.0), _get(rows, "deconv", m, "beta", 1.0))
-        for m in ("normal", "vamp", "maf")
-    ]
-    pairs = [(m, p, d) for m, p, d in pairs if p and d]
+    pairs: list[tuple[Row, Row]] = []
+    for marginal in ("normal", "vamp", "maf"):
+        p = _get(rows, "pixelcnn", marginal, "beta", 1.0)
+        d = _get(rows, "deconv", marginal, "beta", 1.0)
+        if p and d:
+            pairs.append((p, d))
     if len(pairs) > 1:
-        held = [p.rate < 0.25 * d.rate for _, p, d in pairs]
-        detail = "; ".join(f"{p.code}: {p.rate:.2f} vs {d.code}: {d.rate:.2f}" for _, p, d in pairs)
+        held = [p.rate < 0.25 * d.rate for p, d in pairs]
+        detail = "; ".join(f"{p.code}: {p.rate:.2f} vs {d.code}: {d.rate:.2f}" for p, d in pairs)
         out.append(
             Finding(
                 "1. β = 1, every marginal: PixelCNN R < 25% of the deconv's",
@@ -201,7 +209,7 @@ def findings(rows: Sequence[Row]) -> list[Finding]:
         close = held.elbo >= collapsed.elbo - 0.02 * abs(collapsed.elbo)
         out.append(
             Finding(
-                f"2. TargetRate(σ = {held.value:g}) holds the PixelCNN at σ (±10%) with an "
+                f"2. TargetRate(sigma = {held.value:g}) holds the PixelCNN at sigma (±10%) with an "
                 "ELBO at most 2% worse",
                 on_target and close,
                 f"R = {held.rate:.2f}, ELBO {held.elbo:.2f} vs {collapsed.elbo:.2f} collapsed "
@@ -234,7 +242,7 @@ def findings(rows: Sequence[Row]) -> list[Finding]:
         out.append(
             Finding(
                 f"4. IWAE NLL <= -ELBO for the best model ({best.code} "
-                f"{'β' if best.objective == 'beta' else 'σ'}={best.value:g})",
+                f"{'β' if best.objective == 'beta' else 'sigma'}={best.value:g})",
                 best.iwae_nll <= -best.elbo,
                 f"{best.iwae_nll:.2f} vs {-best.elbo:.2f}; paper's best -ELBO 80.2, pythae "
                 "MLP-VAE NLL 89.8 (full MNIST: not comparable in value)",
@@ -268,9 +276,7 @@ def save_figures(
     from rdloss.plot import RDPoint, rd_plane, trajectory
 
     fig, ax = plt.subplots(figsize=(6.4, 5.0))
-    points = [
-        RDPoint(r.rate, r.distortion, label=_label(r), group=_group(r)) for r in rows
-    ]
+    points = [RDPoint(r.rate, r.distortion, label=_label(r), group=_group(r)) for r in rows]
     rd_plane(points, entropy=entropy, entropy_is_estimate=True, ax=ax,
              title="MNIST (5k shipped digits): held-out R and D")  # fmt: skip
     _landmarks(ax, entropy)
@@ -281,7 +287,7 @@ def save_figures(
     fig, ax = plt.subplots(figsize=(6.4, 5.0))
     for r in results:
         trajectory(r.history[:, 0].tolist(), r.history[:, 1].tolist(), label=r.spec.name, ax=ax)
-    ax.axline((0.0, entropy), slope=-1.0, color="k", lw=0.8, ls=":", label="D = Ĥ − R (estimate)")
+    ax.axline((0.0, entropy), slope=-1.0, color="k", lw=0.8, ls=":", label="D = Ĥ - R (estimate)")
     ax.set_ylim(0, 2.0 * entropy)
     ax.set_title("training trajectories (train-set R, D per epoch)")
     ax.legend(fontsize=6, ncol=2)
@@ -307,4 +313,4 @@ def _group(row: Row) -> str:
 
 
 def _label(row: Row) -> str:
-    return f"σ={row.value:g}" if row.objective == "target_rate" else f"β={row.value:g}"
+    return f"sigma={row.value:g}" if row.objective == "target_rate" else f"β={row.value:g}"

@@ -7,6 +7,7 @@ Subcommands:
 * ``rdloss toy``: the paper's toy model with exact expectations, ELBO vs target rate.
 * ``rdloss sweep``: a β / target-rate sweep on the digits with your choice of decoder and
   marginal.
+* ``rdloss mnist``: the paper's MNIST findings on 5,000 shipped binarised MNIST digits.
 
 Run ``rdloss <command> --help`` for the options. Errors in the arguments exit with code 2,
 errors while running (e.g. an unwritable output folder) with code 1. Each command writes to
@@ -216,6 +217,9 @@ def _parser() -> argparse.ArgumentParser:
         default="factorized",
         help="factorised Bernoulli or autoregressive MADE (default: factorized)",
     )
+    from rdloss.demo import mnist_cli
+
+    mnist_cli.add_parser(sub, _common, _positive_int, _nonnegative)
     return parser
 
 
@@ -254,6 +258,10 @@ def _run(args: argparse.Namespace) -> None:
     from rdloss.demo import data, outputs, results, sweep, toy
 
     folder = _prepare(args)
+    if args.command == "mnist":
+        from rdloss.demo import mnist_cli
+
+        return mnist_cli.run(args, folder, _RunError)
     started, clock = time.time(), time.perf_counter()
     # Outside a terminal tqdm cannot redraw nested bars: it would leave escape codes behind.
     progress = not args.no_progress and sys.stderr.isatty()

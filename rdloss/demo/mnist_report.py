@@ -1,0 +1,316 @@
+r"""Tables, findings, files and figures of ``rdloss mnist``.
+
+The findings' thresholds were written here before any default run was seen, and are not
+tuned afterwards (Alemi et al., 2018, Sec. 5 gives the claims):
+
+1. At β = 1 with N(0, I) the PixelCNN decoder's held-out rate is below a quarter of the
+   deconvolutional decoder's, which keeps at least 10 nats; and the same ratio holds for
+   every marginal of the grid.
+2. ``TargetRate(sigma)`` holds the PixelCNN within 10% of sigma with an ELBO at most 2% worse than
+   the collapsed β = 1 PixelCNN's; β = 0.5 gives it at least 5 nats, also within 2%.
+3. Along the deconvolutional N(0, I) β sweep, R strictly falls and D strictly rises as β
+   grows (a monotone frontier).
+4. Sanity: the IWAE estimate of ``-log p(x)`` of the best model is no larger than its
+   ``-ELBO``.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from rdloss.demo.mnist import MNISTResult
+
+__all__ = [
+    "COLUMNS",
+    "Finding",
+    "Row",
+    "findings",
+    "format_findings",
+    "format_table",
+    "rows_from",
+    "save_figures",
+    "write_csv",
+    "write_json",
+]
+
+
+class Row(NamedTuple):
+    """One trained model on held-out images, nats per image.
+
+    Attributes:
+        code: the paper's family name (encoder, decoder, marginal).
+        decoder: ``"deconv"`` or ``"pixelcnn"``.
+        marginal: ``"normal"``, ``"vamp"`` or ``"maf"``.
+        objective: ``"beta"`` or ``"target_rate"``.
+        value: β or sigma.
+        rate: R, also the upper bound on ``I(X;Z)``.
+        distortion: D.
+        elbo: ``-(D + R)``.
+        mi_lower_estimate: ``Ĥ - D``, with ``Ĥ`` an estimate (not a bound) of ``H``.
+        active_units: units with ``Var_x E[z_u] > 0.01``.
+        iwae_nll: IWAE ``-log p(x)`` (best model only, else NaN).
+        seconds: wall time of the run.
+    """
+
+    code: str
+    decoder: str
+    marginal: str
+    objective: str
+    value: float
+    rate: float
+    distortion: float
+    elbo: float
+    mi_lower_estimate: float
+    active_units: int
+    iwae_nll: float
+    seconds: float
+
+
+COLUMNS = Row._fields
+
+
+def rows_from(
+    results: Sequence[MNISTResult], *, entropy: float, iwae: dict[int, float]
+) -> list[Row]:
+    """Rows of the runs; ``entropy`` is ``Ĥ``, ``iwae`` maps a run's index to its NLL."""
+    return [
+        Row(
+            r.spec.code,
+            r.spec.decoder,
+            r.spec.marginal,
+            r.spec.objective,
+            r.spec.value,
+            r.rate,
+            r.distortion,
+            r.elbo,
+            entropy - r.distortion,
+            r.active_units,
+            iwae.get(i, math.nan),
+            round(r.seconds, 1),
+        )
+        for i, r in enumerate(results)
+    ]
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.2f}"
+    return str(value)
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """Plain-text table, one line per model, NaN shown as ``-``."""
+    cells = [list(COLUMNS), *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells
+    )
+
+
+def write_csv(rows: Sequence[Row], path: Path) -> None:
+    """Write the rows as CSV with a header (NaN as an empty cell)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for row in rows:
+            writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
+
+
+def write_json(rows: Sequence[Row], path: Path, **extra: object) -> None:
+    """Write ``{"rows": [...], **extra}`` (NaN as ``null``)."""
+    records = [
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row._asdict().items()}
+        for row in rows
+    ]
+    path.write_text(json.dumps({"rows": records, **extra}, indent=2, ensure_ascii=False) + "\n")
+
+
+class Finding(NamedTuple):
+    """One claim of the paper checked against the rows.
+
+    Attributes:
+        claim: what the paper reports, with the threshold.
+        holds: whether it reproduced (``None`` when the runs it needs are missing).
+        detail: the measured numbers.
+    """
+
+    claim: str
+    holds: bool | None
+    detail: str
+
+
+def _get(
+    rows: Sequence[Row], decoder: str, marginal: str, objective: str, value: float | None
+) -> Row | None:
+    return next(
+        (
+            r
+            for r in rows
+            if (r.decoder, r.marginal, r.objective) == (decoder, marginal, objective)
+            and (value is None or r.value == value)
+        ),
+        None,
+    )
+
+
+def _collapse(rows: Sequence[Row]) -> list[Finding]:
+    out = []
+    pix, dec = (
+        _get(rows, "pixelcnn", "normal", "beta", 1.0),
+        _get(rows, "deconv", "normal", "beta", 1.0),
+    )
+    if pix and dec:
+        ratio = pix.rate / max(dec.rate, 1e-12)
+        out.append(
+            Finding(
+                "1. β = 1, N(0, I): the PixelCNN's rate collapses (< 25% of the deconv's, "
+                "which keeps >= 10 nats)",
+                ratio < 0.25 and dec.rate >= 10.0,
+                f"R = {pix.rate:.2f} (PixelCNN) vs {dec.rate:.2f} (deconv), {100 * ratio:.0f}%; "
+                "paper: R ≈ 0 vs 25-27",
+            )
+        )
+    pairs: list[tuple[Row, Row]] = []
+    for marginal in ("normal", "vamp", "maf"):
+        p = _get(rows, "pixelcnn", marginal, "beta", 1.0)
+        d = _get(rows, "deconv", marginal, "beta", 1.0)
+        if p and d:
+            pairs.append((p, d))
+    if len(pairs) > 1:
+        held = [p.rate < 0.25 * d.rate for p, d in pairs]
+        detail = "; ".join(f"{p.code}: {p.rate:.2f} vs {d.code}: {d.rate:.2f}" for p, d in pairs)
+        out.append(
+            Finding(
+                "1. β = 1, every marginal: PixelCNN R < 25% of the deconv's",
+                all(held),
+                f"{sum(held)}/{len(held)}: {detail}",
+            )
+        )
+    return out
+
+
+def findings(rows: Sequence[Row]) -> list[Finding]:
+    """Check the paper's findings with the thresholds of the module docstring.
+
+    Returns:
+        One `Finding` per claim.
+    """
+    out = _collapse(rows)
+    collapsed = _get(rows, "pixelcnn", "normal", "beta", 1.0)
+    held = _get(rows, "pixelcnn", "normal", "target_rate", None)
+    if collapsed and held:
+        on_target = abs(held.rate - held.value) <= 0.1 * held.value
+        close = held.elbo >= collapsed.elbo - 0.02 * abs(collapsed.elbo)
+        out.append(
+            Finding(
+                f"2. TargetRate(sigma = {held.value:g}) holds the PixelCNN at sigma (±10%) with an "
+                "ELBO at most 2% worse",
+                on_target and close,
+                f"R = {held.rate:.2f}, ELBO {held.elbo:.2f} vs {collapsed.elbo:.2f} collapsed "
+                f"(R = {collapsed.rate:.2f})",
+            )
+        )
+    low = _get(rows, "pixelcnn", "normal", "beta", 0.5)
+    if collapsed and low:
+        out.append(
+            Finding(
+                "2. β = 0.5 keeps the PixelCNN at R >= 5 nats with an ELBO at most 2% worse",
+                low.rate >= 5.0 and low.elbo >= collapsed.elbo - 0.02 * abs(collapsed.elbo),
+                f"R = {low.rate:.2f}, ELBO {low.elbo:.2f} vs {collapsed.elbo:.2f}",
+            )
+        )
+    sweep = sorted(
+        (r for r in rows if (r.decoder, r.marginal, r.objective) == ("deconv", "normal", "beta")),
+        key=lambda r: r.value,
+    )
+    if len(sweep) >= 3:
+        monotone = all(
+            a.rate > b.rate and a.distortion < b.distortion for a, b in itertools.pairwise(sweep)
+        )
+        pairs = ", ".join(f"β={r.value:g}: ({r.rate:.1f}, {r.distortion:.1f})" for r in sweep)
+        out.append(
+            Finding("3. the deconv β sweep is monotone: R falls, D rises with β", monotone, pairs)
+        )
+    best = next((r for r in rows if not math.isnan(r.iwae_nll)), None)
+    if best:
+        out.append(
+            Finding(
+                f"4. IWAE NLL <= -ELBO for the best model ({best.code} "
+                f"{'β' if best.objective == 'beta' else 'sigma'}={best.value:g})",
+                best.iwae_nll <= -best.elbo,
+                f"{best.iwae_nll:.2f} vs {-best.elbo:.2f}; paper's best -ELBO 80.2, pythae "
+                "MLP-VAE NLL 89.8 (full MNIST: not comparable in value)",
+            )
+        )
+    return out
+
+
+def format_findings(found: Sequence[Finding]) -> str:
+    """One line per finding: ``[ok]``, ``[NO]`` or ``[n/a]``, the claim and the numbers."""
+    tags = {True: "[ok] ", False: "[NO] ", None: "[n/a]"}
+    return "\n".join(f"{tags[f.holds]} {f.claim}: {f.detail}" for f in found)
+
+
+def save_figures(
+    rows: Sequence[Row], results: Sequence[MNISTResult], entropy: float, folder: Path
+) -> list[Path]:
+    """Write ``mnist_rd_plane.png`` (all runs, the paper's landmarks) and ``mnist_trajectory.png``.
+
+    The landmarks: the line ``D = Ĥ - R`` (``Ĥ`` an estimate, the lowest ``-log p(x)`` seen),
+    the auto-encoding limit ``(R = Ĥ, D = 0)`` and the auto-decoding limit ``(R = 0, D = Ĥ)``.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rdloss.plot import RDPoint, rd_plane, trajectory
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    points = [RDPoint(r.rate, r.distortion, label=_label(r), group=_group(r)) for r in rows]
+    rd_plane(points, entropy=entropy, entropy_is_estimate=True, ax=ax,
+             title="MNIST (5k shipped digits): held-out R and D")  # fmt: skip
+    _landmarks(ax, entropy)
+    paths = [folder / "mnist_rd_plane.png", folder / "mnist_trajectory.png"]
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=90)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    for r in results:
+        trajectory(r.history[:, 0].tolist(), r.history[:, 1].tolist(), label=r.spec.name, ax=ax)
+    ax.axline((0.0, entropy), slope=-1.0, color="k", lw=0.8, ls=":", label="D = Ĥ - R (estimate)")
+    ax.set_ylim(0, 2.0 * entropy)
+    ax.set_title("training trajectories (train-set R, D per epoch)")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=90)
+    plt.close(fig)
+    return paths
+
+
+def _landmarks(ax: Any, entropy: float) -> None:
+    ax.scatter([entropy, 0.0], [0.0, entropy], marker="*", s=90, color="k", zorder=4, clip_on=False)
+    ax.annotate("auto-encoding (R = Ĥ, D = 0)", (entropy, 0.0), xytext=(-4, 8), ha="right",
+                textcoords="offset points", fontsize=7)  # fmt: skip
+    ax.annotate("auto-decoding (R = 0, D = Ĥ)", (0.0, entropy), xytext=(6, 4),
+                textcoords="offset points", fontsize=7)  # fmt: skip
+
+
+def _group(row: Row) -> str:
+    if row.objective == "target_rate":
+        return "PixelCNN, target rate"
+    name = "PixelCNN" if row.decoder == "pixelcnn" else "deconv"
+    return f"{name}, β" if row.marginal == "normal" else f"{name}, β = 1, {row.marginal}"
+
+
+def _label(row: Row) -> str:
+    return f"sigma={row.value:g}" if row.objective == "target_rate" else f"β={row.value:g}"

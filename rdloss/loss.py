@@ -351,6 +351,8 @@ class RateDistortionLoss(nn.Module):
                 lambda: _check_outputs(rate, distortion),
             )
             checks.run()
+        mean_rate = F.batch_mean(terms.per_example, weight)
+        mean_distortion = F.batch_mean(distortion, weight)
         objective = self.objective(
             terms.per_example,
             distortion,
@@ -358,9 +360,8 @@ class RateDistortionLoss(nn.Module):
             weight=weight,
             terms=terms,
             sync_dist=self.sync_dist,
+            means=(mean_rate, mean_distortion),
         )
-        mean_rate = F.batch_mean(terms.per_example, weight)
-        mean_distortion = F.batch_mean(distortion, weight)
         return RDOutput(
             loss=objective.loss,
             rate=mean_rate,

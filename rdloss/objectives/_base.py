@@ -239,6 +239,10 @@ class Objective(nn.Module, ABC):
         # The flag of the call in progress: the loss's, so that a shared objective follows
         # each loss it serves (set by `forward` for the call, never left set).
         self._sync_call: bool | None = None
+        # Batch means the caller computed already for this call: (values, mean) pairs and
+        # the weight they were taken with, so the objective does not reduce them again.
+        self._known_means: tuple[tuple[Tensor, Tensor], ...] = ()
+        self._known_weight: Tensor | None = None
 
     @override
     def __setattr__(self, name: str, value: Any) -> None:
@@ -288,6 +292,10 @@ class Objective(nn.Module, ABC):
         sync = self.sync_dist if self._sync_call is None else self._sync_call
         if sync and self.advancing:
             return global_batch_mean(values, weight)
+        if weight is self._known_weight:
+            for known, mean in self._known_means:
+                if values is known:
+                    return mean
         return batch_mean(values, weight)
 
     def hyperparameter(self, value: float | Tensor | Schedule, like: Tensor) -> Tensor:
@@ -318,6 +326,7 @@ class Objective(nn.Module, ABC):
         weight: Tensor | None = None,
         terms: RateTerms | None = None,
         sync_dist: bool | None = None,
+        means: tuple[Tensor, Tensor] | None = None,
     ) -> ObjectiveOutput:
         """Check the per-example terms, compute the loss, then count the step.
 
@@ -330,6 +339,8 @@ class Objective(nn.Module, ABC):
                 loss computes it; ``None`` for one latent (``RateTerms.single``).
             sync_dist: reduce over all processes while training (the calling loss's flag);
                 ``None``: this objective's ``sync_dist`` attribute.
+            means: the batch means of ``rate`` and ``distortion`` under ``weight``, if the
+                caller has them (the loss reports them): `mean` then reuses them.
 
         Returns:
             `ObjectiveOutput`.
@@ -353,10 +364,13 @@ class Objective(nn.Module, ABC):
         elif not isinstance(terms, RateTerms):
             raise TypeError(f"terms must be an rdloss RateTerms, got {type(terms).__name__}")
         self._sync_call = sync_dist
+        if means is not None:
+            self._known_means = ((rate, means[0]), (distortion, means[1]))
+            self._known_weight = weight
         try:
             output = self.compute_terms(terms, distortion, weight=weight)
         finally:
-            self._sync_call = None
+            self._sync_call, self._known_means, self._known_weight = None, (), None
         self.advance()
         return output
 

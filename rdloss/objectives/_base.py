@@ -67,6 +67,18 @@ def as_hyperparameter(name: str, value: object, *, positive: bool = False) -> fl
     return check_nonnegative_number(name, value, positive=positive)
 
 
+class _CallState:
+    """The calling loss's ``sync_dist`` and the batch means it computed, for one call."""
+
+    __slots__ = ("means", "sync", "weight")
+
+    def __init__(self) -> None:
+        self.sync: bool | None = None
+        # (values, mean) pairs taken with `weight`: `Objective.mean` reuses them.
+        self.means: tuple[tuple[Tensor, Tensor], ...] = ()
+        self.weight: Tensor | None = None
+
+
 class HyperparameterAttribute:
     """A hyperparameter attribute of an `Objective` that validates every assignment.
 
@@ -238,11 +250,9 @@ class Objective(nn.Module, ABC):
         self.sync_dist = False
         # The flag of the call in progress: the loss's, so that a shared objective follows
         # each loss it serves (set by `forward` for the call, never left set).
-        self._sync_call: bool | None = None
-        # Batch means the caller computed already for this call: (values, mean) pairs and
-        # the weight they were taken with, so the objective does not reduce them again.
-        self._known_means: tuple[tuple[Tensor, Tensor], ...] = ()
-        self._known_weight: Tensor | None = None
+        # What the call in progress brings: set by `forward`, cleared after (a plain object,
+        # so these per-call updates skip nn.Module.__setattr__, ~15 us each).
+        self._call = _CallState()
 
     @override
     def __setattr__(self, name: str, value: Any) -> None:
@@ -289,11 +299,12 @@ class Objective(nn.Module, ABC):
         The all-reduce happens only while `advancing`: evaluation stays local, so one
         process may evaluate alone without waiting for the others.
         """
-        sync = self.sync_dist if self._sync_call is None else self._sync_call
+        call = self._call
+        sync = self.sync_dist if call.sync is None else call.sync
         if sync and self.advancing:
             return global_batch_mean(values, weight)
-        if weight is self._known_weight:
-            for known, mean in self._known_means:
+        if weight is call.weight:
+            for known, mean in call.means:
                 if values is known:
                     return mean
         return batch_mean(values, weight)
@@ -363,14 +374,14 @@ class Objective(nn.Module, ABC):
             terms = RateTerms.single(rate, rate_per_dimension)
         elif not isinstance(terms, RateTerms):
             raise TypeError(f"terms must be an rdloss RateTerms, got {type(terms).__name__}")
-        self._sync_call = sync_dist
+        call = self._call
+        call.sync = sync_dist
         if means is not None:
-            self._known_means = ((rate, means[0]), (distortion, means[1]))
-            self._known_weight = weight
+            call.means, call.weight = ((rate, means[0]), (distortion, means[1])), weight
         try:
             output = self.compute_terms(terms, distortion, weight=weight)
         finally:
-            self._sync_call, self._known_means, self._known_weight = None, (), None
+            call.sync, call.means, call.weight = None, (), None
         self.advance()
         return output
 

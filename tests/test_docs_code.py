@@ -8,7 +8,8 @@ The convention (for everyone writing docs):
 * A block that cannot run alone (a fragment of a longer program) is marked on the line just
   before its fence with ``<!-- fragment: examples/<script>.py -->``. It is skipped here, and
   instead the linked script must exist, be linked from the same page, and be run by
-  ``tests/test_examples.py``.
+  ``tests/test_examples.py`` (or, for the structured-latent recipes,
+  ``tests/test_recipes_structured.py``).
 * Keep blocks fast: tiny tensors, a few steps.
 * Keep ``python`` and ``bash`` lines within 88 characters: longer ones scroll out of view in
   the site's code column at a 1280-pixel window.
@@ -95,7 +96,10 @@ def test_every_python_block_runs_in_order(
 @pytest.mark.parametrize("page", PAGES, ids=_name)
 def test_fragments_link_a_script_that_the_examples_test_runs(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
-    tested = (ROOT / "tests" / "test_examples.py").read_text(encoding="utf-8")
+    tested = "".join(
+        (ROOT / "tests" / name).read_text(encoding="utf-8")
+        for name in ("test_examples.py", "test_recipes_structured.py")
+    )
     for block in python_blocks(text):
         if block.fragment_of is None:
             continue
@@ -105,7 +109,8 @@ def test_fragments_link_a_script_that_the_examples_test_runs(page: Path) -> None
             f"{_name(page)}:{block.line}: the page must link {block.fragment_of}"
         )
         assert f'"{script.stem}"' in tested or script.name in tested, (
-            f"{block.fragment_of} is not run by tests/test_examples.py"
+            f"{block.fragment_of} is not run by tests/test_examples.py or "
+            "tests/test_recipes_structured.py"
         )
 
 

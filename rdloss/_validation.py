@@ -24,6 +24,8 @@ __all__ = [
     "check_distribution",
     "check_finite",
     "check_fraction",
+    "check_outputs",
+    "check_weight",
     "check_nonnegative_number",
     "check_positive_int",
     "check_tensor",
@@ -216,3 +218,27 @@ def widen_half(t: Tensor) -> Tensor:
     overflows float16), so inputs in half precision are computed in float32.
     """
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def check_weight(weight: Tensor) -> None:
+    """Raise ``ValueError`` unless ``weight`` is finite, non-negative, with a positive sum."""
+    check_finite(weight=weight)
+    if not bool((weight >= 0).all() and weight.sum() > 0):
+        raise ValueError("weight must be non-negative with a positive sum")
+
+
+def check_outputs(rate: Tensor, distortion: Tensor) -> None:
+    """Raise ``ValueError`` naming rate or distortion if either holds NaN/inf."""
+    flags = torch.stack([torch.isfinite(rate).all(), torch.isfinite(distortion).all()])
+    rate_ok, distortion_ok = flags.tolist()
+    if not rate_ok:
+        raise ValueError(
+            f"rate is NaN/inf for {int((~torch.isfinite(rate)).sum())} of {rate.numel()} "
+            "examples: check the posterior and marginal parameters"
+        )
+    if not distortion_ok:
+        raise ValueError(
+            f"distortion is NaN/inf for {int((~torch.isfinite(distortion)).sum())} of "
+            f"{distortion.numel()} examples: check the likelihood parameters, and that x "
+            "lies in the likelihood's support"
+        )

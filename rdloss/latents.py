@@ -17,7 +17,7 @@ objectives see of the rate at every level the model has.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,7 @@ __all__ = [
     "resolve",
     "resolve_marginal",
     "sample_dims",
+    "split_marginals",
 ]
 
 MarginalLike: TypeAlias = nn.Module | Distribution
@@ -332,3 +333,26 @@ def resolve(
             sample_dims(check_tensor(f"z[{key!r}]", zk), q, f"z[{key!r}]")
         groups.append(LatentGroup(key, q, p, m, zk))
     return tuple(groups), True
+
+
+def split_marginals(marginal: Mapping[Any, object]) -> dict[str, Distribution]:
+    """Check a mapping of per-group marginals; return its fixed (``Distribution``) entries."""
+    fixed = {}
+    for key, value in marginal.items():
+        if not isinstance(key, str) or not key or "." in key:
+            raise ValueError(
+                f"marginal group names must be non-empty strings without '.', got {key!r}"
+            )
+        if hasattr(nn.ModuleDict(), key):
+            raise ValueError(
+                f"marginal group name {key!r} is an attribute of torch.nn.ModuleDict, which "
+                "holds the learned marginals; rename the group"
+            )
+        if isinstance(value, Distribution):
+            fixed[key] = value
+        elif not isinstance(value, nn.Module):
+            raise TypeError(
+                f"marginal[{key!r}] must be an nn.Module returning a Distribution or a "
+                f"Distribution, got {type(value).__name__}"
+            )
+    return fixed

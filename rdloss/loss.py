@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
+from typing import TYPE_CHECKING, Literal, NamedTuple, cast
 
 import torch
 from einops import rearrange, repeat
@@ -16,12 +16,20 @@ from rdloss import functional as F
 from rdloss._validation import (
     Checks,
     check_distribution,
-    check_finite,
     check_fraction,
+    check_outputs,
     check_tensor,
+    check_weight,
     should_validate,
 )
-from rdloss.latents import LatentGroup, MarginalLike, RateTerms, resolve, resolve_marginal
+from rdloss.latents import (
+    LatentGroup,
+    MarginalLike,
+    RateTerms,
+    resolve,
+    resolve_marginal,
+    split_marginals,
+)
 from rdloss.objectives import Beta, Objective
 
 __all__ = ["RDOutput", "RateDistortionLoss"]
@@ -186,7 +194,7 @@ class RateDistortionLoss(nn.Module):
                 "argument is the marginal)"
             )
         if isinstance(marginal, Mapping):
-            self._fixed_marginals = _split_marginals(marginal)
+            self._fixed_marginals = split_marginals(marginal)
             self.marginal: nn.Module | Distribution | None = nn.ModuleDict(
                 {k: v for k, v in marginal.items() if isinstance(v, nn.Module)}
             )
@@ -319,7 +327,7 @@ class RateDistortionLoss(nn.Module):
                 total = weight.sum()
                 checks.add(
                     torch.isfinite(total) & (total > 0) & (weight.amin() >= 0),
-                    lambda: _check_weight(weight),
+                    lambda: check_weight(weight),
                 )
             for g in groups:
                 checks.collect(g.posterior)
@@ -348,7 +356,7 @@ class RateDistortionLoss(nn.Module):
             rate = terms.per_example
             checks.add(
                 torch.isfinite(rate.sum() + distortion.sum()),
-                lambda: _check_outputs(rate, distortion),
+                lambda: check_outputs(rate, distortion),
             )
             checks.run()
         mean_rate = F.batch_mean(terms.per_example, weight)
@@ -459,29 +467,6 @@ class RateDistortionLoss(nn.Module):
         return f"{marginal}rate_estimator={self.rate_estimator!r}{balance}{sync}"
 
 
-def _split_marginals(marginal: Mapping[Any, object]) -> dict[str, Distribution]:
-    """Check a mapping of per-group marginals; return its fixed (``Distribution``) entries."""
-    fixed = {}
-    for key, value in marginal.items():
-        if not isinstance(key, str) or not key or "." in key:
-            raise ValueError(
-                f"marginal group names must be non-empty strings without '.', got {key!r}"
-            )
-        if hasattr(nn.ModuleDict(), key):
-            raise ValueError(
-                f"marginal group name {key!r} is an attribute of torch.nn.ModuleDict, which "
-                "holds the learned marginals; rename the group"
-            )
-        if isinstance(value, Distribution):
-            fixed[key] = value
-        elif not isinstance(value, nn.Module):
-            raise TypeError(
-                f"marginal[{key!r}] must be an nn.Module returning a Distribution or a "
-                f"Distribution, got {type(value).__name__}"
-            )
-    return fixed
-
-
 def _distortion_given(
     x: Tensor,
     likelihood: Distribution,
@@ -506,25 +491,3 @@ def _distortion_given(
                 f"{tuple(per_draw.shape[:-1])}: they must come from the same latents"
             )
     return per_draw.mean(0) if per_draw.ndim == 2 else per_draw
-
-
-def _check_weight(weight: Tensor) -> None:
-    check_finite(weight=weight)
-    if not bool((weight >= 0).all() and weight.sum() > 0):
-        raise ValueError("weight must be non-negative with a positive sum")
-
-
-def _check_outputs(rate: Tensor, distortion: Tensor) -> None:
-    flags = torch.stack([torch.isfinite(rate).all(), torch.isfinite(distortion).all()])
-    rate_ok, distortion_ok = flags.tolist()
-    if not rate_ok:
-        raise ValueError(
-            f"rate is NaN/inf for {int((~torch.isfinite(rate)).sum())} of {rate.numel()} "
-            "examples: check the posterior and marginal parameters"
-        )
-    if not distortion_ok:
-        raise ValueError(
-            f"distortion is NaN/inf for {int((~torch.isfinite(distortion)).sum())} of "
-            f"{distortion.numel()} examples: check the likelihood parameters, and that x "
-            "lies in the likelihood's support"
-        )

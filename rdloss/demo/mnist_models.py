@@ -166,7 +166,7 @@ class PixelCNNDecoder(nn.Module):
     """
 
     def __init__(
-        self, latent_dim: int, channels: int = 32, layers: int = 4, kernel_size: int = 3
+        self, latent_dim: int, channels: int = 16, layers: int = 3, kernel_size: int = 3
     ) -> None:
         super().__init__()
         self.first = MaskedConv2d(1, channels, 7, mask="A")

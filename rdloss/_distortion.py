@@ -49,6 +49,17 @@ def distortion(x: Tensor, likelihood: Distribution, *, checks: Checks | None = N
     """
     check_tensor("x", x, min_ndim=1)
     check_distribution("likelihood", likelihood)
+    return _distortion(x, likelihood, checks, deferred=True)
+
+
+def _distortion(
+    x: Tensor, likelihood: Distribution, checks: Checks | None, *, deferred: bool
+) -> Tensor:
+    """`distortion` of checked types; ``deferred``: run the checks a helper left to the loss.
+
+    A `RateDistortionLoss` with ``validate_args=False`` passes ``deferred=False``: the
+    helpers' deferred checks are the loss's to run, and it runs none.
+    """
     shape = likelihood.batch_shape + likelihood.event_shape
     if shape == x.shape:
         n_lead = 1
@@ -68,12 +79,14 @@ def distortion(x: Tensor, likelihood: Distribution, *, checks: Checks | None = N
             f"start with {tuple(shape[:n_lead])}, got {tuple(likelihood.batch_shape)} "
             "(build it with event_dims counting data dims only)"
         )
-    per_element = widen_half(_negative_log_prob(likelihood, x, checks))
+    per_element = widen_half(_negative_log_prob(likelihood, x, checks, deferred))
     data_dims = tuple(range(n_lead, per_element.ndim))
     return per_element.sum(data_dims) if data_dims else per_element
 
 
-def _negative_log_prob(likelihood: Distribution, x: Tensor, checks: Checks | None) -> Tensor:
+def _negative_log_prob(
+    likelihood: Distribution, x: Tensor, checks: Checks | None, deferred: bool
+) -> Tensor:
     """``-likelihood.log_prob(x)``, elementwise over a factorised Bernoulli's pixels.
 
     ``Bernoulli.log_prob`` negates the binary cross-entropy, and with the negation in the
@@ -86,7 +99,7 @@ def _negative_log_prob(likelihood: Distribution, x: Tensor, checks: Checks | Non
         logits = base.logits
         # Binarised data often arrives as int/bool/uint8: 0 and 1 are exact in any float.
         target = x if x.dtype == logits.dtype else x.to(logits.dtype)
-        wanted = base._validate_args or getattr(likelihood, SUPPORT_CHECK, False)
+        wanted = base._validate_args or (deferred and getattr(likelihood, SUPPORT_CHECK, False))
         if wanted and should_validate(True):
             _check_binary(target, checks)
         target = target if target.shape == logits.shape else target.expand_as(logits)

@@ -249,8 +249,7 @@ def rate(
         >>> rate(q, m).per_example
         tensor([0., 0.])
     """
-    if estimator not in ("analytic", "mc", "auto"):
-        raise ValueError(f"estimator must be 'analytic', 'mc' or 'auto', got {estimator!r}")
+    _check_estimator(estimator)
     posterior = as_stepped_latent(posterior)
     if prior is not None:
         against: Distribution | None = as_prior(prior, posterior)
@@ -260,6 +259,22 @@ def rate(
         against = None
     if z is not None:
         sample_dims(check_tensor("z", z), posterior)
+    return _canonical_rate(posterior, against, z, estimator, balance)
+
+
+def _check_estimator(estimator: object) -> None:
+    if estimator not in ("analytic", "mc", "auto"):
+        raise ValueError(f"estimator must be 'analytic', 'mc' or 'auto', got {estimator!r}")
+
+
+def _canonical_rate(
+    posterior: Distribution,
+    against: Distribution | None,
+    z: Tensor | None,
+    estimator: RateEstimator,
+    balance: float | None,
+) -> Rate:
+    """`rate` of arguments already in canonical, checked shapes (`rdloss.latents.resolve`)."""
     if balance is None:
         return _plain_rate(posterior, against, z, estimator)
     if against is None:
@@ -317,12 +332,15 @@ def rate_terms(
         ``(terms, estimator)``: `RateTerms`, and the estimators used, in group order
         without repeats, joined by ``"+"`` (e.g. ``"analytic"`` or ``"analytic+mc"``).
     """
+    _check_estimator(estimator)
     rates = {}
     for g in groups:
         try:
-            rates[g.name] = rate(
-                g.posterior, g.marginal, prior=g.prior, z=g.z, estimator=estimator, balance=balance
-            )
+            # resolve() checked the shapes of the posterior, the prior and z already.
+            against = g.prior
+            if against is None and g.marginal is not None:
+                against = as_marginal(g.marginal, g.posterior.event_shape)
+            rates[g.name] = _canonical_rate(g.posterior, against, g.z, estimator, balance)
         except (ValueError, TypeError, NotImplementedError) as error:
             if not grouped:
                 raise

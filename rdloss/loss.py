@@ -13,6 +13,7 @@ from torch.distributions import Distribution
 from typing_extensions import override
 
 from rdloss import functional as F
+from rdloss._distortion import _distortion
 from rdloss._validation import (
     Checks,
     check_distribution,
@@ -448,7 +449,8 @@ class RateDistortionLoss(nn.Module):
         if checks is not None:
             checks.collect(likelihood)
         data = repeat(x, "b ... -> (s b) ...", s=n_draws)
-        per_draw = F.distortion(data, likelihood, checks=checks).reshape(n_draws, rows)
+        per_draw = _distortion(data, likelihood, checks, deferred=checks is not None)
+        per_draw = per_draw.reshape(n_draws, rows)
         if probs is None:
             terms, estimator = self._rate(groups, grouped)
         return F.sample_mean(per_draw, probs), terms, estimator
@@ -477,7 +479,7 @@ def _distortion_given(
     check_distribution("likelihood", likelihood)
     if checks is not None:
         checks.collect(likelihood)
-    per_draw = F.distortion(x, likelihood, checks=checks)
+    per_draw = _distortion(x, likelihood, checks, deferred=checks is not None)
     for g in groups:
         if g.z is None:
             continue

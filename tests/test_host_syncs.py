@@ -71,3 +71,25 @@ def test_checks_off_runs_fewer_ops() -> None:
     # The value checks are real work: turning them off must remove ops, not only syncs.
     on, off = measure(LOSS_CASES["Beta"], True), measure(LOSS_CASES["Beta"], False)
     assert off.n_ops < on.n_ops
+
+
+@pytest.mark.parametrize("style", ["likelihood", "decoder"])
+def test_loss_without_checks_runs_none_of_the_helpers_deferred_checks(style: str) -> None:
+    # The helpers' default (validate_args=None) leaves their checks to the loss; a loss
+    # with validate_args=False must then run none of them (the Bernoulli support of x too).
+    import rdloss
+    from rdloss import helpers
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 2, (16, 20)).float()
+    mu, logvar, weights = torch.randn(16, 4), torch.randn(16, 4), torch.randn(4, 20)
+    loss_fn = rdloss.RateDistortionLoss(validate_args=False)
+
+    def call() -> object:
+        q = helpers.normal(mu, logvar=logvar)
+        if style == "decoder":
+            return loss_fn(x, posterior=q, decoder=lambda z: helpers.bernoulli(logits=z @ weights))
+        z = q.rsample()
+        return loss_fn(x, posterior=q, likelihood=helpers.bernoulli(logits=z @ weights), z=z)
+
+    assert count(call).n_syncs == 0

@@ -11,6 +11,7 @@ from rdloss._validation import (
     SUPPORT_CHECK,
     Checks,
     check_distribution,
+    check_finite,
     check_tensor,
     should_validate,
     widen_half,
@@ -111,6 +112,8 @@ def _check_binary(x: Tensor, checks: Checks | None) -> None:
     """``x`` in ``{0, 1}``, the Bernoulli's support: now, or queued on the call's checks."""
 
     def explain() -> None:
+        if x.is_floating_point():
+            check_finite(x=x)  # NaN and inf fail this check too: name them as such
         bad = (x != 0) & (x != 1)
         if bool(bad.any()):
             raise ValueError(
@@ -127,6 +130,7 @@ def _check_binary(x: Tensor, checks: Checks | None) -> None:
     # x (1 - x) is 0 exactly at 0 and 1, NaN or non-zero elsewhere: one fused pass and an
     # L1 norm instead of three boolean passes over the pixels.
     checks.add(torch.linalg.vector_norm(torch.addcmul(x, x, x, value=-1), 1) == 0, explain)
+    checks.covers_finite(x)  # the loss's own finiteness screen of x would repeat it
 
 
 def sample_mean(values: Tensor, probs: Tensor | None = None) -> Tensor:

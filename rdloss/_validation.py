@@ -23,6 +23,7 @@ __all__ = [
     "defer",
     "check_distribution",
     "check_finite",
+    "finite_number",
     "check_fraction",
     "check_outputs",
     "check_weight",
@@ -123,6 +124,11 @@ class Checks:
 
     def __init__(self) -> None:
         self._pending: list[Pending] = []
+        self._finite: set[int] = set()  # ids of tensors a queued check already screens
+
+    def covers_finite(self, t: Tensor) -> None:
+        """Record that a queued check fails for NaN/inf in ``t``: `finite` skips it."""
+        self._finite.add(id(t))
 
     def add(self, passed: Tensor, explain: Callable[[], None]) -> None:
         """Queue a check: ``passed`` (0-dim bool tensor) and its exact re-derivation."""
@@ -135,20 +141,27 @@ class Checks:
     def finite(self, **tensors: Tensor) -> None:
         """Queue `check_finite` of floating-point tensors, screened by their sums."""
         for name, t in tensors.items():
-            if t.is_floating_point():
-                self.add(torch.isfinite(t.sum()), functools.partial(check_finite, **{name: t}))
+            if t.is_floating_point() and id(t) not in self._finite:
+                self.add(finite_number(t.sum()), functools.partial(check_finite, **{name: t}))
 
     def run(self) -> None:
         """Decide every queued check with one host synchronisation; raise the first failure."""
         if not self._pending:
             return
-        flags = [
-            p.passed.reshape(()).to(device=self._pending[0].passed.device) for p in self._pending
-        ]
-        if bool(torch.stack(flags).all()):
+        device = self._pending[0].passed.device
+        flags = [p.passed if p.passed.ndim == 0 else p.passed.reshape(()) for p in self._pending]
+        if bool(torch.stack([f.to(device=device) for f in flags]).all()):
             return
         for pending in self._pending:
             pending.explain()  # raises for a real failure; a screen's false alarm passes
+
+
+def finite_number(t: Tensor) -> Tensor:
+    """0-dim ``t`` is finite, as a device flag: ``t - t`` is 0, or NaN for NaN and inf.
+
+    Two kernels where ``torch.isfinite`` runs four on CPU; this runs on every call.
+    """
+    return (t - t) == 0
 
 
 def check_finite(**tensors: Tensor) -> None:

@@ -90,9 +90,11 @@ class Rate(NamedTuple):
 def _reduce(values: Tensor, lead: torch.Size, estimator: UsedEstimator, per_dim: bool) -> Rate:
     """`Rate` from values over ``(*lead, ...)``: per dimension (flattened) or per batch entry."""
     if per_dim:
-        values = values.reshape(*lead, -1)
+        # (B, D), the common case, is already flat: a reshape would still cost a view op.
+        if values.ndim != len(lead) + 1:
+            values = values.reshape(*lead, -1)
         per_step = values.sum(-1)
-        per_dimension: Tensor | None = values.reshape(lead[0], -1)
+        per_dimension: Tensor | None = values if values.ndim == 2 else values.reshape(lead[0], -1)
     else:
         per_step, per_dimension = values, None
     if len(lead) == 1:

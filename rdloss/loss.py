@@ -21,6 +21,7 @@ from rdloss._validation import (
     check_outputs,
     check_tensor,
     check_weight,
+    finite_number,
     should_validate,
 )
 from rdloss.latents import (
@@ -323,11 +324,10 @@ class RateDistortionLoss(nn.Module):
         validate = should_validate(self.validate_args) and x.device.type != "meta"
         checks = Checks() if validate else None
         if checks is not None:
-            checks.finite(x=x)
             if weight is not None:
                 total = weight.sum()
                 checks.add(
-                    torch.isfinite(total) & (total > 0) & (weight.amin() >= 0),
+                    finite_number(total) & (total > 0) & (weight.amin() >= 0),
                     lambda: check_weight(weight),
                 )
             for g in groups:
@@ -354,9 +354,10 @@ class RateDistortionLoss(nn.Module):
             terms, estimator = self._rate(groups, grouped)
 
         if checks is not None:
+            checks.finite(x=x)  # after the distortion, whose support check may cover x
             rate = terms.per_example
             checks.add(
-                torch.isfinite(rate.sum() + distortion.sum()),
+                finite_number(rate.sum() + distortion.sum()),
                 lambda: check_outputs(rate, distortion),
             )
             checks.run()
@@ -448,7 +449,7 @@ class RateDistortionLoss(nn.Module):
             )
         if checks is not None:
             checks.collect(likelihood)
-        data = repeat(x, "b ... -> (s b) ...", s=n_draws)
+        data = x if n_draws == 1 else repeat(x, "b ... -> (s b) ...", s=n_draws)
         per_draw = _distortion(data, likelihood, checks, deferred=checks is not None)
         per_draw = per_draw.reshape(n_draws, rows)
         if probs is None:

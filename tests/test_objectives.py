@@ -568,3 +568,26 @@ def test_a_user_objective_gets_the_checks_and_the_step_from_forward() -> None:
     with pytest.raises(ValueError, match=r"distortion must have rate's shape"):
         objective(torch.ones(3), torch.ones(4))
     assert int(objective.step) == 1  # a rejected call does not count
+
+
+def test_a_hyperparameter_read_once_per_change_is_never_stale() -> None:
+    # The float32 copy of a float64 hyperparameter is kept between calls; every way its
+    # buffer changes must reach the next call, and a returned value must not change after.
+    objective = Beta(0.5)
+    rate, distortion = torch.tensor([2.0, 4.0]), torch.tensor([10.0, 20.0])
+    first = objective(rate, distortion).hyper["beta"]
+    assert objective(rate, distortion).hyper["beta"] is first  # kept: no copy per call
+    objective.beta = 0.25
+    assert float(objective(rate, distortion).hyper["beta"]) == 0.25
+    assert float(first) == 0.5
+    state = Beta(0.125).state_dict()
+    objective.load_state_dict(state)
+    assert float(objective(rate, distortion).hyper["beta"]) == 0.125
+    with torch.no_grad():
+        objective.get_buffer("beta").mul_(2.0)
+    assert float(objective(rate, distortion).hyper["beta"]) == 0.25
+    objective.double()  # the buffer is replaced (stays float64): the copy follows it
+    out = objective(rate.double(), distortion.double())
+    assert out.hyper["beta"].dtype == torch.float64
+    assert float(out.hyper["beta"]) == 0.25
+    torch.testing.assert_close(out.loss, torch.tensor(15.0 + 0.25 * 3.0, dtype=torch.float64))

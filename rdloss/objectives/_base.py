@@ -1,70 +1,24 @@
-"""The objective interface, its step buffer, and hyperparameters that may be schedules."""
+"""The objective interface: checked terms in, a loss out, and a step buffer."""
 
 from __future__ import annotations
 
-import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple, TypeAlias, overload
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from rdloss._validation import check_nonnegative_number, in_functorch
+from rdloss._validation import in_functorch
 from rdloss.functional import batch_mean, global_batch_mean
 from rdloss.latents import RateTerms
+from rdloss.objectives._hyperparameters import CastCache, HyperparameterAttribute
 from rdloss.schedules import Schedule
 
-__all__ = [
-    "Hyperparameter",
-    "HyperparameterAttribute",
-    "Objective",
-    "ObjectiveOutput",
-    "as_hyperparameter",
-    "check_terms",
-    "numbers_repr",
-]
+__all__ = ["Objective", "ObjectiveOutput", "check_terms", "numbers_repr"]
 
-Hyperparameter: TypeAlias = float | Schedule
-"""A number (constant) or a `Schedule` of the objective's step."""
-
-
-def as_hyperparameter(name: str, value: object, *, positive: bool = False) -> float | Schedule:
-    """Validate a hyperparameter: a schedule is kept, a number becomes a float.
-
-    A built-in schedule whose range (`Schedule.value_range`) goes below 0 is rejected; a
-    user schedule without a known range is trusted.
-
-    Args:
-        name: argument name used in error messages.
-        value: a `Schedule` or a real number (or 0-dim tensor).
-        positive: require a number ``> 0`` rather than ``>= 0``.
-
-    Returns:
-        The schedule, or the number as a float.
-    """
-    if isinstance(value, Schedule):
-        # A schedule may touch 0 where a number must be > 0 (a warm-up such as
-        # lr=Linear(0.0, 0.1, steps=T)), but never go negative.
-        bounds = value.value_range()
-        if bounds is not None and bounds[0] < 0:
-            raise ValueError(
-                f"{name} must be >= 0 at every step, got a {type(value).__name__} schedule "
-                f"whose values reach {bounds[0]}"
-            )
-        if positive and bounds is not None and bounds[1] <= 0:
-            raise ValueError(
-                f"{name} must be > 0 at some step, got a {type(value).__name__} schedule "
-                "that stays at 0"
-            )
-        return value
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
-        raise TypeError(
-            f"{name} must be a real number or an rdloss.schedules.Schedule, "
-            f"got {type(value).__name__}"
-        )
-    return check_nonnegative_number(name, value, positive=positive)
+_FULL = (torch.float32, torch.float64)
 
 
 class _CallState:
@@ -77,71 +31,6 @@ class _CallState:
         # (values, mean) pairs taken with `weight`: `Objective.mean` reuses them.
         self.means: tuple[tuple[Tensor, Tensor], ...] = ()
         self.weight: Tensor | None = None
-
-
-class HyperparameterAttribute:
-    """A hyperparameter attribute of an `Objective` that validates every assignment.
-
-    Assigning a number stores it in a float64 buffer of the same name (one element, updated
-    in place by later assignments), so a compiled loss reads it as a tensor and does not
-    recompile when the value changes; assigning a `Schedule` registers it as a submodule.
-    Reading gives the number as a 0-dim view of the buffer, or the schedule. (Shape
-    ``(1,)`` rather than ``()``: torch.compile turns a 0-dim float64 input into a Python
-    float and re-traces the graph once.) Both the constructor and later assignments
-    (``objective.beta = 0.3``, e.g. annealing by hand) go through `as_hyperparameter`.
-
-    Args:
-        positive: require a number ``> 0`` rather than ``>= 0``.
-
-    Examples:
-        >>> from rdloss.objectives import Beta
-        >>> objective = Beta(0.5)
-        >>> objective.beta = 0.25
-        >>> objective.beta
-        tensor(0.2500, dtype=torch.float64)
-        >>> objective.beta = -1.0
-        Traceback (most recent call last):
-        ...
-        ValueError: beta must be >= 0, got -1.0
-    """
-
-    def __init__(self, *, positive: bool = False) -> None:
-        self.positive = positive
-        self.name = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    @overload
-    def __get__(self, obj: None, owner: type | None = None) -> HyperparameterAttribute: ...
-    @overload
-    def __get__(self, obj: Objective, owner: type | None = None) -> Tensor | Schedule: ...
-    def __get__(
-        self, obj: Objective | None, owner: type | None = None
-    ) -> HyperparameterAttribute | Tensor | Schedule:
-        if obj is None:
-            return self
-        schedule = obj._modules.get(self.name)
-        if isinstance(schedule, Schedule):
-            return schedule
-        buffer = obj._buffers.get(self.name)
-        if buffer is None:
-            raise AttributeError(f"{type(obj).__name__}.{self.name} has not been set")
-        return buffer.view(())
-
-    def __set__(self, obj: Objective, value: Hyperparameter | Tensor) -> None:
-        checked = as_hyperparameter(self.name, value, positive=self.positive)
-        if isinstance(checked, Schedule):
-            obj._buffers.pop(self.name, None)
-            obj._modules[self.name] = checked
-            return
-        obj._modules.pop(self.name, None)
-        buffer = obj._buffers.get(self.name)
-        if buffer is None:
-            obj.register_buffer(self.name, torch.tensor([checked], dtype=torch.float64))
-        else:
-            with torch.no_grad():  # in place: the same tensor, so compiled code reads it
-                buffer.fill_(checked)
 
 
 def check_terms(
@@ -253,6 +142,7 @@ class Objective(nn.Module, ABC):
         # What the call in progress brings: set by `forward`, cleared after (a plain object,
         # so these per-call updates skip nn.Module.__setattr__, ~15 us each).
         self._call = _CallState()
+        self._casts = CastCache()
 
     @override
     def __setattr__(self, name: str, value: Any) -> None:
@@ -320,12 +210,15 @@ class Objective(nn.Module, ABC):
         Returns:
             0-dim tensor (a new one: later assignments do not change it).
         """
-        dtype = torch.promote_types(like.dtype, torch.float32)
+        # promote_types is an operator call; the common dtypes need none.
+        dtype = like.dtype
+        if dtype not in _FULL:
+            dtype = torch.promote_types(dtype, torch.float32)
         if isinstance(value, Schedule):
             scheduled: Tensor = value(self.step.to(dtype))
             return scheduled.to(dtype)
         if isinstance(value, Tensor):
-            return value.to(device=like.device, dtype=dtype, copy=True)
+            return self._casts.get(value, dtype, like.device, self._buffers.values())
         return torch.tensor(value, dtype=dtype, device=like.device)
 
     def forward(

@@ -17,13 +17,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from rdloss._validation import check_nonnegative_number
-from rdloss.objectives._base import (
-    Hyperparameter,
-    HyperparameterAttribute,
-    Objective,
-    ObjectiveOutput,
-    numbers_repr,
-)
+from rdloss.objectives._base import Objective, ObjectiveOutput, numbers_repr
+from rdloss.objectives._hyperparameters import Hyperparameter, HyperparameterAttribute
 
 __all__ = ["GECO", "RateController"]
 

@@ -15,13 +15,8 @@ from typing_extensions import override
 
 from rdloss._validation import check_nonnegative_number
 from rdloss.latents import RateTerms
-from rdloss.objectives._base import (
-    Hyperparameter,
-    HyperparameterAttribute,
-    Objective,
-    ObjectiveOutput,
-    numbers_repr,
-)
+from rdloss.objectives._base import Objective, ObjectiveOutput, numbers_repr
+from rdloss.objectives._hyperparameters import Hyperparameter, HyperparameterAttribute
 from rdloss.objectives._structured import check_alpha, nvae_balanced_rate
 from rdloss.schedules import Schedule
 

@@ -19,13 +19,8 @@ from typing_extensions import override
 
 from rdloss._validation import check_nonnegative_number
 from rdloss.latents import RateTerms
-from rdloss.objectives._base import (
-    Hyperparameter,
-    HyperparameterAttribute,
-    Objective,
-    ObjectiveOutput,
-    numbers_repr,
-)
+from rdloss.objectives._base import Objective, ObjectiveOutput, numbers_repr
+from rdloss.objectives._hyperparameters import Hyperparameter, HyperparameterAttribute
 
 __all__ = ["FreeBits", "check_alpha", "nvae_balanced_rate"]
 

@@ -353,16 +353,15 @@ class RateDistortionLoss(nn.Module):
             distortion = _distortion_given(x, likelihood, groups, grouped, checks)
             terms, estimator = self._rate(groups, grouped)
 
+        mean_rate = F.batch_mean(terms.per_example, weight)
+        mean_distortion = F.batch_mean(distortion, weight)
+        elbo = F.elbo(mean_rate, mean_distortion)
         if checks is not None:
             checks.finite(x=x)  # after the distortion, whose support check may cover x
             rate = terms.per_example
-            checks.add(
-                finite_number(rate.sum() + distortion.sum()),
-                lambda: check_outputs(rate, distortion),
-            )
+            # The ELBO is finite exactly when both means are: no extra pass over R and D.
+            checks.add(finite_number(elbo), lambda: check_outputs(rate, distortion))
             checks.run()
-        mean_rate = F.batch_mean(terms.per_example, weight)
-        mean_distortion = F.batch_mean(distortion, weight)
         objective = self.objective(
             terms.per_example,
             distortion,
@@ -376,7 +375,7 @@ class RateDistortionLoss(nn.Module):
             loss=objective.loss,
             rate=mean_rate,
             distortion=mean_distortion,
-            elbo=F.elbo(mean_rate, mean_distortion),
+            elbo=elbo,
             rate_per_example=terms.per_example,
             distortion_per_example=distortion,
             rate_per_dimension=terms.per_dimension,

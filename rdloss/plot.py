@@ -201,7 +201,7 @@ def _landmarks(ax: Axes, entropy: float, *, estimate: bool) -> None:
     name = "Ĥ" if estimate else "H"
     if estimate:
         ax.plot([0, entropy], [entropy, 0], color="k", lw=1.0, ls="-.",
-                label="D = Ĥ \u2212 R (Ĥ = best \u2212ELBO, an estimate)")  # fmt: skip
+                label="D = Ĥ \u2212 R (Ĥ: an estimate of H)")  # fmt: skip
     else:
         ax.fill_between([0, entropy], [entropy, 0], 0, color="0.85", hatch="//", lw=0,
                         label="infeasible: D < H \u2212 R", zorder=0)  # fmt: skip

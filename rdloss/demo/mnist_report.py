@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from rdloss.demo.mnist import MNISTResult
 
@@ -262,8 +262,9 @@ def save_figures(
 ) -> list[Path]:
     """Write ``mnist_rd_plane.png`` (all runs, the paper's landmarks) and ``mnist_trajectory.png``.
 
-    The landmarks: the line ``D = Ĥ - R`` (``Ĥ`` an estimate, the lowest ``-log p(x)`` seen),
-    the auto-encoding limit ``(R = Ĥ, D = 0)`` and the auto-decoding limit ``(R = 0, D = Ĥ)``.
+    The landmarks (drawn by `rdloss.plot.rd_plane`): the line ``D = Ĥ - R`` (``Ĥ`` an
+    estimate, the lowest ``-log p(x)`` seen), the auto-encoding limit ``(R = Ĥ, D = 0)`` and
+    the auto-decoding limit ``(R = 0, D = Ĥ)``.
 
     Raises:
         ImportError: matplotlib is not installed.
@@ -279,7 +280,6 @@ def save_figures(
     points = [RDPoint(r.rate, r.distortion, label=_label(r), group=_group(r)) for r in rows]
     rd_plane(points, entropy=entropy, entropy_is_estimate=True, ax=ax,
              title="MNIST (5k shipped digits): held-out R and D")  # fmt: skip
-    _landmarks(ax, entropy)
     paths = [folder / "mnist_rd_plane.png", folder / "mnist_trajectory.png"]
     fig.tight_layout()
     fig.savefig(paths[0], dpi=90)
@@ -295,14 +295,6 @@ def save_figures(
     fig.savefig(paths[1], dpi=90)
     plt.close(fig)
     return paths
-
-
-def _landmarks(ax: Any, entropy: float) -> None:
-    ax.scatter([entropy, 0.0], [0.0, entropy], marker="*", s=90, color="k", zorder=4, clip_on=False)
-    ax.annotate("auto-encoding (R = Ĥ, D = 0)", (entropy, 0.0), xytext=(-4, 8), ha="right",
-                textcoords="offset points", fontsize=7)  # fmt: skip
-    ax.annotate("auto-decoding (R = 0, D = Ĥ)", (0.0, entropy), xytext=(6, 4),
-                textcoords="offset points", fontsize=7)  # fmt: skip
 
 
 def _group(row: Row) -> str:

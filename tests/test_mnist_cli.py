@@ -38,7 +38,7 @@ def test_quick_run_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["mnist", "--quick", "--no-progress", "--seed", "3", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "The paper's findings at this scale (--quick: meaningless)" in printed
-    assert printed.count("[ok]") + printed.count("[NO]") == 6
+    assert printed.count("[yes]") + printed.count("[NO]") == 6
     assert {p.name for p in out.iterdir()} == {
         "mnist_results.csv",
         "mnist_results.json",

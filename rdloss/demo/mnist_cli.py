@@ -105,6 +105,7 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
 
     from rdloss.demo import mnist, mnist_report
     from rdloss.demo.mnist_data import MNIST_ATTRIBUTION, MNISTSplit, load_mnist
+    from rdloss.demo.results import format_findings
 
     started = time.perf_counter()
     try:
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
     )
     suffix = " (--quick: meaningless)" if args.quick else ""
     print(f"\nThe paper's findings at this scale{suffix}")
-    print(mnist_report.format_findings(found))
+    print(format_findings(found))
     provenance = {
         "command": "mnist",
         "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -81,11 +81,21 @@ def test_data_option_reads_torchvision_files(
 ) -> None:
     _idx_folder(tmp_path / "tv", 8, 4)
     out = tmp_path / "run"
+    out.mkdir()
+    # A previous run's plot and another command's file share the folder.
+    (out / "mnist_rd_plane.png").write_bytes(b"old")
+    (out / "results.csv").write_text("rdloss demo's\n")
     args = ["mnist", "--data", str(tmp_path / "tv"), "--epochs", "1", "--iwae-samples", "2"]
     assert main([*args, "--latent-dim", "2", "--no-progress", "--no-plot", "--out", str(out)]) == 0
     report = json.loads((out / "mnist_results.json").read_text())
     assert report["train_images"] == 8 and report["test_images"] == 4
     assert "IDX" in report["data"] and "8 train / 4 test" in capsys.readouterr().out
+    # --no-plot removes the stale plot, keeps the other command's file, leaves no partials.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "mnist_results.csv",
+        "mnist_results.json",
+        "results.csv",
+    ]
 
 
 def _bad_amat(folder: Path) -> None:

@@ -20,7 +20,7 @@ import csv
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -260,8 +260,11 @@ def findings(rows: Sequence[Row]) -> list[Finding]:
 
 
 def save_figures(
-    rows: Sequence[Row], results: Sequence[MNISTResult], entropy: float, folder: Path
-) -> list[Path]:
+    rows: Sequence[Row],
+    results: Sequence[MNISTResult],
+    entropy: float,
+    path: Callable[[str], Path],
+) -> None:
     """Write ``mnist_rd_plane.png`` (all runs, the paper's landmarks) and ``mnist_trajectory.png``.
 
     The landmarks (drawn by `rdloss.plot.rd_plane`): the line ``D = Ĥ - R`` (``Ĥ`` an
@@ -282,9 +285,8 @@ def save_figures(
     points = [RDPoint(r.rate, r.distortion, label=_label(r), group=_group(r)) for r in rows]
     rd_plane(points, entropy=entropy, entropy_is_estimate=True, ax=ax,
              title="MNIST (5k shipped digits): held-out R and D")  # fmt: skip
-    paths = [folder / "mnist_rd_plane.png", folder / "mnist_trajectory.png"]
     fig.tight_layout()
-    fig.savefig(paths[0], dpi=90)
+    fig.savefig(path("mnist_rd_plane.png"), dpi=90)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6.4, 5.0))
     for r in results:
@@ -294,9 +296,8 @@ def save_figures(
     ax.set_title("training trajectories (train-set R, D per epoch)")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(paths[1], dpi=90)
+    fig.savefig(path("mnist_trajectory.png"), dpi=90)
     plt.close(fig)
-    return paths
 
 
 def _group(row: Row) -> str:

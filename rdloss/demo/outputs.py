@@ -19,7 +19,7 @@ from rdloss._version import __version__
 
 __all__ = ["ARTEFACTS", "Staging", "provenance"]
 
-# Every file a command may write into its output folder.
+# Every file `rdloss demo` may write into its output folder.
 ARTEFACTS = ("results.csv", "results.json", "rd_plane.png", "trajectory.png")
 
 
@@ -28,6 +28,8 @@ class Staging:
 
     Args:
         folder: the output folder (must exist).
+        artefacts: every file the command may write there; those this run did not write
+            are removed at the end.
 
     Examples:
         >>> import tempfile
@@ -38,8 +40,9 @@ class Staging:
         (['results.csv'], ['results.csv'])
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, artefacts: tuple[str, ...] = ARTEFACTS) -> None:
         self.folder = folder
+        self.artefacts = artefacts
         self.written: list[str] = []
         self._staged: dict[str, Path] = {}
 
@@ -68,7 +71,7 @@ class Staging:
             if temporary.exists():  # a writer may decline (e.g. no rows for a figure)
                 os.replace(temporary, self.folder / name)
                 self.written.append(name)
-        for name in ARTEFACTS:
+        for name in self.artefacts:
             if name not in self.written:
                 with contextlib.suppress(FileNotFoundError):
                     (self.folder / name).unlink()

@@ -308,4 +308,7 @@ def _group(row: Row) -> str:
 
 
 def _label(row: Row) -> str:
-    return f"sigma={row.value:g}" if row.objective == "target_rate" else f"β={row.value:g}"
+    if row.objective == "target_rate":
+        return f"sigma={row.value:g}"
+    # The learned-marginal groups are all at β = 1 (their legend says so): no labels.
+    return f"β={row.value:g}" if row.marginal == "normal" else ""

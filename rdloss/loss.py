@@ -434,12 +434,15 @@ class RateDistortionLoss(nn.Module):
                         "for discrete latents or pass likelihood= with your own (relaxed) "
                         "samples"
                     )
-            zs = {g.name: g.posterior.rsample((samples,)) for g in groups}
+            # One draw (the common case) needs no sample axis: no flattening, no mean over it.
+            shape = torch.Size() if samples == 1 else torch.Size([samples])
+            zs = {g.name: g.posterior.rsample(shape) for g in groups}
             groups = tuple(g._replace(z=zs[g.name]) for g in groups)
         else:
             raise ValueError(f"samples must be an int >= 1 or 'enumerate', got {samples!r}")
-        n_draws, rows = next(iter(zs.values())).shape[0], x.shape[0]
-        flat = {k: rearrange(v, "s b ... -> (s b) ...") for k, v in zs.items()}
+        single = samples == 1
+        n_draws, rows = 1 if single else next(iter(zs.values())).shape[0], x.shape[0]
+        flat = zs if single else {k: rearrange(v, "s b ... -> (s b) ...") for k, v in zs.items()}
         likelihood = decoder(flat if grouped else flat[groups[0].name])  # type: ignore[arg-type]
         if not isinstance(likelihood, Distribution):
             raise TypeError(
@@ -450,10 +453,11 @@ class RateDistortionLoss(nn.Module):
             checks.collect(likelihood)
         data = x if n_draws == 1 else repeat(x, "b ... -> (s b) ...", s=n_draws)
         per_draw = _distortion(data, likelihood, checks, deferred=checks is not None)
-        per_draw = per_draw.reshape(n_draws, rows)
         if probs is None:
             terms, estimator = self._rate(groups, grouped)
-        return F.sample_mean(per_draw, probs), terms, estimator
+        if single and per_draw.ndim == 1:
+            return per_draw, terms, estimator
+        return F.sample_mean(per_draw.reshape(n_draws, rows), probs), terms, estimator
 
     @override
     def extra_repr(self) -> str:

@@ -289,6 +289,8 @@ def save_figures(
     fig.savefig(path("mnist_rd_plane.png"), dpi=90)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    # 11 runs and the default cycle has 10 colours: tab20's 20 keep every run distinct.
+    ax.set_prop_cycle(color=[plt.get_cmap("tab20")(i) for i in range(20)])
     for r in results:
         trajectory(r.history[:, 0].tolist(), r.history[:, 1].tolist(), label=r.spec.name, ax=ax)
     ax.axline((0.0, entropy), slope=-1.0, color="k", lw=0.8, ls=":", label="D = Ĥ - R (estimate)")

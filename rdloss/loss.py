@@ -7,16 +7,14 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal, NamedTuple, cast
 
 import torch
-from einops import rearrange, repeat
 from torch import Tensor, nn
 from torch.distributions import Distribution
 from typing_extensions import override
 
 from rdloss import functional as F
-from rdloss._distortion import _distortion
+from rdloss._decoding import Decoder, decoded, given
 from rdloss._validation import (
     Checks,
-    check_distribution,
     check_fraction,
     check_outputs,
     check_tensor,
@@ -25,9 +23,7 @@ from rdloss._validation import (
     should_validate,
 )
 from rdloss.latents import (
-    LatentGroup,
     MarginalLike,
-    RateTerms,
     resolve,
     resolve_marginal,
     split_marginals,
@@ -39,7 +35,6 @@ __all__ = ["RDOutput", "RateDistortionLoss"]
 _LN2 = math.log(2.0)
 
 Posterior = Distribution | Mapping[str, Distribution]
-Decoder = Callable[[Tensor], Distribution] | Callable[[dict[str, Tensor]], Distribution]
 
 
 class RDOutput(NamedTuple):
@@ -340,8 +335,15 @@ class RateDistortionLoss(nn.Module):
         if decoder is not None:
             if z is not None:
                 raise ValueError("z is drawn by the loss when decoder= is given; do not pass z")
-            distortion, terms, estimator = self._decode(
-                x, groups, grouped, decoder, samples, checks
+            distortion, terms, estimator = decoded(
+                x,
+                groups,
+                grouped,
+                decoder,
+                samples,
+                checks,
+                estimator=self.rate_estimator,
+                balance=self.kl_balance,
             )
         else:
             if samples != 1:
@@ -350,8 +352,10 @@ class RateDistortionLoss(nn.Module):
                     "whatever produced it"
                 )
             assert likelihood is not None  # narrowed by the exactly-one check above
-            distortion = _distortion_given(x, likelihood, groups, grouped, checks)
-            terms, estimator = self._rate(groups, grouped)
+            distortion = given(x, likelihood, groups, grouped, checks)
+            terms, estimator = F.rate_terms(
+                groups, grouped=grouped, estimator=self.rate_estimator, balance=self.kl_balance
+            )
 
         mean_rate = F.batch_mean(terms.per_example, weight)
         mean_distortion = F.batch_mean(distortion, weight)
@@ -387,78 +391,6 @@ class RateDistortionLoss(nn.Module):
             weight=weight,
         )
 
-    def _rate(self, groups: tuple[LatentGroup, ...], grouped: bool) -> tuple[RateTerms, str]:
-        return F.rate_terms(
-            groups, grouped=grouped, estimator=self.rate_estimator, balance=self.kl_balance
-        )
-
-    def _decode(
-        self,
-        x: Tensor,
-        groups: tuple[LatentGroup, ...],
-        grouped: bool,
-        decoder: Decoder,
-        samples: int | Literal["enumerate"],
-        checks: Checks | None,
-    ) -> tuple[Tensor, RateTerms, str]:
-        """Draw or enumerate latents, decode them in one call, and compute D and R."""
-        if not callable(decoder):
-            raise TypeError(f"decoder must be callable, got {type(decoder).__name__}")
-        probs: Tensor | None = None
-        estimator: str
-        if samples == "enumerate":
-            if grouped or groups[0].steps is not None:
-                raise ValueError(
-                    "samples='enumerate' takes one discrete latent without steps; draw "
-                    "samples (samples=S) or pass likelihood= for grouped or sequence latents"
-                )
-            (group,) = groups
-            draws, probs = F.enumerate_posterior(group.posterior)
-            if group.prior is None and group.marginal is None:
-                raise ValueError(
-                    "samples='enumerate' needs a discrete marginal such as "
-                    "rdloss.marginals.Categorical(K) or a prior; the default N(0, I) is "
-                    "continuous"
-                )
-            rate = F.enumerated_rate(
-                group.posterior, group.marginal, prior=group.prior, balance=self.kl_balance
-            )
-            zs = {group.name: draws}
-            terms = RateTerms.single(rate.per_example, rate.per_dimension)
-            estimator = rate.estimator
-        elif isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1:
-            for g in groups:
-                if not g.posterior.has_rsample:
-                    raise ValueError(
-                        f"{type(g.posterior).__name__} has no rsample; use samples='enumerate' "
-                        "for discrete latents or pass likelihood= with your own (relaxed) "
-                        "samples"
-                    )
-            # One draw (the common case) needs no sample axis: no flattening, no mean over it.
-            shape = torch.Size() if samples == 1 else torch.Size([samples])
-            zs = {g.name: g.posterior.rsample(shape) for g in groups}
-            groups = tuple(g._replace(z=zs[g.name]) for g in groups)
-        else:
-            raise ValueError(f"samples must be an int >= 1 or 'enumerate', got {samples!r}")
-        single = samples == 1
-        n_draws, rows = 1 if single else next(iter(zs.values())).shape[0], x.shape[0]
-        flat = zs if single else {k: rearrange(v, "s b ... -> (s b) ...") for k, v in zs.items()}
-        likelihood = decoder(flat if grouped else flat[groups[0].name])  # type: ignore[arg-type]
-        if not isinstance(likelihood, Distribution):
-            raise TypeError(
-                f"decoder must return a torch.distributions.Distribution, got "
-                f"{type(likelihood).__name__}"
-            )
-        if checks is not None:
-            checks.collect(likelihood)
-        data = x if n_draws == 1 else repeat(x, "b ... -> (s b) ...", s=n_draws)
-        per_draw = _distortion(data, likelihood, checks, deferred=checks is not None)
-        if probs is None:
-            terms, estimator = self._rate(groups, grouped)
-        if single and per_draw.ndim == 1:
-            return per_draw, terms, estimator
-        return F.sample_mean(per_draw.reshape(n_draws, rows), probs), terms, estimator
-
     @override
     def extra_repr(self) -> str:
         if self._marginal_keys is not None:  # the learned ones print as children
@@ -471,29 +403,3 @@ class RateDistortionLoss(nn.Module):
         balance = "" if self.kl_balance is None else f", kl_balance={self.kl_balance}"
         sync = ", sync_dist=True" if self.sync_dist else ""
         return f"{marginal}rate_estimator={self.rate_estimator!r}{balance}{sync}"
-
-
-def _distortion_given(
-    x: Tensor,
-    likelihood: Distribution,
-    groups: tuple[LatentGroup, ...],
-    grouped: bool,
-    checks: Checks | None,
-) -> Tensor:
-    check_distribution("likelihood", likelihood)
-    if checks is not None:
-        checks.collect(likelihood)
-    per_draw = _distortion(x, likelihood, checks, deferred=checks is not None)
-    for g in groups:
-        if g.z is None:
-            continue
-        name = f"z[{g.name!r}]" if grouped else "z"
-        check_tensor(name, g.z)
-        n_lead = len(g.posterior.batch_shape) + len(g.posterior.event_shape)
-        z_draws = g.z.shape[: g.z.ndim - n_lead]
-        if z_draws != per_draw.shape[:-1]:
-            raise ValueError(
-                f"{name} has sample dims {tuple(z_draws)} but the likelihood has "
-                f"{tuple(per_draw.shape[:-1])}: they must come from the same latents"
-            )
-    return per_draw.mean(0) if per_draw.ndim == 2 else per_draw

@@ -112,8 +112,8 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
     from tqdm.auto import tqdm
 
     from rdloss.demo import mnist, mnist_report, outputs
+    from rdloss.demo import results as report
     from rdloss.demo.mnist_data import MNIST_ATTRIBUTION, MNISTSplit, load_mnist
-    from rdloss.demo.results import format_findings
 
     started = time.perf_counter()
     try:
@@ -151,14 +151,14 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
     rows = mnist_report.rows_from(results, entropy=entropy, iwae=iwae)
     found = mnist_report.findings(rows)
     elapsed = time.perf_counter() - started
-    print(mnist_report.format_table(rows))
+    print(report.format_table(rows, columns=mnist_report.COLUMNS, digits=2))
     print(
         f"\nĤ = {entropy:.2f} nats (estimate of H: the best model's IWAE NLL, k = {iwae_k}); "
         f"{len(data.train)} train / {len(data.test)} test images from {data.source}"
     )
     suffix = " (--quick: meaningless)" if args.quick else ""
     print(f"\nThe paper's findings at this scale{suffix}")
-    print(format_findings(found))
+    print(report.format_findings(found))
     provenance = {
         "command": "mnist",
         "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -180,8 +180,8 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
     # Staged and renamed together at the end, as `rdloss demo` does: an interrupted run
     # leaves the previous run's files as they were, and --no-plot removes old plots.
     with outputs.Staging(folder, ARTEFACTS) as staged:
-        mnist_report.write_csv(rows, staged.path("mnist_results.csv"))
-        mnist_report.write_json(rows, staged.path("mnist_results.json"), **provenance)
+        report.write_csv(rows, staged.path("mnist_results.csv"), columns=mnist_report.COLUMNS)
+        report.write_json(rows, staged.path("mnist_results.json"), **provenance)
         if not args.no_plot:
             try:
                 mnist_report.save_figures(rows, results, entropy, staged.path)

@@ -16,9 +16,7 @@ tuned afterwards (Alemi et al., 2018, Sec. 5 gives the claims):
 
 from __future__ import annotations
 
-import csv
 import itertools
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,11 +29,8 @@ __all__ = [
     "COLUMNS",
     "Row",
     "findings",
-    "format_table",
     "rows_from",
     "save_figures",
-    "write_csv",
-    "write_json",
 ]
 
 _SECTION = "mnist"  # the anchor of the MNIST section of the reproducing page
@@ -97,39 +92,6 @@ def rows_from(
         )
         for i, r in enumerate(results)
     ]
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.2f}"
-    return str(value)
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    """Plain-text table, one line per model, NaN shown as ``-``."""
-    cells = [list(COLUMNS), *[[_cell(v) for v in row] for row in rows]]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    return "\n".join(
-        "  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells
-    )
-
-
-def write_csv(rows: Sequence[Row], path: Path) -> None:
-    """Write the rows as CSV with a header (NaN as an empty cell)."""
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(COLUMNS)
-        for row in rows:
-            writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
-
-
-def write_json(rows: Sequence[Row], path: Path, **extra: object) -> None:
-    """Write ``{"rows": [...], **extra}`` (NaN as ``null``)."""
-    records = [
-        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row._asdict().items()}
-        for row in rows
-    ]
-    path.write_text(json.dumps({"rows": records, **extra}, indent=2, ensure_ascii=False) + "\n")
 
 
 def _get(

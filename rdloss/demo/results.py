@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from rdloss.demo.sweep import DigitsResult
 from rdloss.demo.toy import ToyResult
@@ -104,14 +104,21 @@ def from_digits(results: Sequence[DigitsResult]) -> list[Row]:
     ]
 
 
-def _cell(value: object) -> str:
+def _cell(value: object, digits: int) -> str:
     if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.4f}"
+        return "-" if math.isnan(value) else f"{value:.{digits}f}"
     return str(value)
 
 
-def format_table(rows: Sequence[Row]) -> str:
+def format_table(
+    rows: Sequence[tuple[object, ...]], *, columns: Sequence[str] = COLUMNS, digits: int = 4
+) -> str:
     """Plain-text table of the rows, one line per model, NaN shown as ``-``.
+
+    Args:
+        rows: the rows (`Row` by default; any tuples matching ``columns``).
+        columns: the header.
+        digits: decimals of the floats.
 
     Examples:
         >>> nan = float("nan")
@@ -119,29 +126,31 @@ def format_table(rows: Sequence[Row]) -> str:
         >>> print(format_table([row]).splitlines()[0].split()[:4])
         ['dataset', 'model', 'objective', 'value']
     """
-    cells = [list(COLUMNS), *[[_cell(v) for v in row] for row in rows]]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    cells = [list(columns), *[[_cell(v, digits) for v in row] for row in rows]]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "\n".join(
         "  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells
     )
 
 
-def write_csv(rows: Sequence[Row], path: Path) -> None:
-    """Write the rows to ``path`` as CSV with a header (NaN written as an empty cell)."""
+def write_csv(
+    rows: Sequence[tuple[object, ...]], path: Path, *, columns: Sequence[str] = COLUMNS
+) -> None:
+    """Write the rows to ``path`` as CSV with a ``columns`` header (NaN as an empty cell)."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(COLUMNS)
+        writer.writerow(columns)
         for row in rows:
             writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
 
 
-def write_json(rows: Sequence[Row], path: Path, **extra: object) -> None:
-    """Write ``{"rows": [...], **extra}`` to ``path`` (NaN written as ``null``)."""
+def write_json(rows: Sequence[Any], path: Path, **extra: object) -> None:
+    """Write ``{"rows": [...], **extra}`` to ``path`` (rows are NamedTuples; NaN as ``null``)."""
     records = [
         {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row._asdict().items()}
         for row in rows
     ]
-    path.write_text(json.dumps({"rows": records, **extra}, indent=2) + "\n")
+    path.write_text(json.dumps({"rows": records, **extra}, indent=2, ensure_ascii=False) + "\n")
 
 
 class Finding(NamedTuple):

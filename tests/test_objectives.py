@@ -586,6 +586,10 @@ def test_a_hyperparameter_read_once_per_change_is_never_stale() -> None:
     with torch.no_grad():
         objective.get_buffer("beta").mul_(2.0)
     assert float(objective(rate, distortion).hyper["beta"]) == 0.25
+    # assign=True sets each buffer through the attribute (it used to be rejected).
+    objective.load_state_dict(Beta(0.0625).state_dict(), assign=True)
+    assert float(objective(rate, distortion).hyper["beta"]) == 0.0625
+    objective.beta = 0.25
     objective.double()  # the buffer is replaced (stays float64): the copy follows it
     out = objective(rate.double(), distortion.double())
     assert out.hyper["beta"].dtype == torch.float64

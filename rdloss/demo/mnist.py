@@ -142,7 +142,7 @@ def train_mnist(
     data: MNISTSplit,
     *,
     latent_dim: int = 32,
-    epochs: int = 5,
+    epochs: int = 8,
     batch_size: int = 50,
     lr: float = 2e-3,
     seed: int = 0,

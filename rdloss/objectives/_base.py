@@ -13,7 +13,7 @@ from typing_extensions import override
 from rdloss._validation import in_functorch
 from rdloss.functional import batch_mean, global_batch_mean
 from rdloss.latents import RateTerms
-from rdloss.objectives._hyperparameters import CastCache, HyperparameterAttribute
+from rdloss.objectives._hyperparameters import HyperparameterAttribute, HyperparameterCache
 from rdloss.schedules import Schedule
 
 __all__ = ["Objective", "ObjectiveOutput", "check_terms", "numbers_repr"]
@@ -142,7 +142,7 @@ class Objective(nn.Module, ABC):
         # What the call in progress brings: set by `forward`, cleared after (a plain object,
         # so these per-call updates skip nn.Module.__setattr__, ~15 us each).
         self._call = _CallState()
-        self._casts = CastCache()
+        self._hyperparameter_cache = HyperparameterCache()
 
     @override
     def __setattr__(self, name: str, value: Any) -> None:
@@ -218,7 +218,7 @@ class Objective(nn.Module, ABC):
             scheduled: Tensor = value(self.step.to(dtype))
             return scheduled.to(dtype)
         if isinstance(value, Tensor):
-            return self._casts.get(value, dtype, like.device, self._buffers.values())
+            return self._hyperparameter_cache.copy(value, dtype, like.device)
         return torch.tensor(value, dtype=dtype, device=like.device)
 
     def forward(

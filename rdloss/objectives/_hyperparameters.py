@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeAlias, overload
 
 import torch
@@ -15,7 +14,12 @@ from rdloss.schedules import Schedule
 if TYPE_CHECKING:
     from rdloss.objectives._base import Objective
 
-__all__ = ["CastCache", "Hyperparameter", "HyperparameterAttribute", "as_hyperparameter"]
+__all__ = [
+    "Hyperparameter",
+    "HyperparameterAttribute",
+    "HyperparameterCache",
+    "as_hyperparameter",
+]
 
 Hyperparameter: TypeAlias = float | Schedule
 """A number (constant) or a `Schedule` of the objective's step."""
@@ -106,11 +110,12 @@ class HyperparameterAttribute:
         buffer = obj._buffers.get(self.name)
         if buffer is None:
             raise AttributeError(f"{type(obj).__name__}.{self.name} has not been set")
-        if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
-            return buffer.view(())  # nothing kept that a later autograd call would trip on
-        return _view(obj, self.name, buffer)
+        return obj._hyperparameter_cache.view(self.name, buffer)
 
     def __set__(self, obj: Objective, value: Hyperparameter | Tensor) -> None:
+        if isinstance(value, Tensor) and value.shape == (1,):
+            # The buffer itself, as load_state_dict(assign=True) assigns it.
+            value = value.reshape(())
         checked = as_hyperparameter(self.name, value, positive=self.positive)
         if isinstance(checked, Schedule):
             obj._buffers.pop(self.name, None)
@@ -125,53 +130,51 @@ class HyperparameterAttribute:
                 buffer.fill_(checked)
 
 
-def _view(obj: Objective, name: str, buffer: Tensor) -> Tensor:
-    """The 0-dim view of ``buffer``, made once: a view costs an operator call per read."""
-    views: dict[str, Tensor] = obj.__dict__.setdefault("_hyperparameter_views", {})
-    view = views.get(name)
-    if view is None or view._base is not buffer:
-        view = views[name] = buffer.view(())
-    return view
+class HyperparameterCache:
+    """Tensors derived from an objective's hyperparameter buffers, kept between calls.
 
-
-class CastCache:
-    """The float32 (or the model's dtype) copies of an objective's float64 hyperparameters.
-
-    `Objective.hyperparameter` turns a float64 buffer into the dtype and device of the rate
-    on every call; this keeps the copy until the buffer changes (an assignment, a
+    Reading ``objective.beta`` gives a 0-dim view of its ``(1,)`` float64 buffer, and
+    `Objective.hyperparameter` turns that into the dtype and device of the rate: an
+    operator call each (and on a GPU a device copy) on every loss call. The view is made
+    once per buffer, and the copy is kept until the buffer changes (an assignment, a
     controller's update or ``load_state_dict`` bumps its version counter; ``.to()``
-    replaces it), which saves an operator call, and on a GPU a device copy, per call.
+    replaces it). Nothing is kept while compiling or in inference mode (a copy made there
+    could not be saved for a later backward).
     """
 
-    __slots__ = ("_copies",)
+    __slots__ = ("_copies", "_views")
 
     def __init__(self) -> None:
-        self._copies: dict[tuple[int, torch.dtype, torch.device], tuple[Tensor, int, Tensor]] = {}
+        self._views: dict[str, Tensor] = {}
+        # (buffer, its version, the copy): a replaced buffer may restart at the same version.
+        self._copies: dict[tuple[str, torch.dtype, torch.device], tuple[Tensor, int, Tensor]] = {}
 
-    def get(
-        self,
-        value: Tensor,
-        dtype: torch.dtype,
-        device: torch.device,
-        buffers: Iterable[Tensor | None],
-    ) -> Tensor:
-        """``value`` (a buffer or a view of one) in ``dtype`` on ``device``, as a new tensor.
+    @staticmethod
+    def _keeps() -> bool:
+        return not torch.compiler.is_compiling() and not torch.is_inference_mode_enabled()
 
-        Only views of ``buffers`` are kept (anything else is copied anew): the key is the
-        buffer itself, so the cache cannot grow with the calls.
+    def view(self, name: str, buffer: Tensor) -> Tensor:
+        """The 0-dim view of the hyperparameter ``name``'s ``buffer``."""
+        if not self._keeps():
+            return buffer.view(())
+        view = self._views.get(name)
+        if view is None or view._base is not buffer:
+            view = self._views[name] = buffer.view(())
+        return view
+
+    def copy(self, value: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``value`` in ``dtype`` on ``device``, as a tensor later assignments do not change.
+
+        Kept only for the views this cache made (one per hyperparameter, so the cache
+        cannot grow with the calls); any other tensor is copied anew.
         """
-        base = value if value._base is None else value._base
-        cacheable = (
-            not torch.compiler.is_compiling()
-            # A copy made in inference mode cannot be saved for a later backward, and
-            # inference tensors have no version counter.
-            and not torch.is_inference_mode_enabled()
-            and not base.is_inference()
-            and any(base is b for b in buffers)
-        )
-        if not cacheable:
+        if not self._keeps():  # first: nothing of the cache is traced while compiling
             return value.to(device=device, dtype=dtype, copy=True)
-        key = (id(base), dtype, device)
+        name = next((k for k, v in self._views.items() if v is value), None)
+        base = value._base
+        if name is None or base is None or base.is_inference():
+            return value.to(device=device, dtype=dtype, copy=True)
+        key = (name, dtype, device)
         hit = self._copies.get(key)
         if hit is not None and hit[0] is base and hit[1] == base._version:
             return hit[2]

@@ -12,7 +12,7 @@ from torch.distributions import Distribution
 
 from rdloss import functional as F
 from rdloss._distortion import _distortion
-from rdloss._validation import Checks, check_distribution, check_tensor
+from rdloss._checks import Checks, check_distribution, check_tensor
 from rdloss.latents import LatentGroup, RateTerms
 
 __all__ = ["Decoder", "decoded", "given"]

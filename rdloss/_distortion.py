@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent
 
-from rdloss._validation import (
+from rdloss._checks import (
     SUPPORT_CHECK,
     Checks,
     check_distribution,

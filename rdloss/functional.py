@@ -30,7 +30,7 @@ from torch.distributions import (
 from rdloss._distortion import distortion, sample_mean
 from rdloss._kl import closed_form_kl, factorised_parts, is_discrete, stop_gradient, widened
 from rdloss._means import batch_mean, global_batch_mean
-from rdloss._validation import (
+from rdloss._checks import (
     check_distribution,
     check_fraction,
     check_tensor,

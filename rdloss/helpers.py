@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Laplace, Normal
 
-from rdloss._validation import (
+from rdloss._checks import (
     SUPPORT_CHECK,
     Pending,
     check_tensor,

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 
-from rdloss._validation import check_distribution, check_tensor
+from rdloss._checks import check_distribution, check_tensor
 
 __all__ = [
     "LatentGroup",

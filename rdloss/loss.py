@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from rdloss import functional as F
 from rdloss._decoding import Decoder, decoded, given
-from rdloss._validation import (
+from rdloss._checks import (
     Checks,
     check_fraction,
     check_outputs,

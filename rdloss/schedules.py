@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from rdloss._validation import check_positive_int
+from rdloss._checks import check_positive_int
 
 __all__ = ["Constant", "Cosine", "Cyclical", "Linear", "Schedule", "Sigmoid"]
 

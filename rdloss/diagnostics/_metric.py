@@ -11,7 +11,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
-from rdloss._validation import (
+from rdloss._checks import (
     check_finite,
     check_tensor,
     should_validate,

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 from typing_extensions import override
 
-from rdloss._validation import check_nonnegative_number, check_positive_int, check_tensor
+from rdloss._checks import check_nonnegative_number, check_positive_int, check_tensor
 from rdloss.diagnostics._metric import _Diagnostic, check_groups, match_groups
 from rdloss.diagnostics.functional import ActiveUnitsResult
 from rdloss.functional import as_latent

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent
 from tqdm.auto import tqdm
 
-from rdloss._validation import (
+from rdloss._checks import (
     check_distribution,
     check_positive_int,
     check_tensor,

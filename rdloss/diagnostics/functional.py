@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from rdloss._validation import (
+from rdloss._checks import (
     check_nonnegative_number,
     check_positive_int,
     check_tensor,

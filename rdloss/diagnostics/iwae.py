@@ -22,7 +22,7 @@ from torch.distributions import Distribution, Independent, Normal
 from tqdm.auto import tqdm
 
 from rdloss import functional as F
-from rdloss._validation import check_positive_int, check_tensor
+from rdloss._checks import check_positive_int, check_tensor
 from rdloss.diagnostics.aggregate import resolve_marginal
 
 __all__ = ["importance_weighted_bound"]

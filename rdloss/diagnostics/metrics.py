@@ -36,7 +36,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
-from rdloss._validation import (
+from rdloss._checks import (
     check_nonnegative_number,
     check_positive_int,
 )

@@ -17,7 +17,7 @@ from torch.distributions import Distribution, Independent, Normal
 from torchmetrics.utilities import dim_zero_cat
 from typing_extensions import override
 
-from rdloss._validation import check_positive_int, check_tensor, should_validate
+from rdloss._checks import check_positive_int, check_tensor, should_validate
 from rdloss.diagnostics._metric import _Diagnostic
 from rdloss.diagnostics.aggregate import (
     AggregatePosterior,

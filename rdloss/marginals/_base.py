@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 from typing_extensions import override
 
-from rdloss._validation import check_positive_int
+from rdloss._checks import check_positive_int
 
 __all__ = ["DiagonalGaussian", "Marginal", "StandardNormal", "check_shape"]
 

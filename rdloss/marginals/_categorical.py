@@ -8,7 +8,7 @@ from torch.distributions import Categorical as TorchCategorical
 from torch.distributions import Distribution, OneHotCategorical
 from typing_extensions import override
 
-from rdloss._validation import check_positive_int
+from rdloss._checks import check_positive_int
 from rdloss.marginals._base import Marginal
 
 __all__ = ["Categorical"]

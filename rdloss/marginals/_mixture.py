@@ -17,7 +17,7 @@ from torch.distributions import (
 )
 from typing_extensions import override
 
-from rdloss._validation import check_distribution, check_positive_int, check_tensor
+from rdloss._checks import check_distribution, check_positive_int, check_tensor
 from rdloss.distributions import DiagonalGaussianMixture
 from rdloss.functional import as_latent
 from rdloss.marginals._base import Marginal

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from rdloss._validation import in_functorch
+from rdloss._checks import in_functorch
 from rdloss.functional import batch_mean, global_batch_mean
 from rdloss.latents import RateTerms
 from rdloss.objectives._hyperparameters import HyperparameterAttribute, HyperparameterCache

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from rdloss._validation import check_nonnegative_number
+from rdloss._checks import check_nonnegative_number
 from rdloss.objectives._base import Objective, ObjectiveOutput, numbers_repr
 from rdloss.objectives._hyperparameters import Hyperparameter, HyperparameterAttribute
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, TypeAlias, overload
 import torch
 from torch import Tensor
 
-from rdloss._validation import check_nonnegative_number
+from rdloss._checks import check_nonnegative_number
 from rdloss.schedules import Schedule
 
 if TYPE_CHECKING:

@@ -17,10 +17,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 __all__ = [
-    "SUPPORT_CHECK",
-    "Checks",
-    "Pending",
-    "defer",
+    "ValueCheck",
     "check_distribution",
     "check_finite",
     "finite_number",
@@ -30,7 +27,9 @@ __all__ = [
     "check_nonnegative_number",
     "check_positive_int",
     "check_tensor",
+    "finite_check",
     "in_functorch",
+    "run_checks",
     "should_validate",
     "widen_half",
 ]
@@ -89,7 +88,7 @@ def check_distribution(name: str, value: object) -> Distribution:
     return value
 
 
-class Pending(NamedTuple):
+class ValueCheck(NamedTuple):
     """A value check whose verdict is still on the device.
 
     Attributes:
@@ -103,57 +102,25 @@ class Pending(NamedTuple):
     explain: Callable[[], None]
 
 
-_PENDING = "_rdloss_pending"
-SUPPORT_CHECK = "_rdloss_check_support"
-"""Attribute a helper sets on a likelihood whose support the loss checks (`helpers.bernoulli`)."""
+def run_checks(checks: list[ValueCheck]) -> None:
+    """Decide every check with one host synchronisation; raise the first failure.
 
-
-def defer(dist: Distribution, *checks: Pending) -> Distribution:
-    """Attach value checks to a distribution for the `RateDistortionLoss` that uses it."""
-    setattr(dist, _PENDING, [*getattr(dist, _PENDING, []), *checks])
-    return dist
-
-
-class Checks:
-    """The value checks of one call: flags as they come, one host synchronisation at the end.
-
-    Checks collected with `add` (or from distributions with `collect`) are decided by one
-    fused reduction in `run`; only when it fails are the precise messages re-derived, in
-    the order the checks were added, so the first failing check is the one reported.
+    Only when the fused verdict fails are the precise messages re-derived, in order, so the
+    first failing check is the one reported.
     """
+    if not checks:
+        return
+    device = checks[0].passed.device
+    flags = [c.passed.reshape(()).to(device=device) for c in checks]
+    if bool(torch.stack(flags).all()):
+        return
+    for check in checks:
+        check.explain()  # raises for a real failure; a screen's false alarm passes
 
-    def __init__(self) -> None:
-        self._pending: list[Pending] = []
-        self._finite: set[int] = set()  # ids of tensors a queued check already screens
 
-    def covers_finite(self, t: Tensor) -> None:
-        """Record that a queued check fails for NaN/inf in ``t``: `finite` skips it."""
-        self._finite.add(id(t))
-
-    def add(self, passed: Tensor, explain: Callable[[], None]) -> None:
-        """Queue a check: ``passed`` (0-dim bool tensor) and its exact re-derivation."""
-        self._pending.append(Pending(passed, explain))
-
-    def collect(self, dist: Distribution) -> None:
-        """Queue the checks a helper deferred to the loss (`defer`)."""
-        self._pending.extend(getattr(dist, _PENDING, ()))
-
-    def finite(self, **tensors: Tensor) -> None:
-        """Queue `check_finite` of floating-point tensors, screened by their sums."""
-        for name, t in tensors.items():
-            if t.is_floating_point() and id(t) not in self._finite:
-                self.add(finite_number(t.sum()), functools.partial(check_finite, **{name: t}))
-
-    def run(self) -> None:
-        """Decide every queued check with one host synchronisation; raise the first failure."""
-        if not self._pending:
-            return
-        device = self._pending[0].passed.device
-        flags = [p.passed if p.passed.ndim == 0 else p.passed.reshape(()) for p in self._pending]
-        if bool(torch.stack([f.to(device=device) for f in flags]).all()):
-            return
-        for pending in self._pending:
-            pending.explain()  # raises for a real failure; a screen's false alarm passes
+def finite_check(name: str, t: Tensor) -> ValueCheck:
+    """`check_finite` of a floating-point tensor as a `ValueCheck`, screened by its sum."""
+    return ValueCheck(finite_number(t.sum()), functools.partial(check_finite, **{name: t}))
 
 
 def finite_number(t: Tensor) -> Tensor:

@@ -21,14 +21,40 @@ mixture has no closed form), so the loss falls back to Monte Carlo.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributions import Categorical, Distribution, constraints
+from torch.distributions import (
+    Bernoulli,
+    Categorical,
+    Distribution,
+    Independent,
+    Laplace,
+    MixtureSameFamily,
+    MultivariateNormal,
+    Normal,
+    OneHotCategorical,
+    OneHotCategoricalStraightThrough,
+    constraints,
+)
 from typing_extensions import override
 
-__all__ = ["DiagonalGaussianMixture"]
+from rdloss._checks import ValueCheck, check_finite
+
+__all__ = [
+    "CheckedBernoulli",
+    "CheckedLaplace",
+    "DiagonalGaussianMixture",
+    "Gaussian",
+    "log_scale_of",
+    "normal_kl",
+    "rebuild",
+    "standard_normal",
+    "standard_normal_kl",
+    "value_checks",
+]
 
 _Shape = torch.Size | list[int] | tuple[int, ...]
 
@@ -248,3 +274,362 @@ def _logsumexp(x: Tensor) -> Tensor:
     top = x.detach().amax(-1, keepdim=True)
     total = (x - top).clamp_min(_LSE_FLOOR).exp().sum(-1)
     return total.log() + top.squeeze(-1)
+
+
+# --- Distributions built by `rdloss.helpers`: the parameters they hold, the checks they need.
+
+
+def _range_check(t: Tensor, low: float, high: float, message: str) -> ValueCheck:
+    """``low <= t <= high`` everywhere (NaN fails), as a device flag and its exact message.
+
+    ``message`` is formatted with ``low``, ``high`` and the values' ``smallest``/``largest``.
+    """
+    smallest, largest = torch.aminmax(t.detach())
+
+    def explain() -> None:
+        lo, hi = torch.stack(torch.aminmax(t.detach())).tolist()
+        if not low <= lo <= hi <= high:  # NaN fails every comparison
+            raise ValueError(message.format(low=low, high=high, smallest=lo, largest=hi))
+
+    return ValueCheck((smallest >= low) & (largest <= high), explain)
+
+
+class Gaussian(Normal):
+    r"""A ``Normal`` that also holds $\log\sigma$ exactly, as `rdloss.helpers.normal` builds it.
+
+    The same distribution as ``Normal(loc, scale)``; what it adds is for the loss:
+
+    * the closed-form KL between two of them (and against $\mathcal N(0, I)$) reads
+      ``log_scale`` instead of taking ``scale.log()`` again (VDVAE's form: no
+      ``exp`` then ``log`` round trip, one backward node less);
+    * with ``checked=True`` a `RateDistortionLoss` checks, in its one value check, that
+      the variance $\sigma^2$ is a finite normal number of the dtype (``log_scale`` given)
+      or that ``scale > 0`` (otherwise): below that range the rate's gradient is infinite
+      while its value looks fine.
+
+    Args:
+        loc: means.
+        scale: standard deviations, ``loc``'s shape.
+        log_scale: $\log\sigma$ exactly as the caller has it (``0.5 * logvar``), or ``None``.
+        checked: whether the loss checks the parameters' values (see above).
+        validate_args: passed to ``Normal``.
+    """
+
+    def __init__(
+        self,
+        loc: Tensor,
+        scale: Tensor,
+        *,
+        log_scale: Tensor | None = None,
+        checked: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
+        super().__init__(loc, scale, validate_args=validate_args)
+        self.log_scale = log_scale
+        self.checked = checked
+
+    @override
+    def expand(self, batch_shape: _Shape, _instance: Distribution | None = None) -> Gaussian:
+        shape = torch.Size(batch_shape)
+        log_scale = None if self.log_scale is None else self.log_scale.expand(shape)
+        return Gaussian(
+            self.loc.expand(shape),
+            self.scale.expand(shape),
+            log_scale=log_scale,
+            checked=self.checked,
+            validate_args=False,
+        )
+
+    def value_checks(self, value: Tensor | None = None) -> list[ValueCheck]:
+        """The parameter checks the loss runs when ``checked`` (``value`` is unused)."""
+        if not self.checked or self.loc.numel() == 0:
+            return []
+        if self.log_scale is not None:
+            finfo = torch.finfo(self.scale.dtype)
+            low, high = math.log(finfo.tiny), math.log(finfo.max)
+            message = (
+                "logvar must lie in [{low:.1f}, {high:.1f}] for "
+                f"{self.scale.dtype} (the variance exp(logvar) must be a finite normal "
+                "number), got values in [{smallest}, {largest}]; clamp the encoder's "
+                "log-variance"
+            )
+            return [_range_check(2.0 * self.log_scale, low, high, message)]
+        return [_positive("scale", self.scale)]
+
+
+def _positive(name: str, t: Tensor) -> ValueCheck:
+    def explain() -> None:
+        bad = ~(t.detach() > 0)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name} must be > 0 everywhere, got {int(bad.sum())} of {t.numel()} values "
+                f"that are not (min {float(t.detach().min())})"
+            )
+
+    return ValueCheck(t.detach().amin() > 0, explain)
+
+
+class CheckedLaplace(Laplace):
+    """A ``Laplace`` whose ``scale > 0`` the loss checks (`rdloss.helpers.laplace`).
+
+    Args:
+        loc: locations.
+        scale: positive scales, ``loc``'s shape.
+        checked: whether the loss checks ``scale > 0`` in its one value check.
+        validate_args: passed to ``Laplace``.
+    """
+
+    def __init__(
+        self,
+        loc: Tensor,
+        scale: Tensor,
+        *,
+        checked: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
+        super().__init__(loc, scale, validate_args=validate_args)
+        self.checked = checked
+
+    @override
+    def expand(self, batch_shape: _Shape, _instance: Distribution | None = None) -> CheckedLaplace:
+        shape = torch.Size(batch_shape)
+        return CheckedLaplace(
+            self.loc.expand(shape),
+            self.scale.expand(shape),
+            checked=self.checked,
+            validate_args=False,
+        )
+
+    def value_checks(self, value: Tensor | None = None) -> list[ValueCheck]:
+        """``scale > 0`` when ``checked`` (``value`` is unused)."""
+        return [_positive("scale", self.scale)] if self.checked and self.scale.numel() else []
+
+
+class CheckedBernoulli(Bernoulli):
+    """A ``Bernoulli`` whose data (and ``probs``) the loss checks (`rdloss.helpers.bernoulli`).
+
+    With ``checked=True`` a `RateDistortionLoss` checks in its one value check that ``x``
+    lies in the support ``{0, 1}`` and, for a distribution built from ``probs``, that they
+    lie in ``[0, 1]`` (a decoder without its sigmoid).
+
+    Args:
+        probs: probabilities, or
+        logits: log-odds (give exactly one).
+        checked: whether the loss checks the values (see above).
+        validate_args: passed to ``Bernoulli``.
+    """
+
+    def __init__(
+        self,
+        probs: Tensor | None = None,
+        logits: Tensor | None = None,
+        *,
+        checked: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
+        super().__init__(probs=probs, logits=logits, validate_args=validate_args)
+        self.checked = checked
+        self.given_probs = probs
+
+    @override
+    def expand(
+        self, batch_shape: _Shape, _instance: Distribution | None = None
+    ) -> CheckedBernoulli:
+        shape = torch.Size(batch_shape)
+        if self.given_probs is not None:
+            return CheckedBernoulli(
+                probs=self.given_probs.expand(shape), checked=self.checked, validate_args=False
+            )
+        return CheckedBernoulli(
+            logits=self.logits.expand(shape), checked=self.checked, validate_args=False
+        )
+
+    def value_checks(self, value: Tensor | None = None) -> list[ValueCheck]:
+        """``probs`` in ``[0, 1]`` (when given as probs) and ``value`` in ``{0, 1}``."""
+        if not self.checked:
+            return []
+        checks = []
+        if self.given_probs is not None and self.given_probs.numel():
+            checks.append(
+                _range_check(
+                    self.given_probs,
+                    0.0,
+                    1.0,
+                    "probs must lie in [0, 1], got values in [{smallest}, {largest}]: did "
+                    "the decoder miss its sigmoid? (pass logits= instead)",
+                )
+            )
+        if value is not None and value.numel():
+            checks.append(binary_support_check(value))
+        return checks
+
+
+def binary_support_check(x: Tensor) -> ValueCheck:
+    """``x`` in ``{0, 1}``, the Bernoulli's support, as a device flag and its message."""
+
+    def explain() -> None:
+        if x.is_floating_point():
+            check_finite(x=x)  # NaN and inf fail this check too: name them as such
+        bad = (x != 0) & (x != 1)
+        if bool(bad.any()):
+            raise ValueError(
+                f"x must lie in the support {{0, 1}} of the Bernoulli likelihood, got "
+                f"{int(bad.sum())} of {x.numel()} values that do not, e.g. "
+                f"{x[bad][:3].tolist()}; for grey levels in [0, 1] build the likelihood with "
+                "helpers.bernoulli(..., validate_args=False) (the cross-entropy) or use "
+                "ContinuousBernoulli"
+            )
+
+    t = x if x.is_floating_point() else x.to(torch.float32)
+    # x (1 - x) is 0 exactly at 0 and 1, NaN or non-zero elsewhere: one fused pass and its
+    # extremes (aminmax propagates NaN) instead of three boolean passes over the pixels.
+    low, high = torch.aminmax(torch.addcmul(t, t, t, value=-1))
+    return ValueCheck((low == 0) & (high == 0), explain)
+
+
+def value_checks(dist: Distribution, value: Tensor | None = None) -> list[ValueCheck]:
+    """The checks the loss runs for ``dist`` (through ``Independent`` layers): rdloss's own."""
+    while isinstance(dist, Independent):
+        dist = dist.base_dist
+    if isinstance(dist, (Gaussian, CheckedLaplace, CheckedBernoulli)):
+        return dist.value_checks(value)
+    return []
+
+
+def log_scale_of(dist: Normal) -> Tensor:
+    r"""$\log\sigma$ of a ``Normal``: as a `Gaussian` holds it, else ``scale.log()``."""
+    if isinstance(dist, Gaussian) and dist.log_scale is not None:
+        return dist.log_scale
+    return dist.scale.log()
+
+
+def standard_normal_kl(loc: Tensor, scale: Tensor, log_scale: Tensor) -> Tensor:
+    r"""Elementwise $\mathrm{KL}(\mathcal N(\mu, \sigma^2) \,\|\, \mathcal N(0, 1))$.
+
+    $\tfrac12(\mu^2 + \sigma^2 - 1) - \log\sigma$, in two fused ``addcmul`` s.
+    """
+    per_element = torch.addcmul(-0.5 - log_scale, loc, loc, value=0.5)
+    return torch.addcmul(per_element, scale, scale, value=0.5)
+
+
+def normal_kl(p: Normal, q: Normal) -> Tensor:
+    r"""Elementwise $\mathrm{KL}(p \,\|\, q)$ of two ``Normal`` s.
+
+    Where either side is a `Gaussian` holding $\log\sigma$: VDVAE's form
+    $\log\sigma_q - \log\sigma_p + \frac{\sigma_p^2 + (\mu_p - \mu_q)^2}{2\sigma_q^2}
+    - \frac12$ with each side's $\log\sigma$ as it holds it (no ``log`` of the squared
+    scale ratio). Otherwise torch.distributions' own expression, to the bit.
+    """
+    ratio = p.scale / q.scale
+    gap = (p.loc - q.loc) / q.scale
+    holds_log_scale = (isinstance(p, Gaussian) and p.log_scale is not None) or (
+        isinstance(q, Gaussian) and q.log_scale is not None
+    )
+    if holds_log_scale:
+        return 0.5 * (ratio * ratio + gap * gap - 1.0) + (log_scale_of(q) - log_scale_of(p))
+    var_ratio = ratio.pow(2)
+    return 0.5 * (var_ratio + gap.pow(2) - 1 - var_ratio.log())
+
+
+def standard_normal(posterior: Distribution) -> Distribution:
+    """``N(0, I)`` over the posterior's event shape, in its dtype and on its device."""
+    try:
+        loc = posterior.mean.new_zeros(posterior.event_shape).detach()
+    except NotImplementedError:  # flows and transformed posteriors have no closed-form mean
+        raise ValueError(
+            f"the default marginal N(0, I) needs the posterior's dtype and device from its "
+            f"mean, which {type(posterior).__name__} does not implement; pass a marginal "
+            "(e.g. rdloss.marginals.StandardNormal(latent_dim)) or a prior"
+        ) from None
+    # Known-valid parameters: skip torch's argument checks (a host sync each).
+    unit = Normal(loc, torch.ones_like(loc), validate_args=False)
+    if len(posterior.event_shape) == 0:
+        # A scalar latent: torch registers no KL for Independent(Normal, 0).
+        return unit
+    return Independent(unit, len(posterior.event_shape), validate_args=False)
+
+
+def parameters(dist: Distribution) -> list[Tensor] | None:
+    """The tensors `rebuild` would map, or ``None`` where it cannot rebuild ``dist``.
+
+    Reads them without building anything (categoricals' ``logits`` are computed once and
+    kept by torch, as their KL needs them anyway).
+    """
+    if type(dist) not in _REBUILT:
+        return None
+    if isinstance(dist, Independent):
+        return parameters(dist.base_dist)
+    if isinstance(dist, (Normal, Laplace)):
+        extra = (
+            [dist.log_scale] if isinstance(dist, Gaussian) and dist.log_scale is not None else []
+        )
+        return [dist.loc, dist.scale, *extra]
+    if isinstance(dist, (Bernoulli, Categorical, OneHotCategorical)):
+        return [dist.logits]
+    if isinstance(dist, MultivariateNormal):
+        return [dist.loc, dist.scale_tril]
+    if isinstance(dist, MixtureSameFamily):
+        mixture = parameters(dist.mixture_distribution)
+        components = parameters(dist.component_distribution)
+        return None if mixture is None or components is None else mixture + components
+    assert isinstance(dist, DiagonalGaussianMixture)
+    return [dist.logits, dist.loc, dist.scale]
+
+
+_REBUILT = (
+    Independent,
+    MultivariateNormal,
+    Gaussian,
+    Normal,
+    Laplace,
+    CheckedLaplace,
+    Bernoulli,
+    CheckedBernoulli,
+    Categorical,
+    OneHotCategorical,
+    OneHotCategoricalStraightThrough,
+    MixtureSameFamily,
+    DiagonalGaussianMixture,
+)
+
+
+def rebuild(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution | None:
+    """``dist`` built again through its public constructor from ``fn`` of its parameters.
+
+    Known families only (``Normal``, `Gaussian`, ``MultivariateNormal``, ``Laplace``, ``Bernoulli``,
+    ``Categorical``, ``OneHotCategorical`` and its straight-through variant,
+    ``MixtureSameFamily``, `DiagonalGaussianMixture`, ``Independent`` over those); ``None``
+    for any other (a subclass included), whose parameters (e.g. a flow's transforms) rdloss
+    cannot reach. Categoricals are rebuilt from their logits, which they normalise again (to
+    the last bit or so); the rdloss subclasses come back without their value checks.
+    """
+    if type(dist) not in _REBUILT:
+        return None
+    if isinstance(dist, Independent):
+        base = rebuild(dist.base_dist, fn)
+        if base is None:
+            return None
+        return Independent(base, dist.reinterpreted_batch_ndims, validate_args=False)
+    if isinstance(dist, MultivariateNormal):
+        return MultivariateNormal(fn(dist.loc), scale_tril=fn(dist.scale_tril), validate_args=False)
+    if isinstance(dist, Gaussian):
+        ls = None if dist.log_scale is None else fn(dist.log_scale)
+        return Gaussian(fn(dist.loc), fn(dist.scale), log_scale=ls, validate_args=False)
+    if isinstance(dist, Normal):
+        return Normal(fn(dist.loc), fn(dist.scale), validate_args=False)
+    if isinstance(dist, Laplace):
+        return Laplace(fn(dist.loc), fn(dist.scale), validate_args=False)
+    if isinstance(dist, Bernoulli):
+        return Bernoulli(logits=fn(dist.logits), validate_args=False)
+    if isinstance(dist, (Categorical, OneHotCategorical)):
+        return type(dist)(logits=fn(dist.logits), validate_args=False)
+    if isinstance(dist, MixtureSameFamily):
+        mixture = rebuild(dist.mixture_distribution, fn)
+        components = rebuild(dist.component_distribution, fn)
+        if not isinstance(mixture, Categorical) or components is None:
+            return None
+        return MixtureSameFamily(mixture, components, validate_args=False)
+    assert isinstance(dist, DiagonalGaussianMixture)
+    return DiagonalGaussianMixture(
+        fn(dist.logits), fn(dist.loc), fn(dist.scale), validate_args=False
+    )

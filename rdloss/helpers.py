@@ -12,16 +12,10 @@ import math
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Laplace, Normal
+from torch.distributions import Categorical, Distribution, Independent
 
-from rdloss._checks import (
-    SUPPORT_CHECK,
-    Pending,
-    check_tensor,
-    defer,
-    should_validate,
-    widen_half,
-)
+from rdloss._checks import check_tensor, run_checks, widen_half
+from rdloss.distributions import CheckedBernoulli, CheckedLaplace, Gaussian, value_checks
 
 __all__ = ["bernoulli", "categorical", "laplace", "normal"]
 
@@ -31,45 +25,6 @@ def _floating(name: str, t: Tensor) -> Tensor:
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     return t
-
-
-def _logvar_range(dtype: torch.dtype) -> tuple[float, float]:
-    finfo = torch.finfo(dtype)
-    return math.log(finfo.tiny), math.log(finfo.max)
-
-
-def _logvar_in_range(logvar: Tensor, dtype: torch.dtype) -> Pending:
-    """`_check_logvar_range` deferred to the loss: one ``aminmax``, no synchronisation."""
-    low, high = _logvar_range(dtype)
-    smallest, largest = torch.aminmax(logvar.detach())
-    return Pending(
-        (smallest >= low) & (largest <= high), lambda: _check_logvar_range(logvar, dtype)
-    )
-
-
-def _check_scale(scale: Tensor) -> None:
-    if not bool((scale > 0).all()):
-        raise ValueError(
-            f"scale must be > 0 everywhere, got {int((~(scale > 0)).sum())} of {scale.numel()} "
-            f"values that are not (min {float(scale.min())})"
-        )
-
-
-def _check_logvar_range(logvar: Tensor, dtype: torch.dtype) -> None:
-    """Raise unless the variance ``exp(logvar)`` is a finite normal number of ``dtype``.
-
-    Below that range the rate's gradient is infinite while its value looks fine (torch's
-    Normal KL squares the scale ratio, a subnormal; ``-log sigma`` has gradient
-    ``-1 / sigma``); above it the rate itself is infinite. One host sync.
-    """
-    low, high = _logvar_range(dtype)
-    smallest, largest = torch.stack(torch.aminmax(logvar.detach())).tolist()
-    if not low <= smallest <= largest <= high:  # NaN fails every comparison
-        raise ValueError(
-            f"logvar must lie in [{low:.1f}, {high:.1f}] for {dtype} (the variance "
-            f"exp(logvar) must be a finite normal number), got values in "
-            f"[{smallest}, {largest}]; clamp the encoder's log-variance"
-        )
 
 
 def _event_dims(name: str, t: Tensor, event_dims: int | None, extra: int = 0) -> int:
@@ -129,39 +84,32 @@ def normal(
     _floating("loc", check_tensor("loc", loc, min_ndim=1))
     if (scale is None) == (logvar is None):
         raise ValueError("give exactly one of scale= or logvar=")
-    pending: list[Pending] = []
     loc = widen_half(loc)
+    log_scale: Tensor | None = None
     if logvar is not None:
         _floating("logvar", check_tensor("logvar", logvar))
         if logvar.shape != loc.shape:
             raise ValueError(
                 f"logvar must have loc's shape {tuple(loc.shape)}, got {tuple(logvar.shape)}"
             )
-        sigma = torch.exp(0.5 * widen_half(logvar))
-        if logvar.numel() > 0 and should_validate(validate_args is not False):
-            pending.append(_logvar_in_range(logvar, sigma.dtype))
+        log_scale = 0.5 * widen_half(logvar)
+        sigma = torch.exp(log_scale)
     else:
         sigma = _scale(loc, scale)
-        if isinstance(scale, Tensor) and should_validate(validate_args is not False):
-            pending.append(_positive(sigma))
     dims = _event_dims("loc", loc, event_dims)
-    dist = _independent(Normal(loc, sigma, validate_args=validate_args or False), dims)
-    return _with_checks(dist, pending, validate_args)
+    # The loss checks the variance's range (or scale > 0) in its one value check; a float
+    # scale was checked above.
+    checked = validate_args is not False and (logvar is not None or isinstance(scale, Tensor))
+    base = Gaussian(
+        loc, sigma, log_scale=log_scale, checked=checked, validate_args=validate_args or False
+    )
+    return _now(_independent(base, dims), validate_args)
 
 
-def _positive(scale: Tensor) -> Pending:
-    """``scale > 0`` everywhere, deferred to the loss (NaN fails it too)."""
-    return Pending(scale.detach().amin() > 0, lambda: _check_scale(scale))
-
-
-def _with_checks(
-    dist: Distribution, pending: list[Pending], validate_args: bool | None
-) -> Distribution:
-    """Run the value checks now (``validate_args=True``) or leave them to the loss."""
-    if not validate_args:
-        return defer(dist, *pending)
-    for check in pending:
-        check.explain()
+def _now(dist: Distribution, validate_args: bool | None) -> Distribution:
+    """Run the distribution's value checks now with ``validate_args=True``, else leave them."""
+    if validate_args:
+        run_checks(value_checks(dist))
     return dist
 
 
@@ -178,6 +126,11 @@ def _scale(loc: Tensor, scale: Tensor | float | None) -> Tensor:
     if isinstance(scale, (int, float)) and not isinstance(scale, bool):
         if not 0 < scale < math.inf:
             raise ValueError(f"scale must be > 0 and finite, got {scale}")
+        if scale > torch.finfo(loc.dtype).max:
+            raise ValueError(
+                f"scale must be finite in loc's dtype {loc.dtype} (at most "
+                f"{torch.finfo(loc.dtype).max:.4g}), got {scale}"
+            )
         return torch.full_like(loc, float(scale))
     raise TypeError(f"scale must be a float or a Tensor, got {type(scale).__name__}")
 
@@ -226,9 +179,10 @@ def laplace(
     else:
         b = _scale(loc, scale)
     dims = _event_dims("loc", loc, event_dims)
-    pending = [_positive(b)] if should_validate(validate_args is not False) else []
-    dist = _independent(Laplace(loc, b, validate_args=validate_args or False), dims)
-    return _with_checks(dist, pending, validate_args)
+    base = CheckedLaplace(
+        loc, b, checked=validate_args is not False, validate_args=validate_args or False
+    )
+    return _now(_independent(base, dims), validate_args)
 
 
 def bernoulli(
@@ -271,11 +225,11 @@ def bernoulli(
     _floating(name, check_tensor(name, param, min_ndim=1))
     param = widen_half(param)
     dims = _event_dims(name, param, event_dims)
-    dist = _independent(Bernoulli(**{name: param}, validate_args=validate_args or False), dims)
-    if validate_args is None:
-        # The loss checks that x lies in {0, 1} itself, fused with its other value checks.
-        setattr(dist, SUPPORT_CHECK, True)
-    return dist
+    # The loss checks that x lies in {0, 1} (and probs in [0, 1]) in its one value check.
+    base = CheckedBernoulli(
+        **{name: param}, checked=validate_args is None, validate_args=validate_args or False
+    )
+    return _independent(base, dims)
 
 
 def categorical(

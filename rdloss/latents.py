@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, TypeAlias
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent
+from torch.distributions import Categorical, Distribution, Independent
 
 from rdloss._checks import check_distribution, check_tensor
 
@@ -33,6 +33,7 @@ __all__ = [
     "as_marginal",
     "as_prior",
     "as_stepped_latent",
+    "check_categories",
     "resolve",
     "resolve_marginal",
     "sample_dims",
@@ -170,8 +171,8 @@ class LatentGroup(NamedTuple):
         name: the group's key (``"z"`` for an ungrouped call).
         posterior: ``e(z|x)``, ``batch_shape (B,)`` or ``(B, T)``.
         prior: the prior given for this call (`as_prior`'s shapes), or ``None``.
-        marginal: the group's marginal distribution when no prior is given; ``None`` for
-            $\mathcal N(0, I)$.
+        marginal: the group's marginal distribution when no prior is given (`as_marginal`'s
+            shapes); ``None`` for $\mathcal N(0, I)$.
         z: the latents that fed the decoder, ``(*batch, *event)`` or ``(S, *batch, *event)``.
     """
 
@@ -228,17 +229,10 @@ class RateTerms(NamedTuple):
 def resolve_marginal(marginal: MarginalLike | None, posterior: Distribution) -> Distribution | None:
     r"""``m(z)`` as a distribution (calling a module), or ``None`` for $\mathcal N(0, I)$.
 
-    ``None`` is also returned for an rdloss ``StandardNormal`` of the posterior's size, whose
-    rate has a cheaper closed form.
-
     Raises:
         TypeError: a module's ``forward()`` returned something else than a distribution.
     """
-    from rdloss.marginals import StandardNormal  # marginals import this module's shapes
-
     if marginal is None:
-        return None
-    if type(marginal) is StandardNormal and posterior.event_shape == (marginal.latent_dim,):
         return None
     if isinstance(marginal, nn.Module):
         dist = marginal()
@@ -249,6 +243,28 @@ def resolve_marginal(marginal: MarginalLike | None, posterior: Distribution) -> 
             )
         return dist
     return marginal
+
+
+def _categories(dist: Distribution) -> int | None:
+    """The number of categories of an index ``Categorical`` (through ``Independent``)."""
+    while isinstance(dist, Independent):
+        dist = dist.base_dist
+    return dist.param_shape[-1] if type(dist) is Categorical else None
+
+
+def check_categories(posterior: Distribution, against: Distribution, name: str) -> None:
+    """Refuse a categorical prior or marginal over another number of categories.
+
+    Index ``Categorical`` s have event shape ``()`` whatever their number of categories,
+    so the shape checks cannot see it; torch would broadcast one category into a negative
+    rate, or fail deep inside.
+    """
+    k, k_against = _categories(posterior), _categories(against)
+    if k is not None and k_against is not None and k != k_against:
+        raise ValueError(
+            f"{name} has {k_against} categories but the posterior has {k}: they must be "
+            f"over the same support (e.g. rdloss.marginals.Categorical({k}))"
+        )
 
 
 def _check_keys(name: str, given: Mapping[object, object], groups: Mapping[str, object]) -> None:
@@ -297,7 +313,9 @@ def resolve(
         if z is not None:
             sample_dims(check_tensor("z", z), q)
         p = None if prior is None else as_prior(prior, q)
-        m = None if p is not None else resolve_marginal(marginal, q)  # type: ignore[arg-type]
+        m = None if p is not None else _marginal(marginal, q, "marginal")  # type: ignore[arg-type]
+        if p is not None:
+            check_categories(q, p, "prior")
         return (LatentGroup(UNGROUPED, q, p, m, z),), False  # type: ignore[arg-type]
 
     if len(posterior) == 0:
@@ -327,12 +345,26 @@ def resolve(
         batch = q.batch_shape[0]
         given = priors.get(key)
         p = None if given is None else as_prior(given, q, f"prior[{key!r}]")
-        m = None if p is not None else resolve_marginal(marginals.get(key), q)
+        if p is not None:
+            check_categories(q, p, f"prior[{key!r}]")
+        m = None if p is not None else _marginal(marginals.get(key), q, f"marginal[{key!r}]")
         zk = latents.get(key)
         if zk is not None:
             sample_dims(check_tensor(f"z[{key!r}]", zk), q, f"z[{key!r}]")
         groups.append(LatentGroup(key, q, p, m, zk))
     return tuple(groups), True
+
+
+def _marginal(
+    marginal: MarginalLike | None, posterior: Distribution, name: str
+) -> Distribution | None:
+    """The group's marginal in canonical shapes (`as_marginal`), or ``None`` for N(0, I)."""
+    dist = resolve_marginal(marginal, posterior)
+    if dist is None:
+        return None
+    dist = as_marginal(dist, posterior.event_shape, name)
+    check_categories(posterior, dist, name)
+    return dist
 
 
 def split_marginals(marginal: Mapping[Any, object]) -> dict[str, Distribution]:

@@ -11,24 +11,31 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from typing_extensions import override
 
-from rdloss import functional as F
-from rdloss._decoding import Decoder, decoded, given
 from rdloss._checks import (
-    Checks,
+    ValueCheck,
     check_fraction,
     check_outputs,
     check_tensor,
     check_weight,
+    finite_check,
     finite_number,
+    run_checks,
     should_validate,
 )
+from rdloss._means import batch_mean
+from rdloss.distortion import Decoder, decode, given, likelihood_checks
+from rdloss.distributions import standard_normal, value_checks
 from rdloss.latents import (
+    LatentGroup,
     MarginalLike,
+    RateTerms,
+    as_stepped_latent,
     resolve,
     resolve_marginal,
     split_marginals,
 )
 from rdloss.objectives import Beta, Objective
+from rdloss.rate import RateEstimator, enumerate_posterior, enumerated, rate_terms
 
 __all__ = ["RDOutput", "RateDistortionLoss"]
 
@@ -111,7 +118,7 @@ class RDOutput(NamedTuple):
             "rate_bits": self.rate / _LN2,
             "distortion_bits": self.distortion / _LN2,
             **self.hyper,
-            **{f"rate/{k}": F.batch_mean(v, self.weight) for k, v in groups},
+            **{f"rate/{k}": batch_mean(v, self.weight) for k, v in groups},
         }
         values = torch.stack([v.detach().float().reshape(()) for v in named.values()]).tolist()
         return {prefix + k: v for k, v in zip(named, values, strict=True)}
@@ -176,7 +183,7 @@ class RateDistortionLoss(nn.Module):
         marginal: MarginalLike | Mapping[str, MarginalLike] | None = None,
         objective: Objective | None = None,
         *,
-        rate_estimator: F.RateEstimator = "auto",
+        rate_estimator: RateEstimator = "auto",
         kl_balance: float | None = None,
         sync_dist: bool = False,
         validate_args: bool = True,
@@ -219,7 +226,7 @@ class RateDistortionLoss(nn.Module):
         if not isinstance(validate_args, bool):
             raise TypeError(f"validate_args must be a bool, got {type(validate_args).__name__}")
         self.objective = objective
-        self.rate_estimator: F.RateEstimator = rate_estimator
+        self.rate_estimator: RateEstimator = rate_estimator
         self.kl_balance = None if kl_balance is None else check_fraction("kl_balance", kl_balance)
         self.sync_dist = sync_dist
         self.validate_args = validate_args
@@ -244,9 +251,9 @@ class RateDistortionLoss(nn.Module):
             marginal = marginals.get(group)
         else:
             marginal = marginals
-        posterior = F.as_stepped_latent(posterior)
+        posterior = as_stepped_latent(posterior)
         dist = resolve_marginal(marginal, posterior)
-        return F.standard_normal(posterior) if dist is None else dist
+        return standard_normal(posterior) if dist is None else dist
 
     def forward(
         self,
@@ -298,6 +305,7 @@ class RateDistortionLoss(nn.Module):
             TypeError: an argument has the wrong type.
             ValueError: shapes disagree, values are NaN/inf, or arguments conflict.
         """
+        # 1. Resolve: every type, shape and argument error of the call is raised here.
         check_tensor("x", x, min_ndim=1)
         groups, grouped = resolve(posterior, prior=prior, z=z, marginal=self._marginals())
         batch = x.shape[0]
@@ -314,58 +322,62 @@ class RateDistortionLoss(nn.Module):
                 raise ValueError(
                     f"weight must have shape (B,) = ({batch},), got {tuple(weight.shape)}"
                 )
-        # Value checks: queued as device flags, decided by one host sync before the objective.
-        # (A meta tensor has no values to check.)
-        validate = should_validate(self.validate_args) and x.device.type != "meta"
-        checks = Checks() if validate else None
-        if checks is not None:
-            if weight is not None:
-                total = weight.sum()
-                checks.add(
-                    finite_number(total) & (total > 0) & (weight.amin() >= 0),
-                    lambda: check_weight(weight),
-                )
-            for g in groups:
-                checks.collect(g.posterior)
-                if g.prior is not None:
-                    checks.collect(g.prior)
-
         if (likelihood is None) == (decoder is None):
             raise ValueError("pass exactly one of likelihood= or decoder=")
+        support = None
         if decoder is not None:
             if z is not None:
                 raise ValueError("z is drawn by the loss when decoder= is given; do not pass z")
-            distortion, terms, estimator = decoded(
-                x,
-                groups,
-                grouped,
-                decoder,
-                samples,
-                checks,
-                estimator=self.rate_estimator,
-                balance=self.kl_balance,
-            )
-        else:
-            if samples != 1:
-                raise ValueError(
-                    f"samples={samples!r} needs decoder=; with likelihood= the samples are "
-                    "whatever produced it"
-                )
-            assert likelihood is not None  # narrowed by the exactly-one check above
-            distortion = given(x, likelihood, groups, grouped, checks)
-            terms, estimator = F.rate_terms(
-                groups, grouped=grouped, estimator=self.rate_estimator, balance=self.kl_balance
+            if not callable(decoder):
+                raise TypeError(f"decoder must be callable, got {type(decoder).__name__}")
+            if samples == "enumerate":
+                support = self._enumerable(groups, grouped)
+            elif isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+                raise ValueError(f"samples must be an int >= 1 or 'enumerate', got {samples!r}")
+            else:
+                for g in groups:
+                    if not g.posterior.has_rsample:
+                        raise ValueError(
+                            f"{type(g.posterior).__name__} has no rsample; use "
+                            "samples='enumerate' for discrete latents or pass likelihood= "
+                            "with your own (relaxed) samples"
+                        )
+        elif samples != 1:
+            raise ValueError(
+                f"samples={samples!r} needs decoder=; with likelihood= the samples are "
+                "whatever produced it"
             )
 
-        mean_rate = F.batch_mean(terms.per_example, weight)
-        mean_distortion = F.batch_mean(distortion, weight)
-        elbo = F.elbo(mean_rate, mean_distortion)
-        if checks is not None:
-            checks.finite(x=x)  # after the distortion, whose support check may cover x
-            rate = terms.per_example
-            # The ELBO is finite exactly when both means are: no extra pass over R and D.
-            checks.add(finite_number(elbo), lambda: check_outputs(rate, distortion))
-            checks.run()
+        # 2. Draw or decode, 3. rate and distortion.
+        if decoder is not None:
+            distortion, likelihood, groups = decode(x, groups, grouped, decoder, samples, support)
+        else:
+            assert likelihood is not None  # narrowed by the exactly-one check above
+            distortion = given(x, likelihood, groups, grouped)
+        if support is not None:
+            (group,) = groups
+            against = group.prior if group.prior is not None else group.marginal
+            assert against is not None  # _enumerable refused N(0, I)
+            rate = enumerated(group.posterior, against, self.kl_balance)
+            terms = RateTerms.single(rate.per_example, rate.per_dimension)
+            estimator: str = rate.estimator
+        else:
+            terms, estimator = rate_terms(
+                groups, grouped=grouped, estimator=self.rate_estimator, balance=self.kl_balance
+            )
+        mean_rate = batch_mean(terms.per_example, weight)
+        mean_distortion = batch_mean(distortion, weight)
+        elbo = -(mean_distortion + mean_rate)
+
+        # 4. One value check: everything the call saw, one host synchronisation.
+        if should_validate(self.validate_args) and x.device.type != "meta":
+            run_checks(
+                self._value_checks(
+                    x, likelihood, groups, weight, terms.per_example, distortion, elbo
+                )
+            )
+
+        # 5. The objective.
         objective = self.objective(
             terms.per_example,
             distortion,
@@ -373,7 +385,6 @@ class RateDistortionLoss(nn.Module):
             weight=weight,
             terms=terms,
             sync_dist=self.sync_dist,
-            means=(mean_rate, mean_distortion),
         )
         return RDOutput(
             loss=objective.loss,
@@ -390,6 +401,56 @@ class RateDistortionLoss(nn.Module):
             rate_per_group_dimension=terms.per_group_dimension if grouped else None,
             weight=weight,
         )
+
+    @staticmethod
+    def _enumerable(groups: tuple[LatentGroup, ...], grouped: bool) -> tuple[Tensor, Tensor]:
+        """The support of the call's one discrete latent, or the reason it has none."""
+        if grouped or groups[0].steps is not None:
+            raise ValueError(
+                "samples='enumerate' takes one discrete latent without steps; draw "
+                "samples (samples=S) or pass likelihood= for grouped or sequence latents"
+            )
+        (group,) = groups
+        support = enumerate_posterior(group.posterior)
+        if group.prior is None and group.marginal is None:
+            raise ValueError(
+                "samples='enumerate' needs a discrete marginal such as "
+                "rdloss.marginals.Categorical(K) or a prior; the default N(0, I) is "
+                "continuous"
+            )
+        return support
+
+    @staticmethod
+    def _value_checks(
+        x: Tensor,
+        likelihood: Distribution,
+        groups: tuple[LatentGroup, ...],
+        weight: Tensor | None,
+        rate: Tensor,
+        distortion: Tensor,
+        elbo: Tensor,
+    ) -> list[ValueCheck]:
+        """Every value check of a call, in the order their errors are reported."""
+        checks: list[ValueCheck] = []
+        if weight is not None:
+            total = weight.sum()
+            checks.append(
+                ValueCheck(
+                    finite_number(total) & (total > 0) & (weight.amin() >= 0),
+                    lambda: check_weight(weight),
+                )
+            )
+        for g in groups:
+            checks += value_checks(g.posterior)
+            if g.prior is not None:
+                checks += value_checks(g.prior)
+        data = likelihood_checks(x, likelihood)
+        checks += data
+        if not data and x.is_floating_point():  # a support check of x covers NaN/inf too
+            checks.append(finite_check("x", x))
+        # The ELBO is finite exactly when both means are: no extra pass over R and D.
+        checks.append(ValueCheck(finite_number(elbo), lambda: check_outputs(rate, distortion)))
+        return checks
 
     @override
     def extra_repr(self) -> str:

@@ -12,6 +12,7 @@ from torch.distributions import Distribution, Independent, Normal
 from typing_extensions import override
 
 from rdloss._checks import check_positive_int
+from rdloss.distributions import Gaussian
 
 __all__ = ["DiagonalGaussian", "Marginal", "StandardNormal", "check_shape"]
 
@@ -92,8 +93,13 @@ class StandardNormal(Marginal):
         self.register_buffer("scale", torch.ones(latent_dim), persistent=False)
 
     def forward(self) -> Distribution:
-        """Return ``Independent(Normal(0, 1), 1)`` over ``D`` dimensions."""
-        return Independent(Normal(self.loc, self.scale, validate_args=False), 1)
+        r"""Return ``Independent(Normal(0, 1), 1)`` over ``D`` dimensions.
+
+        The Normal is an `rdloss.distributions.Gaussian` holding $\log\sigma = 0$ (the
+        zeros of ``loc``), so the KL against a helper-built posterior skips ``log(1)``.
+        """
+        unit = Gaussian(self.loc, self.scale, log_scale=self.loc, validate_args=False)
+        return Independent(unit, 1, validate_args=False)
 
     @override
     def extra_repr(self) -> str:

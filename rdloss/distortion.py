@@ -23,7 +23,7 @@ from rdloss._checks import (
     should_validate,
     widen_half,
 )
-from rdloss.distributions import binary_support_check, value_checks
+from rdloss.families import binary_support_check, value_checks
 from rdloss.latents import LatentGroup
 
 __all__ = ["Decoded", "Decoder", "decode", "distortion", "given", "per_draw", "sample_mean"]
@@ -61,9 +61,10 @@ def distortion(x: Tensor, likelihood: Distribution, *, validate_args: bool = Tru
     """
     check_tensor("x", x, min_ndim=1)
     check_distribution("likelihood", likelihood)
+    draws = per_draw(x, likelihood)  # shape errors first
     if should_validate(validate_args) and x.device.type != "meta":
         run_checks(likelihood_checks(x, likelihood))
-    return per_draw(x, likelihood)
+    return draws
 
 
 def likelihood_checks(x: Tensor, likelihood: Distribution) -> list[ValueCheck]:

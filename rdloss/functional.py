@@ -20,7 +20,7 @@ from torch.distributions import Distribution
 from rdloss._checks import check_tensor
 from rdloss._means import batch_mean, global_batch_mean
 from rdloss.distortion import distortion, sample_mean
-from rdloss.distributions import standard_normal
+from rdloss.families import standard_normal
 from rdloss.latents import (
     as_latent,
     as_marginal,

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.distributions import Categorical, Distribution, Independent
 
 from rdloss._checks import check_tensor, run_checks, widen_half
-from rdloss.distributions import CheckedBernoulli, CheckedLaplace, Gaussian, value_checks
+from rdloss.families import CheckedBernoulli, CheckedLaplace, Gaussian, value_checks
 
 __all__ = ["bernoulli", "categorical", "laplace", "normal"]
 

@@ -24,7 +24,7 @@ from rdloss._checks import (
 )
 from rdloss._means import batch_mean
 from rdloss.distortion import Decoder, decode, given, likelihood_checks
-from rdloss.distributions import standard_normal, value_checks
+from rdloss.families import standard_normal, value_checks
 from rdloss.latents import (
     LatentGroup,
     MarginalLike,

@@ -32,12 +32,12 @@ from torch.distributions import (
 )
 
 from rdloss._checks import check_fraction, widen_half
-from rdloss.distributions import (
-    DiagonalGaussianMixture,
+from rdloss._rebuild import parameters, rebuild
+from rdloss.distributions import DiagonalGaussianMixture
+from rdloss.families import (
     Gaussian,
+    StandardGaussian,
     normal_kl,
-    parameters,
-    rebuild,
     standard_normal,
     standard_normal_kl,
 )
@@ -185,13 +185,9 @@ def _standard_normal_rate(posterior: Distribution) -> Rate | None:
     if not isinstance(base, Normal):
         return None
     loc, scale = widen_half(base.loc), widen_half(base.scale)
-    # Widened before the log: log sigma in half precision loses digits.
-    log_scale = (
-        widen_half(base.log_scale)
-        if isinstance(base, Gaussian) and base.log_scale is not None
-        else scale.log()
-    )
-    per_element = standard_normal_kl(loc, scale, log_scale)
+    # Widened before use: log sigma taken in half precision loses digits.
+    held = base.log_scale if isinstance(base, Gaussian) else None
+    per_element = standard_normal_kl(loc, scale, None if held is None else widen_half(held))
     return _reduce(per_element, posterior.batch_shape, "analytic", per_dim=True)
 
 
@@ -209,6 +205,8 @@ def _plain(
     estimator: RateEstimator,
 ) -> Rate:
     """The rate against ``against`` (``None``: N(0, I)), canonical shapes, no balancing."""
+    if against is not None and isinstance(_elementwise(against), StandardGaussian):
+        against = None  # its closed form reads nothing of it
     if against is None:
         if estimator != "mc":
             closed = _standard_normal_rate(posterior)

@@ -12,7 +12,7 @@ from torch.distributions import Distribution, Independent, Normal
 from typing_extensions import override
 
 from rdloss._checks import check_positive_int
-from rdloss.distributions import Gaussian
+from rdloss.families import StandardGaussian
 
 __all__ = ["DiagonalGaussian", "Marginal", "StandardNormal", "check_shape"]
 
@@ -95,11 +95,10 @@ class StandardNormal(Marginal):
     def forward(self) -> Distribution:
         r"""Return ``Independent(Normal(0, 1), 1)`` over ``D`` dimensions.
 
-        The Normal is an `rdloss.distributions.Gaussian` holding $\log\sigma = 0$ (the
-        zeros of ``loc``), so the KL against a helper-built posterior skips ``log(1)``.
+        The Normal is an `rdloss.distributions.StandardGaussian`: the rate against it is
+        the closed form of the KL to N(0, I), as with the loss's default marginal.
         """
-        unit = Gaussian(self.loc, self.scale, log_scale=self.loc, validate_args=False)
-        return Independent(unit, 1, validate_args=False)
+        return Independent(StandardGaussian(self.loc, self.scale), 1, validate_args=False)
 
     @override
     def extra_repr(self) -> str:

@@ -1,0 +1,115 @@
+"""Rebuild a distribution from mapped parameters: stop-gradient copies and widening.
+
+Through each family's public constructor (never ``vars()`` or ``copy.copy`` of a torch
+object), so dynamo traces it and no private attribute is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+from torch.distributions import (
+    Bernoulli,
+    Categorical,
+    Distribution,
+    Independent,
+    Laplace,
+    MixtureSameFamily,
+    MultivariateNormal,
+    Normal,
+    OneHotCategorical,
+    OneHotCategoricalStraightThrough,
+)
+
+from rdloss.distributions import DiagonalGaussianMixture
+from rdloss.families import CheckedBernoulli, CheckedLaplace, Gaussian, StandardGaussian
+
+__all__ = ["parameters", "rebuild"]
+
+
+def parameters(dist: Distribution) -> list[Tensor] | None:
+    """The tensors `rebuild` would map, or ``None`` where it cannot rebuild ``dist``.
+
+    Reads them without building anything (categoricals' ``logits`` are computed once and
+    kept by torch, as their KL needs them anyway).
+    """
+    if type(dist) not in _REBUILT:
+        return None
+    if isinstance(dist, Independent):
+        return parameters(dist.base_dist)
+    if isinstance(dist, (Normal, Laplace)):
+        extra = (
+            [dist.log_scale] if isinstance(dist, Gaussian) and dist.log_scale is not None else []
+        )
+        return [dist.loc, dist.scale, *extra]
+    if isinstance(dist, (Bernoulli, Categorical, OneHotCategorical)):
+        return [dist.logits]
+    if isinstance(dist, MultivariateNormal):
+        return [dist.loc, dist.scale_tril]
+    if isinstance(dist, MixtureSameFamily):
+        mixture = parameters(dist.mixture_distribution)
+        components = parameters(dist.component_distribution)
+        return None if mixture is None or components is None else mixture + components
+    assert isinstance(dist, DiagonalGaussianMixture)
+    return [dist.logits, dist.loc, dist.scale]
+
+
+_REBUILT = (
+    Independent,
+    StandardGaussian,
+    MultivariateNormal,
+    Gaussian,
+    Normal,
+    Laplace,
+    CheckedLaplace,
+    Bernoulli,
+    CheckedBernoulli,
+    Categorical,
+    OneHotCategorical,
+    OneHotCategoricalStraightThrough,
+    MixtureSameFamily,
+    DiagonalGaussianMixture,
+)
+
+
+def rebuild(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution | None:
+    """``dist`` built again through its public constructor from ``fn`` of its parameters.
+
+    Known families only (``Normal``, `Gaussian`, ``MultivariateNormal``, ``Laplace``, ``Bernoulli``,
+    ``Categorical``, ``OneHotCategorical`` and its straight-through variant,
+    ``MixtureSameFamily``, `DiagonalGaussianMixture`, ``Independent`` over those); ``None``
+    for any other (a subclass included), whose parameters (e.g. a flow's transforms) rdloss
+    cannot reach. Categoricals are rebuilt from their logits, which they normalise again (to
+    the last bit or so); the rdloss subclasses come back without their value checks.
+    """
+    if type(dist) not in _REBUILT:
+        return None
+    if isinstance(dist, Independent):
+        base = rebuild(dist.base_dist, fn)
+        if base is None:
+            return None
+        return Independent(base, dist.reinterpreted_batch_ndims, validate_args=False)
+    if isinstance(dist, MultivariateNormal):
+        return MultivariateNormal(fn(dist.loc), scale_tril=fn(dist.scale_tril), validate_args=False)
+    if type(dist) is Gaussian:
+        ls = None if dist.log_scale is None else fn(dist.log_scale)
+        return Gaussian(fn(dist.loc), fn(dist.scale), log_scale=ls, validate_args=False)
+    if isinstance(dist, Normal):
+        return Normal(fn(dist.loc), fn(dist.scale), validate_args=False)
+    if isinstance(dist, Laplace):
+        return Laplace(fn(dist.loc), fn(dist.scale), validate_args=False)
+    if isinstance(dist, Bernoulli):
+        return Bernoulli(logits=fn(dist.logits), validate_args=False)
+    if isinstance(dist, (Categorical, OneHotCategorical)):
+        return type(dist)(logits=fn(dist.logits), validate_args=False)
+    if isinstance(dist, MixtureSameFamily):
+        mixture = rebuild(dist.mixture_distribution, fn)
+        components = rebuild(dist.component_distribution, fn)
+        if not isinstance(mixture, Categorical) or components is None:
+            return None
+        return MixtureSameFamily(mixture, components, validate_args=False)
+    assert isinstance(dist, DiagonalGaussianMixture)
+    return DiagonalGaussianMixture(
+        fn(dist.logits), fn(dist.loc), fn(dist.scale), validate_args=False
+    )

@@ -1,0 +1,337 @@
+r"""The distributions `rdloss.helpers` builds: what they hold and what the loss checks of them.
+
+Each is the torch distribution of the same name (``isinstance`` holds) with two additions
+for `rdloss.RateDistortionLoss`:
+
+* `Gaussian` keeps $\log\sigma$ exactly as the caller had it (``0.5 * logvar``), so the
+  closed-form KL reads it instead of taking ``scale.log()`` again (`normal_kl`, VDVAE's
+  form); `StandardGaussian` is the $\mathcal N(0, 1)$ of `rdloss.marginals.StandardNormal`;
+* ``checked=True`` asks the loss to run the distribution's value checks (`value_checks`:
+  the variance's range, ``scale > 0``, ``probs`` in ``[0, 1]``, ``x`` in ``{0, 1}``) in its
+  one host synchronisation per call. The flag is a constructor argument of an rdloss type,
+  so it survives the ``Independent`` the loss may wrap around it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.distributions import Bernoulli, Distribution, Independent, Laplace, Normal
+from typing_extensions import override
+
+from rdloss._checks import ValueCheck, check_finite
+
+__all__ = [
+    "CheckedBernoulli",
+    "CheckedLaplace",
+    "Gaussian",
+    "StandardGaussian",
+    "binary_support_check",
+    "log_scale_of",
+    "normal_kl",
+    "standard_normal",
+    "standard_normal_kl",
+    "value_checks",
+]
+
+_Shape = torch.Size | list[int] | tuple[int, ...]
+
+
+def _range_check(t: Tensor, low: float, high: float, message: str) -> ValueCheck:
+    """``low <= t <= high`` everywhere (NaN fails), as a device flag and its exact message.
+
+    ``message`` is formatted with ``low``, ``high`` and the values' ``smallest``/``largest``.
+    """
+    smallest, largest = torch.aminmax(t.detach())
+
+    def explain() -> None:
+        lo, hi = torch.stack(torch.aminmax(t.detach())).tolist()
+        if not low <= lo <= hi <= high:  # NaN fails every comparison
+            raise ValueError(message.format(low=low, high=high, smallest=lo, largest=hi))
+
+    return ValueCheck((smallest >= low) & (largest <= high), explain)
+
+
+class Gaussian(Normal):
+    r"""A ``Normal`` that also holds $\log\sigma$ exactly, as `rdloss.helpers.normal` builds it.
+
+    The same distribution as ``Normal(loc, scale)``; what it adds is for the loss:
+
+    * the closed-form KL between two of them (and against $\mathcal N(0, I)$) reads
+      ``log_scale`` instead of taking ``scale.log()`` again (VDVAE's form: no
+      ``exp`` then ``log`` round trip, one backward node less);
+    * with ``checked=True`` a `RateDistortionLoss` checks, in its one value check, that
+      the variance $\sigma^2$ is a finite normal number of the dtype (``log_scale`` given)
+      or that ``scale > 0`` (otherwise): below that range the rate's gradient is infinite
+      while its value looks fine.
+
+    Args:
+        loc: means.
+        scale: standard deviations, ``loc``'s shape.
+        log_scale: $\log\sigma$ exactly as the caller has it (``0.5 * logvar``), or ``None``.
+        checked: whether the loss checks the parameters' values (see above).
+        validate_args: passed to ``Normal``.
+    """
+
+    def __init__(
+        self,
+        loc: Tensor,
+        scale: Tensor,
+        *,
+        log_scale: Tensor | None = None,
+        checked: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
+        super().__init__(loc, scale, validate_args=validate_args)
+        self.log_scale = log_scale
+        self.checked = checked
+
+    @override
+    def expand(self, batch_shape: _Shape, _instance: Distribution | None = None) -> Gaussian:
+        shape = torch.Size(batch_shape)
+        log_scale = None if self.log_scale is None else self.log_scale.expand(shape)
+        return Gaussian(
+            self.loc.expand(shape),
+            self.scale.expand(shape),
+            log_scale=log_scale,
+            checked=self.checked,
+            validate_args=False,
+        )
+
+    def value_checks(self, value: Tensor | None = None) -> list[ValueCheck]:
+        """The parameter checks the loss runs when ``checked`` (``value`` is unused)."""
+        if not self.checked or self.loc.numel() == 0:
+            return []
+        if self.log_scale is not None:
+            finfo = torch.finfo(self.scale.dtype)
+            low, high = math.log(finfo.tiny), math.log(finfo.max)
+            message = (
+                "logvar must lie in [{low:.1f}, {high:.1f}] for "
+                f"{self.scale.dtype} (the variance exp(logvar) must be a finite normal "
+                "number), got values in [{smallest}, {largest}]; clamp the encoder's "
+                "log-variance"
+            )
+            return [_range_check(2.0 * self.log_scale, low, high, message)]
+        return [_positive("scale", self.scale)]
+
+
+def _positive(name: str, t: Tensor) -> ValueCheck:
+    def explain() -> None:
+        bad = ~(t.detach() > 0)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name} must be > 0 everywhere, got {int(bad.sum())} of {t.numel()} values "
+                f"that are not (min {float(t.detach().min())})"
+            )
+
+    return ValueCheck(t.detach().amin() > 0, explain)
+
+
+class StandardGaussian(Gaussian):
+    r"""$\mathcal N(0, 1)$ elementwise, as `rdloss.marginals.StandardNormal` returns it.
+
+    The rate against it takes the closed form of the KL to $\mathcal N(0, I)$, which reads
+    nothing of it (the same numbers as the loss's default marginal).
+
+    Args:
+        loc: zeros, the shape and dtype of the latent (also used as $\log\sigma = 0$).
+        scale: ones of the same shape.
+    """
+
+    def __init__(self, loc: Tensor, scale: Tensor) -> None:
+        super().__init__(loc, scale, log_scale=loc, validate_args=False)
+
+    @override
+    def expand(self, batch_shape: _Shape, _instance: Distribution | None = None) -> Gaussian:
+        shape = torch.Size(batch_shape)
+        return StandardGaussian(self.loc.expand(shape), self.scale.expand(shape))
+
+
+class CheckedLaplace(Laplace):
+    """A ``Laplace`` whose ``scale > 0`` the loss checks (`rdloss.helpers.laplace`).
+
+    Args:
+        loc: locations.
+        scale: positive scales, ``loc``'s shape.
+        checked: whether the loss checks ``scale > 0`` in its one value check.
+        validate_args: passed to ``Laplace``.
+    """
+
+    def __init__(
+        self,
+        loc: Tensor,
+        scale: Tensor,
+        *,
+        checked: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
+        super().__init__(loc, scale, validate_args=validate_args)
+        self.checked = checked
+
+    @override
+    def expand(self, batch_shape: _Shape, _instance: Distribution | None = None) -> CheckedLaplace:
+        shape = torch.Size(batch_shape)
+        return CheckedLaplace(
+            self.loc.expand(shape),
+            self.scale.expand(shape),
+            checked=self.checked,
+            validate_args=False,
+        )
+
+    def value_checks(self, value: Tensor | None = None) -> list[ValueCheck]:
+        """``scale > 0`` when ``checked`` (``value`` is unused)."""
+        return [_positive("scale", self.scale)] if self.checked and self.scale.numel() else []
+
+
+class CheckedBernoulli(Bernoulli):
+    """A ``Bernoulli`` whose data (and ``probs``) the loss checks (`rdloss.helpers.bernoulli`).
+
+    With ``checked=True`` a `RateDistortionLoss` checks in its one value check that ``x``
+    lies in the support ``{0, 1}`` and, for a distribution built from ``probs``, that they
+    lie in ``[0, 1]`` (a decoder without its sigmoid).
+
+    Args:
+        probs: probabilities, or
+        logits: log-odds (give exactly one).
+        checked: whether the loss checks the values (see above).
+        validate_args: passed to ``Bernoulli``.
+    """
+
+    def __init__(
+        self,
+        probs: Tensor | None = None,
+        logits: Tensor | None = None,
+        *,
+        checked: bool = False,
+        validate_args: bool | None = None,
+    ) -> None:
+        super().__init__(probs=probs, logits=logits, validate_args=validate_args)
+        self.checked = checked
+        self.given_probs = probs
+
+    @override
+    def expand(
+        self, batch_shape: _Shape, _instance: Distribution | None = None
+    ) -> CheckedBernoulli:
+        shape = torch.Size(batch_shape)
+        if self.given_probs is not None:
+            return CheckedBernoulli(
+                probs=self.given_probs.expand(shape), checked=self.checked, validate_args=False
+            )
+        return CheckedBernoulli(
+            logits=self.logits.expand(shape), checked=self.checked, validate_args=False
+        )
+
+    def value_checks(self, value: Tensor | None = None) -> list[ValueCheck]:
+        """``probs`` in ``[0, 1]`` (when given as probs) and ``value`` in ``{0, 1}``."""
+        if not self.checked:
+            return []
+        checks = []
+        if self.given_probs is not None and self.given_probs.numel():
+            checks.append(
+                _range_check(
+                    self.given_probs,
+                    0.0,
+                    1.0,
+                    "probs must lie in [0, 1], got values in [{smallest}, {largest}]: did "
+                    "the decoder miss its sigmoid? (pass logits= instead)",
+                )
+            )
+        if value is not None and value.numel():
+            checks.append(binary_support_check(value))
+        return checks
+
+
+def binary_support_check(x: Tensor) -> ValueCheck:
+    """``x`` in ``{0, 1}``, the Bernoulli's support, as a device flag and its message."""
+
+    def explain() -> None:
+        if x.is_floating_point():
+            check_finite(x=x)  # NaN and inf fail this check too: name them as such
+        bad = (x != 0) & (x != 1)
+        if bool(bad.any()):
+            raise ValueError(
+                f"x must lie in the support {{0, 1}} of the Bernoulli likelihood, got "
+                f"{int(bad.sum())} of {x.numel()} values that do not, e.g. "
+                f"{x[bad][:3].tolist()}; for grey levels in [0, 1] build the likelihood with "
+                "helpers.bernoulli(..., validate_args=False) (the cross-entropy) or use "
+                "ContinuousBernoulli"
+            )
+
+    t = x if x.is_floating_point() else x.to(torch.float32)
+    # x (1 - x) is 0 exactly at 0 and 1, NaN or non-zero elsewhere: one fused pass and its
+    # extremes (aminmax propagates NaN) instead of three boolean passes over the pixels.
+    low, high = torch.aminmax(torch.addcmul(t, t, t, value=-1))
+    return ValueCheck((low == 0) & (high == 0), explain)
+
+
+def value_checks(dist: Distribution, value: Tensor | None = None) -> list[ValueCheck]:
+    """The checks the loss runs for ``dist`` (through ``Independent`` layers): rdloss's own."""
+    while isinstance(dist, Independent):
+        dist = dist.base_dist
+    if isinstance(dist, (Gaussian, CheckedLaplace, CheckedBernoulli)):
+        return dist.value_checks(value)
+    return []
+
+
+def log_scale_of(dist: Normal) -> Tensor:
+    r"""$\log\sigma$ of a ``Normal``: as a `Gaussian` holds it, else ``scale.log()``."""
+    if isinstance(dist, Gaussian) and dist.log_scale is not None:
+        return dist.log_scale
+    return dist.scale.log()
+
+
+def standard_normal_kl(loc: Tensor, scale: Tensor, log_scale: Tensor | None) -> Tensor:
+    r"""Elementwise $\mathrm{KL}(\mathcal N(\mu, \sigma^2) \,\|\, \mathcal N(0, 1))$.
+
+    With $\log\sigma$ known (a `Gaussian`): $\tfrac12(\mu^2 + \operatorname{expm1}(2\log\sigma))
+    - \log\sigma$, which stays $\ge 0$ to the last bit near the collapsed point
+    ($\sigma^2 - 1$ would cancel). Else $\tfrac12(\mu^2 + \sigma^2 - 1) - \log\sigma$ in two
+    fused ``addcmul`` s, torch.distributions' value.
+    """
+    if log_scale is not None:
+        return torch.addcmul(0.5 * torch.expm1(2.0 * log_scale) - log_scale, loc, loc, value=0.5)
+    per_element = torch.addcmul(-0.5 - scale.log(), loc, loc, value=0.5)
+    return torch.addcmul(per_element, scale, scale, value=0.5)
+
+
+def normal_kl(p: Normal, q: Normal) -> Tensor:
+    r"""Elementwise $\mathrm{KL}(p \,\|\, q)$ of two ``Normal`` s.
+
+    Where either side is a `Gaussian` holding $\log\sigma$: VDVAE's
+    $\log\sigma_q - \log\sigma_p + \frac{\sigma_p^2 + (\mu_p - \mu_q)^2}{2\sigma_q^2}
+    - \frac12$, written as $\tfrac12(\operatorname{expm1}(2d) + ((\mu_p - \mu_q)/\sigma_q)^2)
+    - d$ with $d = \log\sigma_p - \log\sigma_q$ from each side's $\log\sigma$ as it holds
+    it (no ``log`` of a scale ratio, no cancellation near $p = q$). Otherwise
+    torch.distributions' own expression, to the bit.
+    """
+    gap = (p.loc - q.loc) / q.scale
+    holds_log_scale = (isinstance(p, Gaussian) and p.log_scale is not None) or (
+        isinstance(q, Gaussian) and q.log_scale is not None
+    )
+    if holds_log_scale:
+        # sigma_p^2 / sigma_q^2 - 1 = expm1(2 d): no cancellation near p = q.
+        d = log_scale_of(p) - log_scale_of(q)
+        return 0.5 * (torch.expm1(2.0 * d) + gap * gap) - d
+    var_ratio = (p.scale / q.scale).pow(2)
+    return 0.5 * (var_ratio + gap.pow(2) - 1 - var_ratio.log())
+
+
+def standard_normal(posterior: Distribution) -> Distribution:
+    """``N(0, I)`` over the posterior's event shape, in its dtype and on its device."""
+    try:
+        loc = posterior.mean.new_zeros(posterior.event_shape).detach()
+    except NotImplementedError:  # flows and transformed posteriors have no closed-form mean
+        raise ValueError(
+            f"the default marginal N(0, I) needs the posterior's dtype and device from its "
+            f"mean, which {type(posterior).__name__} does not implement; pass a marginal "
+            "(e.g. rdloss.marginals.StandardNormal(latent_dim)) or a prior"
+        ) from None
+    # Known-valid parameters: skip torch's argument checks (a host sync each).
+    unit = Normal(loc, torch.ones_like(loc), validate_args=False)
+    if len(posterior.event_shape) == 0:
+        # A scalar latent: torch registers no KL for Independent(Normal, 0).
+        return unit
+    return Independent(unit, len(posterior.event_shape), validate_args=False)

@@ -373,7 +373,6 @@ class RateDistortionLoss(nn.Module):
             weight=weight,
             terms=terms,
             sync_dist=self.sync_dist,
-            means=(mean_rate, mean_distortion),
         )
         return RDOutput(
             loss=objective.loss,

@@ -62,8 +62,8 @@ def test_half_cast_keeps_feedback_state_float32(
     terms = [(4.0, 12.0)] * 200
     reference = _drive(build(), terms)
     cast = build().to(dtype)
-    for name, buffer in cast.state_dict().items():
-        assert buffer.dtype in (torch.float32, torch.float64, torch.int64), name
+    for name, buffer in cast.named_buffers():
+        assert buffer.dtype in (torch.float32, torch.float64, torch.int64, torch.bool), name
     got = _drive(cast, terms)
     torch.testing.assert_close(got, reference, rtol=0, atol=0)
     moved = [v for k, v in got[-1].items() if k in ("multiplier", "integral", "adaptive_weight")]
@@ -111,7 +111,7 @@ def test_a_non_finite_batch_is_skipped(build: Callable[[], Objective], bad: floa
             if key in ("step", "skipped"):
                 continue
             torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
-    assert all(math.isfinite(v.float().item()) for v in objective.state_dict().values())
+    assert all(math.isfinite(v.float().item()) for v in objective.buffers())
 
 
 def test_geco_average_starts_at_the_first_finite_batch() -> None:

@@ -161,7 +161,7 @@ def test_a_nan_batch_raises_and_leaves_the_state_alone(case: Case) -> None:
     model, loss_fn, x = Model(), RateDistortionLoss(objective=case.build()), _x()
     model(loss_fn, x)
     before = _state(loss_fn.objective)
-    with pytest.raises(ValueError, match="NaN|nan|finite"):
+    with pytest.raises(ValueError, match=r"NaN|nan|finite"):
         model(loss_fn, x, shift=float("nan"))
     assert_close(_state(loss_fn.objective), before, **EXACT)
 
@@ -171,7 +171,7 @@ def test_a_checkpoint_of_another_configuration_is_refused(case: Case) -> None:
     state = RateDistortionLoss(objective=case.other()).state_dict()
     loss_fn = RateDistortionLoss(objective=case.build())
     before = _state(loss_fn.objective)
-    with pytest.raises(ValueError, match="was saved with .* but this one has"):
+    with pytest.raises(ValueError, match=r"was saved with .* but this one has"):
         loss_fn.load_state_dict(state)
     assert_close(_state(loss_fn.objective), before, **EXACT)  # refused before any copy
 

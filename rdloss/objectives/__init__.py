@@ -20,8 +20,9 @@ takes a number also takes a `Schedule` of the step.
 * `RateController`: PI control of β to hold a rate (Shao et al., 2020).
 """
 
-from rdloss.objectives._base import Hyperparameter, Objective, ObjectiveOutput
+from rdloss.objectives._base import Objective, ObjectiveOutput
 from rdloss.objectives._controllers import GECO, RateController
+from rdloss.objectives._hyperparameters import Hyperparameter
 from rdloss.objectives._penalties import Beta, Capacity, TargetDistortion, TargetRate
 from rdloss.objectives._structured import FreeBits, nvae_balanced_rate
 

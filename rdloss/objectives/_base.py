@@ -10,92 +10,28 @@ utility writing ``.data``) is what the next call uses.
 from __future__ import annotations
 
 import math
-import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple, TypeAlias
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from rdloss._checks import check_nonnegative_number, in_functorch
+from rdloss._checks import in_functorch
 from rdloss._means import batch_mean, global_batch_mean
 from rdloss.latents import RateTerms
+from rdloss.objectives._hyperparameters import (
+    Hyperparameter,
+    as_hyperparameter,
+    check_loaded,
+    new_state,
+)
 from rdloss.schedules import Schedule, check_config_state, config_state
 
-__all__ = [
-    "Hyperparameter",
-    "Objective",
-    "ObjectiveOutput",
-    "as_hyperparameter",
-    "check_terms",
-    "new_state",
-    "numbers_repr",
-]
-
-Hyperparameter: TypeAlias = float | Schedule
-"""A number (constant) or a `Schedule` of the objective's step."""
+__all__ = ["Hyperparameter", "Objective", "ObjectiveOutput", "check_terms", "numbers_repr"]
 
 _INF = math.inf
-
-
-def new_state(value: float | list[float], dtype: torch.dtype) -> Tensor:
-    """A buffer's initial tensor: a normal tensor even when built under inference mode.
-
-    (A tensor made under ``torch.inference_mode()`` cannot be updated in place outside it,
-    which every training step does.)
-    """
-    with torch.inference_mode(False):
-        return torch.tensor(value, dtype=dtype)
-
-
-def as_hyperparameter(name: str, value: object, *, positive: bool = False) -> float | Schedule:
-    """Validate a hyperparameter: a schedule is kept, a number becomes a float.
-
-    A built-in schedule whose range (`Schedule.value_range`) goes below 0 is rejected; a
-    user schedule without a known range is trusted.
-
-    Args:
-        name: argument name used in error messages.
-        value: a `Schedule`, a real number, or a one-element tensor.
-        positive: require a number ``> 0`` rather than ``>= 0``.
-
-    Returns:
-        The schedule, or the number as a float.
-    """
-    if isinstance(value, Schedule):
-        # A schedule may touch 0 where a number must be > 0 (a warm-up such as
-        # lr=Linear(0.0, 0.1, steps=T)), but never go negative.
-        bounds = value.value_range()
-        if bounds is not None and bounds[0] < 0:
-            raise ValueError(
-                f"{name} must be >= 0 at every step, got a {type(value).__name__} schedule "
-                f"whose values reach {bounds[0]}"
-            )
-        if positive and bounds is not None and bounds[1] <= 0:
-            raise ValueError(
-                f"{name} must be > 0 at some step, got a {type(value).__name__} schedule "
-                "that stays at 0"
-            )
-        return value
-    if isinstance(value, Tensor) and value.numel() == 1:
-        value = value.reshape(())  # a (1,) buffer, as load_state_dict(assign=True) hands it
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
-        raise TypeError(
-            f"{name} must be a real number or an rdloss.schedules.Schedule, "
-            f"got {type(value).__name__}"
-        )
-    return check_nonnegative_number(name, value, positive=positive)
-
-
-def _check_loaded(key: str, value: object, low: float, high: float) -> None:
-    """Refuse a loaded one-element state value outside ``[low, high]`` (or not finite)."""
-    if not isinstance(value, Tensor) or value.numel() != 1 or value.is_meta:
-        return  # a wrong type or shape is load_state_dict's own error
-    number = value.item()
-    if not (math.isfinite(number) and low <= number <= high):
-        raise ValueError(f"state_dict[{key!r}] must be finite and in [{low}, {high}], got {number}")
 
 
 def check_terms(
@@ -300,7 +236,7 @@ class Objective(nn.Module, ABC):
         if extra is not None:
             self.set_extra_state(extra)
         for name, (low, high) in self.state_ranges().items():
-            _check_loaded(prefix + name, state_dict.get(prefix + name), low, high)
+            check_loaded(prefix + name, state_dict.get(prefix + name), low, high)
         for name, positive in self._hyperparameters.items():
             value = state_dict.get(prefix + name)
             if isinstance(value, Tensor) and value.numel() == 1 and not value.is_meta:

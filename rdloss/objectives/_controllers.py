@@ -19,12 +19,11 @@ from typing_extensions import override
 
 from rdloss._checks import check_nonnegative_number
 from rdloss.objectives._base import (
-    Hyperparameter,
     Objective,
     ObjectiveOutput,
-    new_state,
     numbers_repr,
 )
+from rdloss.objectives._hyperparameters import Hyperparameter, new_state
 
 __all__ = ["GECO", "RateController"]
 

@@ -16,13 +16,11 @@ from typing_extensions import override
 from rdloss._checks import check_nonnegative_number
 from rdloss.latents import RateTerms
 from rdloss.objectives._base import (
-    Hyperparameter,
     Objective,
     ObjectiveOutput,
-    as_hyperparameter,
-    new_state,
     numbers_repr,
 )
+from rdloss.objectives._hyperparameters import Hyperparameter, as_hyperparameter, new_state
 from rdloss.objectives._structured import Reduction, check_alpha, nvae_balanced_rate
 from rdloss.schedules import Schedule
 

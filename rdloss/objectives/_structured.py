@@ -19,7 +19,8 @@ from typing_extensions import override
 
 from rdloss._checks import check_nonnegative_number
 from rdloss.latents import RateTerms
-from rdloss.objectives._base import Hyperparameter, Objective, ObjectiveOutput, numbers_repr
+from rdloss.objectives._base import Objective, ObjectiveOutput, numbers_repr
+from rdloss.objectives._hyperparameters import Hyperparameter
 
 __all__ = ["FreeBits", "Level", "Reduction", "check_alpha", "nvae_balanced_rate"]
 

@@ -1,10 +1,11 @@
 r"""Schedules: hyperparameters as pure functions of the training step.
 
 A schedule maps the step ``t`` (a 0-dim tensor) to a 0-dim floating tensor. Schedules are
-stateless ``nn.Module`` subclasses: they have no parameters and no buffers, so they show in
-the objective's ``repr`` but add nothing to its ``state_dict``; the step itself is a buffer
-of the objective that uses them (`rdloss.objectives.Objective.step`), which is what
-makes checkpoint and resume exact. Because the step enters as a tensor, a compiled loss
+stateless ``nn.Module`` subclasses: they have no parameters and no buffers; their
+``state_dict`` records only their settings (``_extra_state``), so that a checkpoint of a
+differently configured schedule is refused on load. The step itself is a buffer of the
+objective that uses them (`rdloss.objectives.Objective.step`), which is what makes
+checkpoint and resume exact. Because the step enters as a tensor, a compiled loss
 does not recompile as it changes.
 
 Every objective hyperparameter that takes a number also takes a schedule, e.g.
@@ -13,15 +14,17 @@ Every objective hyperparameter that takes a number also takes a schedule, e.g.
 `Schedule.value_range` as well if objectives should check its values when they are built
 (the built-in schedules do, so ``Beta(Linear(-1.0, 1.0, steps=T))`` is rejected at once).
 
-The output dtype is the step's dtype if it is floating, else the default dtype
-(objectives pass the step as a floating tensor of at least float32).
+The step is evaluated in float64 (float32 cannot count past 2**24) and the output takes the
+step's dtype if it is floating, else the default dtype (objectives pass a float64 step).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from abc import ABC, abstractmethod
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +33,44 @@ from typing_extensions import override
 from rdloss._checks import check_positive_int
 
 __all__ = ["Constant", "Cosine", "Cyclical", "Linear", "Schedule", "Sigmoid"]
+
+
+def config_state(config: dict[str, Any]) -> Tensor:
+    """Settings as a module's ``_extra_state``: JSON in a uint8 tensor.
+
+    A tensor keeps every ``state_dict`` value a tensor (safetensors, ``torch.testing``,
+    utilities that ``.clone()`` or ``.to()`` every entry); JSON keeps it loadable with
+    ``torch.load(weights_only=True)`` and readable by `check_config_state`.
+    """
+    text = json.dumps(config, sort_keys=True).encode()
+    return torch.tensor(list(text), dtype=torch.uint8)
+
+
+def check_config_state(owner: str, saved: object, current: Tensor) -> None:
+    """Refuse a saved ``_extra_state`` whose settings differ from ``current``'s.
+
+    Raises:
+        ValueError: a setting differs (naming it, the saved and the current value), or
+            ``saved`` is not a `config_state`.
+    """
+    now = json.loads(bytes(current.tolist()))
+    then: object = None
+    if isinstance(saved, Tensor) and saved.dtype == torch.uint8 and saved.ndim == 1:
+        try:
+            then = json.loads(bytes(saved.tolist()))
+        except ValueError:
+            then = None
+    if not isinstance(then, dict):
+        raise ValueError(
+            f"{owner}: the checkpoint's _extra_state is not a record of its settings "
+            f"(a uint8 tensor of JSON), got {type(saved).__name__}"
+        )
+    for key in sorted(set(then) | set(now)):
+        if then.get(key) != now.get(key):
+            raise ValueError(
+                f"{owner} was saved with {key}={then.get(key)!r} but this one has "
+                f"{key}={now.get(key)!r}: build it with the checkpoint's settings"
+            )
 
 
 def _real(name: str, value: object) -> float:
@@ -43,12 +84,18 @@ def _real(name: str, value: object) -> float:
 
 
 def _as_float(step: Tensor) -> Tensor:
+    """``step`` in float64: float32 cannot count past 2**24."""
     # A type check is free at trace time, so it also runs under torch.compile.
     if not isinstance(step, Tensor):
         raise TypeError(
             f"step must be a torch.Tensor (0-dim, the objective's step), got {type(step).__name__}"
         )
-    return step if step.is_floating_point() else step.to(torch.get_default_dtype())
+    return step.to(torch.float64)
+
+
+def _out(value: Tensor, step: Tensor) -> Tensor:
+    """``value`` in the step's floating dtype, else the default dtype."""
+    return value.to(step.dtype if step.is_floating_point() else torch.get_default_dtype())
 
 
 def _lerp(start: float, end: float, weight: Tensor) -> Tensor:
@@ -57,7 +104,22 @@ def _lerp(start: float, end: float, weight: Tensor) -> Tensor:
 
 
 class Schedule(nn.Module, ABC):
-    """Base class: a hyperparameter as a pure function of the step."""
+    """Base class: a hyperparameter as a pure function of the step.
+
+    The settings named in ``_config`` (and the class name) are recorded in ``state_dict``;
+    loading a checkpoint whose settings differ raises ``ValueError``.
+    """
+
+    _config: ClassVar[tuple[str, ...]] = ()
+
+    def get_extra_state(self) -> Tensor:
+        """The class name and ``_config`` settings (see `config_state`)."""
+        config = {name: getattr(self, name) for name in self._config}
+        return config_state({"schedule": type(self).__name__, **config})
+
+    def set_extra_state(self, state: Any) -> None:
+        """Refuse a checkpoint of a different schedule; see `check_config_state`."""
+        check_config_state(type(self).__name__, state, self.get_extra_state())
 
     @abstractmethod
     def forward(self, step: Tensor) -> Tensor:
@@ -95,13 +157,15 @@ class Constant(Schedule):
         tensor(0.5000)
     """
 
+    _config = ("value",)
+
     def __init__(self, value: float) -> None:
         super().__init__()
         self.value = _real("value", value)
 
     def forward(self, step: Tensor) -> Tensor:
         """``value``; see `Schedule.forward`."""
-        return torch.full_like(_as_float(step), self.value)
+        return _out(torch.full_like(_as_float(step), self.value), step)
 
     @override
     def value_range(self) -> tuple[float, float]:
@@ -125,6 +189,8 @@ def _steps(value: object) -> int:
 
 class _Ramp(Schedule):
     """Shared by ramps from ``start`` to ``end`` over ``steps`` steps."""
+
+    _config = ("start", "end", "steps")
 
     def __init__(self, start: float, end: float, *, steps: int | float) -> None:
         super().__init__()
@@ -170,7 +236,7 @@ class Linear(_Ramp):
 
     def forward(self, step: Tensor) -> Tensor:
         """Linear ramp; see `Schedule.forward`."""
-        return _lerp(self.start, self.end, self._progress(step))
+        return _out(_lerp(self.start, self.end, self._progress(step)), step)
 
 
 class Cyclical(Schedule):
@@ -200,6 +266,8 @@ class Cyclical(Schedule):
         >>> [round(schedule(torch.tensor(t)).item(), 2) for t in (0, 5, 10, 19, 20, 25)]
         [0.0, 0.5, 1.0, 1.0, 0.0, 0.5]
     """
+
+    _config = ("start", "end", "steps", "cycles", "ratio")
 
     def __init__(
         self,
@@ -231,7 +299,7 @@ class Cyclical(Schedule):
         tau = torch.remainder(t, period) / period
         weight = (tau / self.ratio).clamp(max=1.0)
         weight = torch.where(t >= self.steps, torch.ones_like(weight), weight)
-        return _lerp(self.start, self.end, weight)
+        return _out(_lerp(self.start, self.end, weight), step)
 
     @override
     def value_range(self) -> tuple[float, float]:
@@ -270,6 +338,8 @@ class Sigmoid(Schedule):
         tensor(0.5000)
     """
 
+    _config = ("start", "end", "steps", "steepness")
+
     def __init__(
         self, start: float, end: float, *, steps: int | float, steepness: float = 10.0
     ) -> None:
@@ -284,7 +354,7 @@ class Sigmoid(Schedule):
     def forward(self, step: Tensor) -> Tensor:
         """Logistic ramp; see `Schedule.forward`."""
         weight = torch.sigmoid(self.steepness * (_as_float(step) / self.steps - 0.5))
-        return _lerp(self.start, self.end, weight)
+        return _out(_lerp(self.start, self.end, weight), step)
 
     @override
     def value_range(self) -> tuple[float, float]:
@@ -321,4 +391,4 @@ class Cosine(_Ramp):
     def forward(self, step: Tensor) -> Tensor:
         """Half-cosine ramp; see `Schedule.forward`."""
         progress = self._progress(step)
-        return _lerp(self.start, self.end, 0.5 * (1.0 - torch.cos(math.pi * progress)))
+        return _out(_lerp(self.start, self.end, 0.5 * (1.0 - torch.cos(math.pi * progress))), step)

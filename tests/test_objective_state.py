@@ -62,8 +62,8 @@ def test_half_cast_keeps_feedback_state_float32(
     terms = [(4.0, 12.0)] * 200
     reference = _drive(build(), terms)
     cast = build().to(dtype)
-    for name, buffer in cast.state_dict().items():
-        assert buffer.dtype in (torch.float32, torch.float64, torch.int64), name
+    for name, buffer in cast.named_buffers():
+        assert buffer.dtype in (torch.float32, torch.float64, torch.int64, torch.bool), name
     got = _drive(cast, terms)
     torch.testing.assert_close(got, reference, rtol=0, atol=0)
     moved = [v for k, v in got[-1].items() if k in ("multiplier", "integral", "adaptive_weight")]
@@ -111,7 +111,7 @@ def test_a_non_finite_batch_is_skipped(build: Callable[[], Objective], bad: floa
             if key in ("step", "skipped"):
                 continue
             torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
-    assert all(math.isfinite(v.float().item()) for v in objective.state_dict().values())
+    assert all(math.isfinite(v.float().item()) for v in objective.buffers())
 
 
 def test_geco_average_starts_at_the_first_finite_batch() -> None:
@@ -302,3 +302,103 @@ def test_changing_a_hyperparameter_does_not_recompile(case: Case) -> None:
             setattr(eager_fn.objective, name, value)
             torch.testing.assert_close(compiled(compiled_fn), step(eager_fn))
     assert counter.frame_count == 1
+
+
+# --- plain state: what writes a buffer is what the next call reads (issue 20) ---------------
+
+
+def test_a_buffer_written_in_place_is_what_the_next_loss_uses() -> None:
+    # EMA and checkpoint utilities write buffers through .data or named_buffers().
+    r, d = torch.tensor([2.0, 4.0]), torch.tensor([10.0, 20.0])
+    objective = Beta(0.5)
+    objective(r, d)
+    dict(objective.named_buffers())["beta"].data.fill_(0.25)
+    assert objective(r, d).loss.item() == 15.0 + 0.25 * 3.0
+    objective.get_buffer("beta").data.copy_(torch.tensor(2.0))
+    torch._dynamo.reset()
+    compiled = torch.compile(objective, backend="aot_eager", fullgraph=True)
+    assert compiled(r, d).loss.item() == objective(r, d).loss.item() == 15.0 + 2.0 * 3.0
+    torch._dynamo.reset()
+
+
+def test_hyper_values_never_alias_the_buffer() -> None:
+    objective = Beta(0.5)
+    r, d = torch.tensor([2.0]), torch.tensor([10.0])
+    v = objective(r, d).hyper["beta"]
+    v *= 4
+    assert objective.beta.item() == 0.5
+    assert objective(r, d).loss.item() == 11.0
+
+
+def test_assigning_the_adaptive_weight_restarts_the_adaptation_from_it() -> None:
+    objective = TargetRate(2.0, adaptive=True, lr=0.5)
+    objective.weight = 10.0
+    assert objective.adaptive_weight.item() == 10.0
+    r, d = torch.tensor([2.0], requires_grad=True), torch.tensor([1.0])
+    out = objective(r, d)  # R = sigma: the weight is used and stays
+    assert out.hyper["rate_weight"].item() == 10.0
+    with pytest.raises(ValueError, match=r"weight must lie in \[0.001, max_weight\]"):
+        objective.weight = 1e6
+    with pytest.raises(TypeError, match="weight must be a number with adaptive=True"):
+        objective.weight = Linear(1.0, 2.0, steps=3)
+    assert objective.adaptive_weight.item() == 10.0 and objective.weight.item() == 10.0
+
+
+def test_geco_average_is_seeded_by_its_first_update_at_any_step() -> None:
+    geco = GECO(10.0, lr=0.1)
+    geco.step.fill_(100)  # a carried-over or loaded step
+    _drive(geco, [(1.0, 15.0)])
+    assert geco.constraint_ma.item() == 5.0  # not 0.01 * 5 blended with 0
+    fresh = GECO(10.0, lr=0.1)
+    fresh.load_state_dict(geco.state_dict())  # the flag survives state_dict
+    _drive(fresh, [(1.0, 13.0)])
+    assert fresh.constraint_ma.item() == pytest.approx(0.99 * 5.0 + 0.01 * 3.0)
+
+
+@pytest.mark.parametrize(
+    ("build", "key", "value"),
+    [
+        (lambda: GECO(1.0), "multiplier", -1.0),
+        (lambda: GECO(1.0), "constraint_ma", NAN),
+        (lambda: Beta(1.0), "step", -3),
+        (lambda: GECO(1.0), "skipped", -1),
+        (lambda: RateController(1.0), "beta", 11.0),
+        (lambda: TargetRate(1.0, adaptive=True), "adaptive_weight", 0.0),
+        (lambda: Beta(1.0), "beta", -0.5),
+        (lambda: TargetRate(1.0), "weight", NAN),
+    ],
+)
+def test_loaded_state_out_of_range_is_refused(
+    build: Callable[[], Objective], key: str, value: float
+) -> None:
+    objective = build()
+    state = objective.state_dict()
+    state[key] = torch.full_like(state[key], value)
+    before = {k: v.clone() for k, v in objective.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"{key}.*{value}"):
+        objective.load_state_dict(state)
+    torch.testing.assert_close(objective.state_dict(), before)
+
+
+def test_a_schedule_checkpoint_of_other_steps_is_refused() -> None:
+    state = Beta(Linear(0.0, 1.0, steps=100)).state_dict()
+    with pytest.raises(ValueError, match=r"Linear was saved with steps=100 but .* steps=200"):
+        Beta(Linear(0.0, 1.0, steps=200)).load_state_dict(state)
+    with pytest.raises(ValueError, match="reduction='batch' but this one has reduction='example'"):
+        TargetRate(1.0, reduction="example").load_state_dict(TargetRate(1.0).state_dict())
+
+
+def test_built_under_inference_mode_then_trained() -> None:
+    with torch.inference_mode():
+        objectives = [GECO(10.0, lr=0.1), RateController(2.0), TargetRate(1.0, adaptive=True)]
+    for objective in objectives:
+        _drive(objective, [(4.0, 12.0)] * 2)
+        assert objective.step.item() == 2
+        objective.load_state_dict(objective.state_dict())
+
+
+def test_load_state_dict_assign_keeps_hyperparameters_checked_and_used() -> None:
+    objective = Beta(0.5)
+    objective.load_state_dict(Beta(0.25).state_dict(), assign=True)
+    assert objective.beta.shape == () and objective.beta.item() == 0.25
+    assert objective(torch.tensor([2.0]), torch.tensor([1.0])).loss.item() == 1.5

@@ -355,15 +355,18 @@ def test_state_does_not_advance_outside_training(mode: str) -> None:
 
 
 def test_state_lives_in_persistent_buffers() -> None:
-    # Numeric hyperparameters are buffers too (HyperparameterAttribute); schedules are not.
-    assert set(Beta(0.5).state_dict()) == {"step", "beta"}
+    # Numeric hyperparameters are buffers too; schedules are submodules that record only
+    # their settings; every objective records its own settings in _extra_state.
+    assert set(Beta(0.5).state_dict()) == {"step", "beta", "_extra_state"}
     assert set(GECO(1.0).state_dict()) == {
         "step",
         "multiplier",
         "constraint_ma",
+        "seeded",
         "skipped",
         "target_distortion",
         "lr",
+        "_extra_state",
     }
     assert set(RateController(1.0).state_dict()) == {
         "step",
@@ -373,8 +376,14 @@ def test_state_lives_in_persistent_buffers() -> None:
         "target_rate",
         "kp",
         "ki",
+        "_extra_state",
     }
-    assert set(Capacity(Linear(0.0, 1.0, steps=3)).state_dict()) == {"step", "gamma"}
+    assert set(Capacity(Linear(0.0, 1.0, steps=3)).state_dict()) == {
+        "step",
+        "gamma",
+        "_extra_state",
+        "capacity._extra_state",
+    }
     loss_fn = RateDistortionLoss(objective=GECO(1.0))
     assert "objective.multiplier" in loss_fn.state_dict()
 
@@ -571,12 +580,12 @@ def test_a_user_objective_gets_the_checks_and_the_step_from_forward() -> None:
 
 
 def test_a_hyperparameter_read_once_per_change_is_never_stale() -> None:
-    # The float32 copy of a float64 hyperparameter is kept between calls; every way its
-    # buffer changes must reach the next call, and a returned value must not change after.
+    # The buffer is read on every call (no copy kept aside): every way it changes must
+    # reach the next call, and a returned value must not change after.
     objective = Beta(0.5)
     rate, distortion = torch.tensor([2.0, 4.0]), torch.tensor([10.0, 20.0])
     first = objective(rate, distortion).hyper["beta"]
-    assert objective(rate, distortion).hyper["beta"] is first  # kept: no copy per call
+    assert objective(rate, distortion).hyper["beta"] is not first  # a fresh tensor per call
     objective.beta = 0.25
     assert float(objective(rate, distortion).hyper["beta"]) == 0.25
     assert float(first) == 0.5

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from rdloss.objectives import Beta
 from rdloss.schedules import Constant, Cosine, Cyclical, Linear, Schedule, Sigmoid
 
 
@@ -113,7 +114,9 @@ def test_dtype_follows_floating_step_else_default() -> None:
     ],
 )
 def test_schedules_hold_no_state(schedule: Schedule) -> None:
-    assert dict(schedule.state_dict()) == {}
+    # Only their settings, to refuse a checkpoint of a different schedule.
+    assert list(schedule.state_dict()) == ["_extra_state"]
+    assert list(schedule.buffers()) == []
     assert list(schedule.parameters()) == []
 
 
@@ -157,3 +160,27 @@ def test_steps_given_as_an_integer_valued_float() -> None:
     assert schedule.steps == 100_000 and isinstance(schedule.steps, int)
     torch.testing.assert_close(schedule(torch.tensor(25_000)), torch.tensor(0.25))
     assert Cyclical(steps=8e1).steps == 80
+
+
+def test_steps_past_float32_precision_are_exact() -> None:
+    # 2**25 - 1 is the last step of the second cycle (value 1); float32 rounds it to 2**25,
+    # the start of the third cycle (value 0).
+    schedule = Cyclical(steps=2**26, cycles=4)
+    assert schedule(torch.tensor(2**25 - 1)).item() == 1.0
+    objective = Beta(schedule)
+    objective.step.fill_(2**25 - 1)
+    assert objective(torch.tensor([1.0]), torch.tensor([0.0])).hyper["beta"].item() == 1.0
+
+
+def test_objectives_import_downwards_only() -> None:
+    import ast
+    from pathlib import Path
+
+    import rdloss.objectives
+
+    for path in Path(rdloss.objectives.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert node.module != "rdloss.functional", path.name
+                if path.name == "_hyperparameters.py":  # below _base: imports go one way
+                    assert not node.module.startswith("rdloss.objectives"), node.module

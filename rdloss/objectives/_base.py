@@ -1,7 +1,15 @@
-"""The objective interface: checked terms in, a loss out, and a step buffer."""
+"""The objective interface: checked terms in, a loss out; hyperparameters and state in buffers.
+
+Every number an objective keeps is a registered buffer, read where it is used and never
+copied aside: a hyperparameter given as a number is a ``(1,)`` float64 buffer (read as a
+0-dim view), one given as a `Schedule` a submodule; the step and the feedback state are
+buffers of their own. Whatever writes a buffer (an assignment, ``load_state_dict``, an EMA
+utility writing ``.data``) is what the next call uses.
+"""
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
@@ -11,26 +19,19 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from rdloss._checks import in_functorch
-from rdloss.functional import batch_mean, global_batch_mean
+from rdloss._means import batch_mean, global_batch_mean
 from rdloss.latents import RateTerms
-from rdloss.objectives._hyperparameters import HyperparameterAttribute, HyperparameterCache
-from rdloss.schedules import Schedule
+from rdloss.objectives._hyperparameters import (
+    Hyperparameter,
+    as_hyperparameter,
+    check_loaded,
+    new_state,
+)
+from rdloss.schedules import Schedule, check_config_state, config_state
 
-__all__ = ["Objective", "ObjectiveOutput", "check_terms", "numbers_repr"]
+__all__ = ["Hyperparameter", "Objective", "ObjectiveOutput", "check_terms", "numbers_repr"]
 
-_FULL = (torch.float32, torch.float64)
-
-
-class _CallState:
-    """The calling loss's ``sync_dist`` and the batch means it computed, for one call."""
-
-    __slots__ = ("means", "sync", "weight")
-
-    def __init__(self) -> None:
-        self.sync: bool | None = None
-        # (values, mean) pairs taken with `weight`: `Objective.mean` reuses them.
-        self.means: tuple[tuple[Tensor, Tensor], ...] = ()
-        self.weight: Tensor | None = None
+_INF = math.inf
 
 
 def check_terms(
@@ -113,13 +114,17 @@ class Objective(nn.Module, ABC):
     training step sees step 0. Keep any further state in registered buffers as well: then
     ``state_dict()`` / ``load_state_dict()`` resume training exactly.
 
-    Declare each numeric hyperparameter as a `HyperparameterAttribute` class attribute and
-    assign it in ``__init__`` (``beta = HyperparameterAttribute()`` ... ``self.beta = beta``):
-    every assignment, also after construction, is validated, and numbers live in float64
-    buffers that a compiled loss reads without recompiling. Name settings checked against
-    each other in ``_fixed``: assigning them after construction raises ``AttributeError``.
-    Casting the module to a lower precision (``.half()``, ``.to(torch.bfloat16)``) leaves
-    every floating buffer at its precision: state and hyperparameters never narrow.
+    Name each numeric hyperparameter in ``_hyperparameters`` (name -> must it be ``> 0``)
+    and assign it in ``__init__`` (``self.beta = beta``): every assignment, also after
+    construction, is validated by `as_hyperparameter`; a number is written into a ``(1,)``
+    float64 buffer of that name (in place once it exists, so a compiled loss reads the new
+    value without recompiling), and reading the attribute gives a 0-dim view of it; a
+    `Schedule` becomes a submodule of that name. Name the settings fixed at construction in
+    ``_config``: they are recorded in ``state_dict`` (`get_extra_state`), a checkpoint of a
+    differently configured objective is refused, and assigning them later raises
+    ``AttributeError``. Loaded state is range-checked (`state_ranges`). Casting the module
+    to a lower precision (``.half()``, ``.to(torch.bfloat16)``) leaves every floating
+    buffer at its precision: state and hyperparameters never narrow.
 
     Attributes:
         step: 0-dim int64 buffer, the number of training steps taken.
@@ -130,28 +135,24 @@ class Objective(nn.Module, ABC):
     """
 
     step: Tensor
-    _fixed: ClassVar[frozenset[str]] = frozenset()
-    """Attributes set once by the constructor; assigning them later raises ``AttributeError``."""
+    _hyperparameters: ClassVar[dict[str, bool]] = {}
+    """Hyperparameter names, each with whether it must be ``> 0`` (else ``>= 0``)."""
+    _config: ClassVar[tuple[str, ...]] = ()
+    """Settings fixed at construction and recorded in ``state_dict``."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("step", new_state(0, torch.long))
         self.sync_dist = False
-        # The flag of the call in progress: the loss's, so that a shared objective follows
-        # each loss it serves (set by `forward` for the call, never left set).
-        # What the call in progress brings: set by `forward`, cleared after (a plain object,
-        # so these per-call updates skip nn.Module.__setattr__, ~15 us each).
-        self._call = _CallState()
-        self._hyperparameter_cache = HyperparameterCache()
+        # The calling loss's sync_dist for the call in progress (None: `sync_dist`).
+        self._call_sync_dist: bool | None = None
 
     @override
     def __setattr__(self, name: str, value: Any) -> None:
-        attribute = getattr(type(self), name, None)
-        if isinstance(attribute, HyperparameterAttribute):
-            # nn.Module.__setattr__ would register a Schedule before the descriptor sees it.
-            attribute.__set__(self, value)
+        if name in self._hyperparameters:
+            self._set_hyperparameter(name, value)
             return
-        if name in self._fixed and name in self.__dict__:
+        if name in self._config and name in self.__dict__:
             raise AttributeError(
                 f"{type(self).__name__}.{name} is fixed at construction (it is checked "
                 f"against the other arguments); build a new {type(self).__name__} instead"
@@ -159,18 +160,88 @@ class Objective(nn.Module, ABC):
         super().__setattr__(name, value)
 
     @override
+    def __getattr__(self, name: str) -> Any:
+        value = super().__getattr__(name)
+        if name in self._hyperparameters and isinstance(value, Tensor):
+            # 0-dim where it is read. (The buffer is (1,): torch.compile turns a 0-dim
+            # float64 input into a Python float and traces the graph a second time.)
+            return value.view(())
+        return value
+
+    def _set_hyperparameter(self, name: str, value: object) -> None:
+        """Validate ``value`` like the constructor and store it (see the class docstring)."""
+        checked = as_hyperparameter(name, value, positive=self._hyperparameters[name])
+        buffer = dict(self.named_buffers(recurse=False)).get(name)
+        if isinstance(checked, Schedule):
+            if buffer is not None:
+                delattr(self, name)
+            super().__setattr__(name, checked)
+            return
+        if name in dict(self.named_children()):
+            delattr(self, name)
+        if buffer is not None and not buffer.is_meta:
+            with torch.no_grad():  # in place: the same tensor, so compiled code reads it
+                buffer.fill_(checked)
+            return
+        device = value.device if isinstance(value, Tensor) else None
+        tensor = new_state([checked], torch.float64).to(device)
+        if buffer is None:
+            self.register_buffer(name, tensor)
+        else:  # a meta buffer, replaced as load_state_dict(assign=True) expects
+            super().__setattr__(name, tensor)
+
+    @override
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Objective:
         # State and hyperparameters keep their precision whatever the module's dtype
         # (``.half()``, ``.to(torch.bfloat16)``, Lightning's "bf16-true"), as torchmetrics
         # keeps its states: in bfloat16 a multiplier of 1.0 cannot move by exp(1e-3), and
         # float16 overflows above 65504. Devices still move.
-        before = {k: b for k, b in self._buffers.items() if b is not None and b.is_floating_point()}
+        before = {k: b for k, b in self.named_buffers(recurse=False) if b.is_floating_point()}
         super()._apply(fn, recurse)
         for name, old in before.items():
-            new = self._buffers[name]
-            if new is not None and torch.finfo(new.dtype).bits < torch.finfo(old.dtype).bits:
-                self._buffers[name] = old.to(device=new.device)
+            new = self.get_buffer(name)
+            if torch.finfo(new.dtype).bits < torch.finfo(old.dtype).bits:
+                super().__setattr__(name, old.to(device=new.device))  # unchecked: as it was
         return self
+
+    def get_extra_state(self) -> Tensor:
+        """The ``_config`` settings, recorded in ``state_dict`` (see `config_state`)."""
+        return config_state({name: getattr(self, name) for name in self._config})
+
+    def set_extra_state(self, state: Any) -> None:
+        """Refuse a checkpoint of a differently configured objective.
+
+        Raises:
+            ValueError: a setting differs, naming the saved and the current value.
+        """
+        check_config_state(type(self).__name__, state, self.get_extra_state())
+
+    def state_ranges(self) -> dict[str, tuple[float, float]]:
+        """The range of each state buffer that `load_state_dict` accepts.
+
+        Subclasses add their feedback state; numeric hyperparameters are checked like an
+        assignment.
+        """
+        ranges = {"step": (0.0, _INF)}
+        if "skipped" in dict(self.named_buffers(recurse=False)):
+            ranges["skipped"] = (0.0, _INF)
+        return ranges
+
+    @override
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # Checked before anything is copied, so a refused checkpoint changes nothing here.
+        extra = state_dict.get(prefix + "_extra_state")
+        if extra is not None:
+            self.set_extra_state(extra)
+        for name, (low, high) in self.state_ranges().items():
+            check_loaded(prefix + name, state_dict.get(prefix + name), low, high)
+        for name, positive in self._hyperparameters.items():
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor) and value.numel() == 1 and not value.is_meta:
+                as_hyperparameter(f"state_dict[{prefix + name!r}]", value, positive=positive)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def advancing(self) -> bool:
@@ -185,40 +256,33 @@ class Objective(nn.Module, ABC):
     def mean(self, values: Tensor, weight: Tensor | None) -> Tensor:
         """Weighted batch mean over dim 0: of this process's batch, or of all (`sync_dist`).
 
-        Subclasses reduce with it (not `functional.batch_mean`) so that ``sync_dist`` applies.
-        The all-reduce happens only while `advancing`: evaluation stays local, so one
-        process may evaluate alone without waiting for the others.
+        Subclasses reduce with it (not `batch_mean`) so that ``sync_dist`` applies. The
+        all-reduce happens only while `advancing`: evaluation stays local, so one process
+        may evaluate alone without waiting for the others.
         """
-        call = self._call
-        sync = self.sync_dist if call.sync is None else call.sync
+        sync = self.sync_dist if self._call_sync_dist is None else self._call_sync_dist
         if sync and self.advancing:
             return global_batch_mean(values, weight)
-        if weight is call.weight:
-            for known, mean in call.means:
-                if values is known:
-                    return mean
         return batch_mean(values, weight)
 
     def hyperparameter(self, value: float | Tensor | Schedule, like: Tensor) -> Tensor:
         """Evaluate a hyperparameter at the current step.
 
         Args:
-            value: a number, a 0-dim tensor (a `HyperparameterAttribute`'s buffer) or a
-                schedule.
+            value: a number, a one-element tensor (a hyperparameter's buffer) or a schedule.
             like: tensor whose device (and dtype, raised to at least float32) the result takes.
 
         Returns:
-            0-dim tensor (a new one: later assignments do not change it).
+            0-dim tensor, a new one every call: it never aliases the buffer, so neither a
+            later assignment nor an in-place change of ``out.hyper`` reaches the other.
         """
-        # promote_types is an operator call; the common dtypes need none.
-        dtype = like.dtype
-        if dtype not in _FULL:
-            dtype = torch.promote_types(dtype, torch.float32)
+        dtype = torch.promote_types(like.dtype, torch.float32)
         if isinstance(value, Schedule):
-            scheduled: Tensor = value(self.step.to(dtype))
+            # The step in float64: float32 cannot count past 2**24.
+            scheduled: Tensor = value(self.step.to(device=like.device, dtype=torch.float64))
             return scheduled.to(dtype)
         if isinstance(value, Tensor):
-            return self._hyperparameter_cache.copy(value, dtype, like.device)
+            return value.reshape(()).to(device=like.device, dtype=dtype, copy=True)
         return torch.tensor(value, dtype=dtype, device=like.device)
 
     def forward(
@@ -230,7 +294,6 @@ class Objective(nn.Module, ABC):
         weight: Tensor | None = None,
         terms: RateTerms | None = None,
         sync_dist: bool | None = None,
-        means: tuple[Tensor, Tensor] | None = None,
     ) -> ObjectiveOutput:
         """Check the per-example terms, compute the loss, then count the step.
 
@@ -243,8 +306,6 @@ class Objective(nn.Module, ABC):
                 loss computes it; ``None`` for one latent (``RateTerms.single``).
             sync_dist: reduce over all processes while training (the calling loss's flag);
                 ``None``: this objective's ``sync_dist`` attribute.
-            means: the batch means of ``rate`` and ``distortion`` under ``weight``, if the
-                caller has them (the loss reports them): `mean` then reuses them.
 
         Returns:
             `ObjectiveOutput`.
@@ -267,14 +328,11 @@ class Objective(nn.Module, ABC):
             terms = RateTerms.single(rate, rate_per_dimension)
         elif not isinstance(terms, RateTerms):
             raise TypeError(f"terms must be an rdloss RateTerms, got {type(terms).__name__}")
-        call = self._call
-        call.sync = sync_dist
-        if means is not None:
-            call.means, call.weight = ((rate, means[0]), (distortion, means[1])), weight
+        self._call_sync_dist = sync_dist  # for `mean`, during this call only
         try:
             output = self.compute_terms(terms, distortion, weight=weight)
         finally:
-            call.sync, call.means, call.weight = None, (), None
+            self._call_sync_dist = None
         self.advance()
         return output
 

@@ -10,15 +10,20 @@ it was and is counted in the ``skipped`` buffer, so training recovers after a ba
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 from typing_extensions import override
 
 from rdloss._checks import check_nonnegative_number
-from rdloss.objectives._base import Objective, ObjectiveOutput, numbers_repr
-from rdloss.objectives._hyperparameters import Hyperparameter, HyperparameterAttribute
+from rdloss.objectives._base import (
+    Objective,
+    ObjectiveOutput,
+    numbers_repr,
+)
+from rdloss.objectives._hyperparameters import Hyperparameter, new_state
 
 __all__ = ["GECO", "RateController"]
 
@@ -69,6 +74,8 @@ class GECO(Objective):
     Attributes:
         multiplier: 0-dim float32 buffer, the current λ.
         constraint_ma: 0-dim float32 buffer, the moving average $C^{ma}$ of ``D - kappa``.
+        seeded: 0-dim bool buffer, whether $C^{ma}$ holds a constraint yet (the first
+            finite one sets it, at whatever step).
         skipped: 0-dim int64 buffer, training steps whose non-finite constraint left the
             state unchanged.
 
@@ -86,10 +93,10 @@ class GECO(Objective):
 
     multiplier: Tensor
     constraint_ma: Tensor
+    seeded: Tensor
     skipped: Tensor
-    target_distortion = HyperparameterAttribute()
-    lr = HyperparameterAttribute(positive=True)
-    _fixed = frozenset({"alpha", "min_multiplier", "max_multiplier"})
+    _hyperparameters: ClassVar[dict[str, bool]] = {"target_distortion": False, "lr": True}
+    _config = ("alpha", "min_multiplier", "max_multiplier")
 
     def __init__(
         self,
@@ -116,9 +123,19 @@ class GECO(Objective):
             )
         self.min_multiplier = float(min_multiplier)
         self.max_multiplier = float(max_multiplier)
-        self.register_buffer("multiplier", torch.tensor(initial, dtype=torch.float32))
-        self.register_buffer("constraint_ma", torch.tensor(0.0, dtype=torch.float32))
-        self.register_buffer("skipped", torch.zeros((), dtype=torch.long))
+        self.register_buffer("multiplier", new_state(initial, torch.float32))
+        self.register_buffer("constraint_ma", new_state(0.0, torch.float32))
+        # Whether the moving average holds a constraint yet (its first finite one seeds it,
+        # whatever the step: a loaded or carried-over step does not blend with the 0).
+        self.register_buffer("seeded", new_state(False, torch.bool))
+        self.register_buffer("skipped", new_state(0, torch.long))
+
+    @override
+    def state_ranges(self) -> dict[str, tuple[float, float]]:
+        ranges = super().state_ranges()
+        ranges["multiplier"] = (self.min_multiplier, self.max_multiplier)
+        ranges["constraint_ma"] = (-math.inf, math.inf)
+        return ranges
 
     def compute(
         self,
@@ -138,7 +155,7 @@ class GECO(Objective):
             finite = torch.isfinite(observed)
             blended = self.alpha * self.constraint_ma + (1.0 - self.alpha) * observed
             # The average starts at the first finite constraint (no update before it).
-            moving = torch.where(self.step == self.skipped, observed, blended)
+            moving = torch.where(self.seeded, blended, observed)
             moving = torch.where(finite, moving, self.constraint_ma)
             used = constraint + (moving - constraint).detach()
             lr = self.hyperparameter(self.lr, rate)
@@ -146,6 +163,7 @@ class GECO(Objective):
                 self.min_multiplier, self.max_multiplier
             )
             self.constraint_ma.copy_(moving)
+            self.seeded.logical_or_(finite)
             self.multiplier.copy_(torch.where(finite, updated, multiplier))
             self.skipped.add_((~finite).long())
         else:
@@ -220,10 +238,8 @@ class RateController(Objective):
     beta: Tensor
     integral: Tensor
     skipped: Tensor
-    target_rate = HyperparameterAttribute()
-    kp = HyperparameterAttribute()
-    ki = HyperparameterAttribute()
-    _fixed = frozenset({"beta_min", "beta_max", "span", "error"})
+    _hyperparameters: ClassVar[dict[str, bool]] = {"target_rate": False, "kp": False, "ki": False}
+    _config = ("beta_min", "beta_max", "error")
 
     def __init__(
         self,
@@ -245,10 +261,21 @@ class RateController(Objective):
         self.error = error
         self.beta_min = float(beta_min)
         self.beta_max = float(beta_max)
-        self.span = self.beta_max - self.beta_min
-        self.register_buffer("beta", torch.tensor(self.beta_min, dtype=torch.float32))
-        self.register_buffer("integral", torch.tensor(0.0, dtype=torch.float32))
-        self.register_buffer("skipped", torch.zeros((), dtype=torch.long))
+        self.register_buffer("beta", new_state(self.beta_min, torch.float32))
+        self.register_buffer("integral", new_state(0.0, torch.float32))
+        self.register_buffer("skipped", new_state(0, torch.long))
+
+    @property
+    def span(self) -> float:
+        """``beta_max - beta_min``."""
+        return self.beta_max - self.beta_min
+
+    @override
+    def state_ranges(self) -> dict[str, tuple[float, float]]:
+        ranges = super().state_ranges()
+        ranges["beta"] = (self.beta_min, self.beta_max)
+        ranges["integral"] = (-math.inf, math.inf)
+        return ranges
 
     def compute(
         self,

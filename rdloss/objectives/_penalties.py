@@ -7,7 +7,7 @@ hyperparameter takes a number or a `Schedule` of the step.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -15,14 +15,16 @@ from typing_extensions import override
 
 from rdloss._checks import check_nonnegative_number
 from rdloss.latents import RateTerms
-from rdloss.objectives._base import Objective, ObjectiveOutput, numbers_repr
-from rdloss.objectives._hyperparameters import Hyperparameter, HyperparameterAttribute
-from rdloss.objectives._structured import check_alpha, nvae_balanced_rate
+from rdloss.objectives._base import (
+    Objective,
+    ObjectiveOutput,
+    numbers_repr,
+)
+from rdloss.objectives._hyperparameters import Hyperparameter, as_hyperparameter, new_state
+from rdloss.objectives._structured import Reduction, check_alpha, nvae_balanced_rate
 from rdloss.schedules import Schedule
 
 __all__ = ["Beta", "Capacity", "TargetDistortion", "TargetRate"]
-
-Reduction = Literal["batch", "example"]
 
 
 def _check_reduction(reduction: object) -> Reduction:
@@ -70,8 +72,8 @@ class Beta(Objective):
         tensor(11.)
     """
 
-    beta = HyperparameterAttribute()
-    _fixed = frozenset({"group_balance", "alpha"})
+    _hyperparameters: ClassVar[dict[str, bool]] = {"beta": False}
+    _config = ("group_balance", "alpha")
 
     def __init__(
         self,
@@ -176,10 +178,8 @@ class TargetRate(Objective):
 
     adaptive_weight: Tensor
     skipped: Tensor
-    sigma = HyperparameterAttribute()
-    weight = HyperparameterAttribute(positive=True)
-    lr = HyperparameterAttribute(positive=True)
-    _fixed = frozenset({"reduction", "adaptive", "max_weight"})
+    _hyperparameters: ClassVar[dict[str, bool]] = {"sigma": False, "weight": True, "lr": True}
+    _config = ("reduction", "adaptive", "max_weight")
     min_weight = 1e-3
 
     def __init__(
@@ -193,29 +193,48 @@ class TargetRate(Objective):
         max_weight: float = 1e4,
     ) -> None:
         super().__init__()
-        self.sigma = sigma
-        self.weight = weight
         self.reduction = _check_reduction(reduction)
         if not isinstance(adaptive, bool):
             raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
         self.adaptive = adaptive
-        self.lr = lr
         self.max_weight = check_nonnegative_number("max_weight", max_weight, positive=True)
+        self.sigma = sigma
+        self.weight = weight
+        self.lr = lr
         if adaptive:
-            initial = self.weight
-            if isinstance(initial, Schedule):
-                raise TypeError(
-                    "weight must be a number with adaptive=True (the initial weight), got a "
-                    f"{type(initial).__name__} schedule"
-                )
-            if not self.min_weight <= float(initial) <= self.max_weight:
-                raise ValueError(
-                    f"weight must lie in [{self.min_weight}, max_weight] = "
-                    f"[{self.min_weight}, {self.max_weight}] with adaptive=True, "
-                    f"got {float(initial)}"
-                )
-            self.register_buffer("adaptive_weight", initial.to(torch.float32).clone())
-            self.register_buffer("skipped", torch.zeros((), dtype=torch.long))
+            self.register_buffer("skipped", new_state(0, torch.long))
+
+    @override
+    def _set_hyperparameter(self, name: str, value: object) -> None:
+        # With adaptive=True, assigning the weight restarts the adaptation from it: the
+        # constructor's checks, then the adaptive weight takes the value.
+        if name != "weight" or not self.adaptive:
+            super()._set_hyperparameter(name, value)
+            return
+        initial = as_hyperparameter(name, value, positive=True)
+        if isinstance(initial, Schedule):
+            raise TypeError(
+                "weight must be a number with adaptive=True (the initial weight), got a "
+                f"{type(initial).__name__} schedule"
+            )
+        if not self.min_weight <= initial <= self.max_weight:
+            raise ValueError(
+                f"weight must lie in [{self.min_weight}, max_weight] = "
+                f"[{self.min_weight}, {self.max_weight}] with adaptive=True, got {initial}"
+            )
+        super()._set_hyperparameter(name, initial)
+        if "adaptive_weight" in dict(self.named_buffers(recurse=False)):
+            with torch.no_grad():
+                self.adaptive_weight.fill_(initial)
+        else:
+            self.register_buffer("adaptive_weight", new_state(initial, torch.float32))
+
+    @override
+    def state_ranges(self) -> dict[str, tuple[float, float]]:
+        ranges = super().state_ranges()
+        if self.adaptive:
+            ranges["adaptive_weight"] = (self.min_weight, self.max_weight)
+        return ranges
 
     def compute(
         self,
@@ -275,9 +294,8 @@ class TargetDistortion(Objective):
         tensor(5.)
     """
 
-    delta = HyperparameterAttribute()
-    weight = HyperparameterAttribute(positive=True)
-    _fixed = frozenset({"reduction"})
+    _hyperparameters: ClassVar[dict[str, bool]] = {"delta": False, "weight": True}
+    _config = ("reduction",)
 
     def __init__(
         self,
@@ -328,8 +346,7 @@ class Capacity(Objective):
         tensor(12.)
     """
 
-    capacity = HyperparameterAttribute()
-    gamma = HyperparameterAttribute(positive=True)
+    _hyperparameters: ClassVar[dict[str, bool]] = {"capacity": False, "gamma": True}
 
     def __init__(self, capacity: Hyperparameter, gamma: Hyperparameter = 1000.0) -> None:
         super().__init__()

@@ -11,7 +11,7 @@ KL warm-up so that no group collapses early.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -20,12 +20,13 @@ from typing_extensions import override
 from rdloss._checks import check_nonnegative_number
 from rdloss.latents import RateTerms
 from rdloss.objectives._base import Objective, ObjectiveOutput, numbers_repr
-from rdloss.objectives._hyperparameters import Hyperparameter, HyperparameterAttribute
+from rdloss.objectives._hyperparameters import Hyperparameter
 
-__all__ = ["FreeBits", "check_alpha", "nvae_balanced_rate"]
+__all__ = ["FreeBits", "Level", "Reduction", "check_alpha", "nvae_balanced_rate"]
 
 Level = Literal["dimension", "group", "step", "total"]
 Reduction = Literal["batch", "example"]
+"""Where a penalty applies: to the batch mean, or to each example before the mean."""
 
 
 def _units(terms: RateTerms, per: Level) -> Tensor:
@@ -93,9 +94,8 @@ class FreeBits(Objective):
         tensor(4.5000)
     """
 
-    lam = HyperparameterAttribute()
-    beta = HyperparameterAttribute()
-    _fixed = frozenset({"per", "reduction"})
+    _hyperparameters: ClassVar[dict[str, bool]] = {"lam": False, "beta": False}
+    _config = ("per", "reduction")
 
     def __init__(
         self,

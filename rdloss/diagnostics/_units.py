@@ -17,6 +17,7 @@ import einops
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
+from torchmetrics import Metric
 from typing_extensions import override
 
 from rdloss._checks import check_nonnegative_number, check_positive_int, check_tensor
@@ -96,6 +97,57 @@ class _Grouped(_Diagnostic):
             )
         self.group_sizes.copy_(sizes)
         return torch.cat(parts, dim=1)
+
+    @override
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Merge another metric of this class (or its ``state_dict()``) into this one.
+
+        The result equals one metric updated with both streams. Lazily sized states take
+        the incoming size; sizes that differ raise ``ValueError``.
+        """
+        if not isinstance(incoming_state, (dict, Metric)):
+            raise ValueError(
+                "merge_state expects a dict of states or a metric, got "
+                f"{type(incoming_state).__name__}"
+            )
+        if isinstance(incoming_state, Metric):
+            if not isinstance(incoming_state, type(self)):
+                raise ValueError(
+                    f"merge_state expects a {type(self).__name__}, got "
+                    f"{type(incoming_state).__name__}"
+                )
+            if incoming_state.groups != self.groups:
+                raise ValueError(
+                    f"merge_state: the incoming metric has groups "
+                    f"{incoming_state.groups}, this one {self.groups}"
+                )
+            incoming_state = incoming_state.metric_state
+        missing = [k for k in self._defaults if k not in incoming_state]
+        if missing:
+            raise ValueError(f"merge_state: the incoming state has no {missing}")
+        sizes = torch.as_tensor(incoming_state["group_sizes"]).to(self.group_sizes)
+        if sizes.shape != self.group_sizes.shape or (
+            bool((sizes > 0).any() & (self.group_sizes > 0).any())
+            and not torch.equal(sizes, self.group_sizes)
+        ):
+            raise ValueError(
+                f"merge_state: the incoming group sizes {sizes.tolist()} differ from this "
+                f"metric's {self.group_sizes.tolist()}"
+            )
+        self._merge_units(incoming_state)
+        self.group_sizes = torch.maximum(self.group_sizes, sizes)
+
+    def _merge_units(self, incoming: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _merged_size(self, own: Tensor, other: Tensor, per_unit: int) -> bool:
+        """Whether ``own`` and ``other`` both hold units (then of the same number)."""
+        if own.numel() and other.numel() and own.numel() != other.numel():
+            raise ValueError(
+                f"merge_state: the incoming state has {other.numel() // per_unit} units but "
+                f"this metric has {own.numel() // per_unit}"
+            )
+        return bool(own.numel() and other.numel())
 
     def _split(self, values: Tensor) -> list[Tensor]:
         # int(): set_dtype() casts every state, the integer sizes included.
@@ -210,6 +262,14 @@ class ActiveUnits(_Grouped):
         ones = torch.ones_like(centred[:, :1])
         # In place (no attribute assignment): one add of [count, S1, S2] per batch.
         state[: 1 + 2 * dim].add_(torch.cat([ones, centred, centred.square()], dim=1).sum(0))
+
+    @override
+    def _merge_units(self, incoming: dict[str, Any]) -> None:
+        other = incoming["moments"].to(self.moments)
+        if self._merged_size(self.moments[1:], other[1:], 3):
+            self.moments = _merge_moments(torch.stack([self.moments, other]))
+        elif other.numel():
+            self.moments = other.clone()
 
     @override
     def compute(self) -> Any:
@@ -363,6 +423,15 @@ class RatePerDimension(_Grouped):
         w = values.new_ones(values.shape[0]) if weight is None else weight.detach().to(values)
         self.rate_sum.add_(w @ values)
         self.count.add_(w.sum())
+
+    @override
+    def _merge_units(self, incoming: dict[str, Any]) -> None:
+        other = incoming["rate_sum"].to(self.rate_sum)
+        if self._merged_size(self.rate_sum, other, 1):
+            self.rate_sum = self.rate_sum + other
+        elif other.numel():
+            self.rate_sum = other.clone()
+        self.count = self.count + incoming["count"].to(self.count)
 
     @override
     def compute(self) -> Any:

@@ -24,7 +24,7 @@ from rdloss.diagnostics.aggregate import (
     aggregate_posterior,
     check_gaussian_parameters,
 )
-from rdloss.functional import as_latent
+from rdloss.latents import as_latent
 
 __all__ = ["MutualInformation"]
 

@@ -8,8 +8,8 @@ from torch.distributions import Normal
 from torch.testing import assert_close
 
 from rdloss import RateDistortionLoss, helpers
+from rdloss.diagnostics import MutualInformation, importance_weighted_bound
 from rdloss.diagnostics import functional as DF
-from rdloss.diagnostics import importance_weighted_bound
 
 F64 = torch.float64
 
@@ -194,3 +194,23 @@ class _NoLogProb(Normal):
 def test_iwae_names_the_missing_method(posterior, match) -> None:
     with pytest.raises(TypeError, match=match):
         importance_weighted_bound(torch.zeros(3, 1), posterior, _decoder, k=2)
+
+
+def test_integer_and_bool_inputs_count_as_their_float_values() -> None:
+    # The metrics took them; the functions raised torch's "could not infer output dtype".
+    ints = torch.tensor([[1, 0], [3, 0]])
+    assert_close(DF.active_units(ints).variances, torch.tensor([2.0, 0.0]))
+    assert_close(DF.active_units(ints.bool()).variances, torch.tensor([0.0, 0.0]))
+    assert_close(DF.rate_per_dimension(ints), torch.tensor([2.0, 0.0]))
+    b = DF.mutual_information_bounds(torch.tensor([1, 2]), torch.tensor([3, 4]), 1.0)
+    assert_close(b.upper, torch.tensor(1.5))
+    assert_close(
+        DF.rate_distortion(torch.tensor([1, 2]), torch.tensor([3, 4])).elbo, torch.tensor(-5.0)
+    )
+
+
+def test_posteriors_without_dimensions_are_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"loc must have shape \(N, D\) with D >= 1"):
+        DF.aggregate_posterior(torch.zeros(4, 0), scale=torch.ones(4, 0))
+    with pytest.raises(ValueError, match=r"D >= 1"):
+        MutualInformation().update(torch.zeros(3, 0), torch.ones(3, 0))

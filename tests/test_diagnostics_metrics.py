@@ -287,3 +287,24 @@ def test_merge_state_of_different_sizes_is_a_clear_error() -> None:
     d.update(torch.rand(3, 5))
     with pytest.raises(ValueError, match=r"merge_state: .*5 units.*4"):
         c.merge_state(d)
+
+
+def test_rate_per_dimension_refuses_negative_weights() -> None:
+    # RateDistortion refused them; RatePerDimension took them silently.
+    with pytest.raises(ValueError, match="weight must be non-negative"):
+        RatePerDimension().update(torch.ones(2, 2), weight=torch.tensor([-1.0, 2.0]))
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        lambda: ActiveUnits().update(torch.zeros(3, 0)),
+        lambda: RatePerDimension().update(torch.zeros(3, 0)),
+        lambda: ActiveUnits(groups=["a", "b"]).update(
+            {"a": torch.zeros(3, 0), "b": torch.ones(3, 2)}
+        ),
+    ],
+)
+def test_latents_without_units_are_a_clear_error(update) -> None:
+    with pytest.raises(ValueError, match="no latent units"):
+        update()

@@ -28,6 +28,8 @@ __all__ = ["_Grouped", "flat_units", "mean_units"]
 def flat_units(name: str, value: Tensor) -> Tensor:
     """``(B, ...)`` per-unit values as ``(B, units)``: ``b ... -> b (...)``."""
     check_tensor(name, value, min_ndim=2)
+    if value[0].numel() == 0:
+        raise ValueError(f"{name} has no latent units (shape {tuple(value.shape)})")
     return einops.rearrange(value, "b ... -> b (...)")
 
 

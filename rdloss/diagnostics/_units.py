@@ -281,9 +281,7 @@ class RatePerDimension(_Grouped):
                 raise ValueError(
                     f"weight must have shape (B,) = ({values.shape[0]},), got {tuple(weight.shape)}"
                 )
-            self._check_finite(rate_per_dimension=values, weight=weight)
-        else:
-            self._check_finite(rate_per_dimension=values)
+        self._check_finite(weight, rate_per_dimension=values)
         values = values.detach().to(self.rate_sum.dtype)
         if self.rate_sum.numel() == 0:
             self.rate_sum = values.new_zeros(values.shape[1])

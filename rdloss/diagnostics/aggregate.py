@@ -137,8 +137,8 @@ def check_gaussian_parameters(loc: Tensor, scale: Tensor, z: Tensor | None = Non
 
 def _check_loc(loc: Tensor) -> Tensor:
     check_tensor("loc", loc, min_ndim=2)
-    if loc.ndim != 2:
-        raise ValueError(f"loc must have shape (N, D), got {tuple(loc.shape)}")
+    if loc.ndim != 2 or loc.shape[1] == 0:
+        raise ValueError(f"loc must have shape (N, D) with D >= 1, got {tuple(loc.shape)}")
     return loc if loc.dtype in (torch.float32, torch.float64) else loc.float()
 
 

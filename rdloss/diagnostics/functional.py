@@ -133,7 +133,12 @@ def _per_example(name: str, value: Tensor) -> Tensor:
         raise ValueError(f"{name} must be a scalar or (B,) per-example tensor, got {value.shape}")
     if value.numel() == 0:
         raise ValueError(f"{name} has no examples (shape {tuple(value.shape)}): its mean is NaN")
-    return widen_half(value)
+    return _real(value)
+
+
+def _real(value: Tensor) -> Tensor:
+    """Floating-point ``value``: integers and bools as the default float dtype, halves widened."""
+    return widen_half(value) if value.is_floating_point() else value.to(torch.get_default_dtype())
 
 
 def _check_probabilities(**named: tuple[Tensor, int]) -> None:
@@ -277,7 +282,7 @@ def active_units(posterior_mean: Tensor, threshold: float = 0.01) -> ActiveUnits
             f"posterior_mean must have shape (N, D) with N >= 2, got {tuple(posterior_mean.shape)}"
         )
     threshold = check_nonnegative_number("threshold", threshold)
-    variances = posterior_mean.var(0)
+    variances = _real(posterior_mean).var(0)
     active = variances > threshold
     return ActiveUnitsResult(active.sum(), variances, active)
 
@@ -296,7 +301,7 @@ def rate_per_dimension(rate_per_dimension: Tensor) -> Tensor:
         raise ValueError(
             f"rate_per_dimension must have shape (B, D), got {tuple(rate_per_dimension.shape)}"
         )
-    return rate_per_dimension.mean(0)
+    return _real(rate_per_dimension).mean(0)
 
 
 def _xlogy_ratio(p: Tensor, log_p: Tensor, log_r: Tensor) -> Tensor:

@@ -214,19 +214,52 @@ def _mixture_log_prob(z: Tensor, logits: Tensor, loc: Tensor, scale: Tensor) -> 
     dtype = z.dtype
     wide = torch.promote_types(dtype, torch.float64)
     z, logits, loc, scale = (t.to(wide) for t in (z, logits, loc, scale))
-    inv_scale = scale.reciprocal()
-    precision = inv_scale.square()
-    bias = logits.log_softmax(-1) - scale.log().sum(-1) - 0.5 * loc.shape[1] * math.log(2 * math.pi)
+    bias = logits.log_softmax(-1) + _gaussian_log_normaliser(scale)
     # A shared shift leaves the square unchanged; detached, it adds no gradient path.
     centre = loc.detach().mean(0)
-    zc, mc = z - centre, loc - centre
-    # joint[n, k] = bias_k - 0.5 sum_d (zc - mc)^2 / s^2 as ONE product (N, 2D+1)(2D+1, K).
-    features = torch.cat([zc.square(), zc, torch.ones_like(zc[:, :1])], dim=-1)
-    offset = bias - 0.5 * (mc.square() * precision).sum(-1)
-    weights = torch.cat([-0.5 * precision, mc * precision, offset.unsqueeze(-1)], dim=-1)
-    joint = features @ weights.T  # (N, K)
-    table = torch.cat([loc, inv_scale, bias.unsqueeze(-1)], dim=-1)
+    joint = _expanded_square(z, _component_weights(loc, scale, bias, centre), centre)  # (N, K)
+    table = torch.cat([loc, scale.reciprocal(), bias.unsqueeze(-1)], dim=-1)
     return _refine(z, joint, table, min(_REFINED, loc.shape[0])).to(dtype)
+
+
+def _gaussian_log_normaliser(scale: Tensor) -> Tensor:
+    r"""``(K,)`` $-\sum_d \log s_{kd} - \tfrac D2 \log 2\pi$ of ``(K, D)`` scales."""
+    return -scale.log().sum(-1) - 0.5 * scale.shape[-1] * math.log(2 * math.pi)
+
+
+def _component_weights(loc: Tensor, scale: Tensor, bias: Tensor, centre: Tensor) -> Tensor:
+    r"""``(2D + 1, K)`` weights of the expanded square of ``K`` diagonal Gaussians.
+
+    With $c$ = ``centre`` (any ``(D,)`` point; the mean of ``loc`` keeps the square
+    accurate), column ``k`` is $[-\tfrac{1}{2 s_k^2},\ \tfrac{\mu_k - c}{s_k^2},\
+    b_k - \sum_d \tfrac{(\mu_{kd} - c_d)^2}{2 s_{kd}^2}]$, so that `_expanded_square`
+    gives $b_k - \sum_d (z_d - \mu_{kd})^2 / (2 s_{kd}^2)$: the log-densities for
+    ``bias = _gaussian_log_normaliser(scale)``, plus log-weights for a mixture. Stored
+    ``(2D + 1, K)``-contiguous: the product is faster than on a transpose.
+
+    Args:
+        loc: ``(K, D)`` means.
+        scale: ``(K, D)`` standard deviations.
+        bias: ``(K,)`` added to each component's log-density (log-weights + normaliser).
+        centre: ``(D,)`` shift subtracted from the points and the means.
+    """
+    precision = scale.reciprocal().square()
+    shifted = loc - centre
+    offset = bias - 0.5 * (shifted.square() * precision).sum(-1)
+    return torch.cat([-0.5 * precision.T, (shifted * precision).T, offset.unsqueeze(0)], dim=0)
+
+
+def _expanded_square(z: Tensor, weights: Tensor, centre: Tensor) -> Tensor:
+    """``(N, K)``: ``[(z - c)^2, z - c, 1] @ weights``, one matrix product, no ``(N, K, D)``.
+
+    Args:
+        z: ``(N, D)`` points.
+        weights: ``(2D + 1, K)`` from `_component_weights` with the same ``centre``.
+        centre: ``(D,)``.
+    """
+    shifted = z - centre
+    features = torch.cat([shifted.square(), shifted, torch.ones_like(shifted[:, :1])], dim=-1)
+    return features @ weights
 
 
 def _refine(z: Tensor, joint: Tensor, table: Tensor, refined: int) -> Tensor:
@@ -243,8 +276,15 @@ def _refine(z: Tensor, joint: Tensor, table: Tensor, refined: int) -> Tensor:
     return _logsumexp(joint.scatter(-1, top, exact))
 
 
-def _logsumexp(x: Tensor) -> Tensor:
-    """``logsumexp`` over the last dim whose backward reuses the forward's ``exp``."""
-    top = x.detach().amax(-1, keepdim=True)
-    total = (x - top).clamp_min(_LSE_FLOOR).exp().sum(-1)
-    return total.log() + top.squeeze(-1)
+def _logsumexp(x: Tensor, dim: int = -1) -> Tensor:
+    """Log-sum-exp over ``dim`` with one temporary, whose backward reuses the forward's ``exp``.
+
+    Terms below ``exp(-64)`` of the largest are raised to it: far components give shifted
+    log-densities of -1e4 and less, on which CPU ``exp`` takes a slow path. A row of
+    ``-inf`` only gives ``-inf`` (as ``torch.logsumexp``).
+    """
+    peak = x.detach().amax(dim, keepdim=True)
+    finite = torch.isfinite(peak)
+    top = torch.where(finite, peak, torch.zeros_like(peak))
+    total = (x - top).clamp_min_(_LSE_FLOOR).exp_().sum(dim)
+    return torch.where(finite.squeeze(dim), total.log() + top.squeeze(dim), peak.squeeze(dim))

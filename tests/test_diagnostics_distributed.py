@@ -41,7 +41,7 @@ def _dataset() -> dict[str, torch.Tensor]:
 def _metrics() -> dict[str, torch.nn.Module]:
     return {
         "rd": RateDistortion(data_dims=10),
-        "bounds": MutualInformationBounds(data_entropy=60.0),
+        "bounds": MutualInformationBounds(data_entropy=40.0),
         "active": ActiveUnits(),
         "per_dim": RatePerDimension(),
         "mi": MutualInformation(StandardNormal(D), tc_samples=30),

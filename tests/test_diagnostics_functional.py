@@ -8,8 +8,8 @@ from torch.distributions import Normal
 from torch.testing import assert_close
 
 from rdloss import RateDistortionLoss, helpers
+from rdloss.diagnostics import MutualInformation, importance_weighted_bound
 from rdloss.diagnostics import functional as DF
-from rdloss.diagnostics import importance_weighted_bound
 
 F64 = torch.float64
 
@@ -31,13 +31,16 @@ def test_rate_distortion_means_and_units():
 
 def test_bounds_with_and_without_entropy():
     rate, dist = torch.tensor([1.0, 3.0]), torch.tensor([4.0, 6.0])
-    b = DF.mutual_information_bounds(rate, dist, data_entropy=7.5)
-    assert_close(b.lower, torch.tensor(2.5))
+    b = DF.mutual_information_bounds(rate, dist, data_entropy=6.5)
+    assert_close(b.lower, torch.tensor(1.5))
     assert_close(b.upper, torch.tensor(2.0))
     assert_close(b.entropy_upper, torch.tensor(7.0))
     assert DF.mutual_information_bounds(rate, dist).lower is None
     with pytest.raises(ValueError, match="data_entropy must be >= 0"):
         DF.mutual_information_bounds(rate, dist, data_entropy=-1.0)
+    # H above -ELBO = R + D (an upper bound on H): lower > upper, said out loud.
+    with pytest.warns(UserWarning, match=r"lower bound H - D = 2\.5 exceeds the upper bound R = 2"):
+        DF.mutual_information_bounds(rate, dist, data_entropy=7.5)
 
 
 def test_active_units_against_torch_var():
@@ -156,3 +159,58 @@ def test_iwae_matches_manual_single_chunk_and_validates():
         importance_weighted_bound(x[:3], q, _decoder)
     with pytest.raises(TypeError, match="decoder must be callable"):
         importance_weighted_bound(x, q, None)
+
+
+def test_iwae_takes_a_flow_posterior_without_a_mean() -> None:
+    zuko = pytest.importorskip("zuko")
+    torch.manual_seed(0)
+    x = torch.randn(3, 2)
+    q = zuko.flows.MAF(2, 2)(x)  # a NormalizingFlow: sample and log_prob, no mean
+    torch.manual_seed(4)
+    got = importance_weighted_bound(x, q, lambda z: helpers.normal(z, scale=1.0), k=6)
+    torch.manual_seed(4)
+    z = q.sample((6,))
+    log_w = Normal(z, 1.0).log_prob(x).sum(-1) + Normal(0.0, 1.0).log_prob(z).sum(-1)
+    assert_close(got, (log_w - q.log_prob(z)).logsumexp(0) - math.log(6))
+
+
+class _NoSample(Normal):
+    def sample(self, sample_shape=torch.Size()):  # noqa: B008 (torch's signature)
+        raise NotImplementedError
+
+
+class _NoLogProb(Normal):
+    def log_prob(self, value):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize(
+    ("posterior", "match"),
+    [
+        (_NoSample(torch.zeros(3, 1), 1.0), r"_NoSample.*sample\(\).*pass a posterior"),
+        (_NoLogProb(torch.zeros(3, 1), 1.0), r"_NoLogProb.*log_prob\(\).*pass a posterior"),
+    ],
+)
+def test_iwae_names_the_missing_method(posterior, match) -> None:
+    with pytest.raises(TypeError, match=match):
+        importance_weighted_bound(torch.zeros(3, 1), posterior, _decoder, k=2)
+
+
+def test_integer_and_bool_inputs_count_as_their_float_values() -> None:
+    # The metrics took them; the functions raised torch's "could not infer output dtype".
+    ints = torch.tensor([[1, 0], [3, 0]])
+    assert_close(DF.active_units(ints).variances, torch.tensor([2.0, 0.0]))
+    assert_close(DF.active_units(ints.bool()).variances, torch.tensor([0.0, 0.0]))
+    assert_close(DF.rate_per_dimension(ints), torch.tensor([2.0, 0.0]))
+    b = DF.mutual_information_bounds(torch.tensor([1, 2]), torch.tensor([3, 4]), 1.0)
+    assert_close(b.upper, torch.tensor(1.5))
+    assert_close(
+        DF.rate_distortion(torch.tensor([1, 2]), torch.tensor([3, 4])).elbo, torch.tensor(-5.0)
+    )
+
+
+def test_posteriors_without_dimensions_are_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"loc must have shape \(N, D\) with D >= 1"):
+        DF.aggregate_posterior(torch.zeros(4, 0), scale=torch.ones(4, 0))
+    with pytest.raises(ValueError, match=r"D >= 1"):
+        MutualInformation().update(torch.zeros(3, 0), torch.ones(3, 0))

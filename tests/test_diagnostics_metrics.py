@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -220,3 +221,90 @@ def test_mi_bounds_keep_the_best_epoch_without_torchmetrics_cache(cache: bool) -
     metric.reset()
     metric.update(torch.tensor([9.0]), torch.tensor([9.0]))
     assert metric.compute().entropy_upper.item() == 7.0
+
+
+def test_data_entropy_above_the_negative_elbo_is_reported() -> None:
+    # -ELBO = R + D upper-bounds the data entropy: H above it makes lower > upper.
+    metric = MutualInformationBounds(data_entropy=7.5)
+    metric.update(torch.tensor([1.0, 3.0]), torch.tensor([4.0, 6.0]))  # R + D = 7
+    with pytest.warns(UserWarning, match=r"data_entropy .*7\.5.* above R \+ D .*7"):
+        b = metric.compute()
+    assert_close(b.lower, torch.tensor(2.5))  # the numbers stay what they are, reported
+    quiet = MutualInformationBounds(data_entropy=6.5)
+    quiet.update(torch.tensor([1.0, 3.0]), torch.tensor([4.0, 6.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet.compute()
+        off = MutualInformationBounds(data_entropy=7.5, validate_args=False)
+        off.update(torch.tensor([1.0, 3.0]), torch.tensor([4.0, 6.0]))
+        off.compute()  # checks off: no host read, no warning
+
+
+def _merged_equals_one_stream(make, first, second) -> None:
+    a, b, both = make(), make(), make()
+    a.update(first)
+    b.update(second)
+    both.update(first)
+    both.update(second)
+    a.merge_state(b)
+    assert_close(_as_tuple(a.compute()), _as_tuple(both.compute()))
+    c = make()  # from a state dict, and into a metric that has seen nothing
+    c.merge_state(both.state_dict())
+    assert_close(_as_tuple(c.compute()), _as_tuple(both.compute()))
+
+
+def _as_tuple(value):
+    if isinstance(value, dict):
+        return tuple(value.values())
+    return tuple(v for v in value if v is not None) if isinstance(value, tuple) else (value,)
+
+
+@pytest.mark.parametrize("latent_dim", [None, 5])
+def test_merge_state_equals_one_metric_over_both_streams(latent_dim) -> None:
+    data = _data()
+    mean = data["mean"].float() + 1e3  # merged shifted sums: no precision lost to the offset
+    _merged_equals_one_stream(lambda: ActiveUnits(latent_dim=latent_dim), mean[:30], mean[30:])
+    per_dim = data["per_dim"].float()
+    _merged_equals_one_stream(
+        lambda: RatePerDimension(latent_dim=latent_dim), per_dim[:30], per_dim[30:]
+    )
+    empty = ActiveUnits(latent_dim=latent_dim)  # merging an empty metric changes nothing
+    full = ActiveUnits(latent_dim=latent_dim)
+    full.update(mean)
+    before = full.compute().variances
+    full.merge_state(empty)
+    assert_close(full.compute().variances, before)
+
+
+def test_merge_state_of_different_sizes_is_a_clear_error() -> None:
+    a, b = RatePerDimension(), RatePerDimension()
+    a.update(torch.rand(3, 4))
+    b.update(torch.rand(3, 5))
+    with pytest.raises(ValueError, match=r"merge_state: .*5 units.*4"):
+        a.merge_state(b)
+    c, d = ActiveUnits(), ActiveUnits()
+    c.update(torch.rand(3, 4))
+    d.update(torch.rand(3, 5))
+    with pytest.raises(ValueError, match=r"merge_state: .*5 units.*4"):
+        c.merge_state(d)
+
+
+def test_rate_per_dimension_refuses_negative_weights() -> None:
+    # RateDistortion refused them; RatePerDimension took them silently.
+    with pytest.raises(ValueError, match="weight must be non-negative"):
+        RatePerDimension().update(torch.ones(2, 2), weight=torch.tensor([-1.0, 2.0]))
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        lambda: ActiveUnits().update(torch.zeros(3, 0)),
+        lambda: RatePerDimension().update(torch.zeros(3, 0)),
+        lambda: ActiveUnits(groups=["a", "b"]).update(
+            {"a": torch.zeros(3, 0), "b": torch.ones(3, 2)}
+        ),
+    ],
+)
+def test_latents_without_units_are_a_clear_error(update) -> None:
+    with pytest.raises(ValueError, match="no latent units"):
+        update()

@@ -11,11 +11,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
-from rdloss._checks import (
-    check_finite,
-    check_tensor,
-    should_validate,
-)
+from rdloss._checks import check_tensor, should_validate
 from rdloss.loss import RDOutput
 
 __all__ = ["check_groups", "match_groups"]
@@ -71,10 +67,23 @@ class _Diagnostic(Metric):
         self.output = output
         self.validate_args = validate_args
 
-    def _check_finite(self, **tensors: Tensor) -> None:
-        """NaN/inf check of an update's inputs (one host sync), if ``validate_args``."""
-        if should_validate(self.validate_args):
-            check_finite(**tensors)
+    def _check_finite(self, weight: Tensor | None = None, **tensors: Tensor) -> None:
+        """NaN/inf in an update's inputs, or a negative ``weight``, raise ``ValueError``.
+
+        One host synchronisation for all of them, if ``validate_args``.
+        """
+        if not should_validate(self.validate_args):
+            return
+        named = dict(tensors) if weight is None else {**tensors, "weight": weight}
+        flags = [torch.isfinite(t).all() for t in named.values()]
+        if weight is not None:
+            flags.append((weight >= 0).all())
+        ok = torch.stack(flags).tolist()
+        bad = [n for n, good in zip(named, ok, strict=False) if not good]
+        if bad:
+            raise ValueError(f"non-finite values (NaN or inf) in {', '.join(bad)}")
+        if not ok[-1]:
+            raise ValueError("weight must be non-negative")
 
     @override
     def _wrap_compute(self, compute: Callable[..., Any]) -> Callable[..., Any]:
@@ -156,11 +165,7 @@ class _Diagnostic(Metric):
                     f"rate_per_group[{name!r}] must be a (B,) = {tuple(rate.shape)} tensor, got "
                     f"{tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__}"
                 )
-        if should_validate(self.validate_args):
-            checked = {"rate": rate, "distortion": distortion}
-            check_finite(**checked, **({} if weight is None else {"weight": weight}))
-            if weight is not None and bool((weight < 0).any()):
-                raise ValueError("weight must be non-negative")
+        self._check_finite(weight, rate=rate, distortion=distortion)
         w = torch.ones_like(rate) if weight is None else weight.detach().to(rate.dtype)
         rows = torch.stack([rate.detach(), distortion.detach(), *(g.detach() for g in per_group)])
         weighted = (rows * w).sum(1).to(self.sums.dtype)

@@ -13,93 +13,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import einops
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 from typing_extensions import override
 
 from rdloss._checks import check_nonnegative_number, check_positive_int, check_tensor
-from rdloss.diagnostics._metric import _Diagnostic, check_groups, match_groups
+from rdloss.diagnostics._grouped import _Grouped, flat_units, mean_units
 from rdloss.diagnostics.functional import ActiveUnitsResult
-from rdloss.functional import as_latent
 from rdloss.loss import RDOutput
 
 __all__ = ["ActiveUnits", "RatePerDimension"]
-
-
-def _flat(name: str, value: Tensor) -> Tensor:
-    """``(B, ...)`` per-unit values as ``(B, units)``: ``b ... -> b (...)``."""
-    check_tensor(name, value, min_ndim=2)
-    return einops.rearrange(value, "b ... -> b (...)")
-
-
-def _mean_of(name: str, value: object) -> Tensor:
-    """A posterior's mean (event dims flattened) or a tensor of means, as ``(B, units)``."""
-    if isinstance(value, Distribution):
-        latent = as_latent(value, name)
-        if not latent.event_shape:
-            raise ValueError(
-                f"{name} must have latent units (an event_shape such as (D,)), got a posterior "
-                f"with batch_shape {tuple(latent.batch_shape)} and event_shape (): pass the "
-                "(B, D) means, or a posterior of batch_shape (B, D)"
-            )
-        try:
-            mean = latent.mean
-        except NotImplementedError:
-            raise TypeError(
-                f"{name} ({type(value).__name__}) has no closed-form mean: pass its mean "
-                "estimated by sampling, e.g. posterior.sample((64,)).mean(0)"
-            ) from None
-        return _flat(name, mean)
-    return _flat(name, check_tensor(name, value))
-
-
-class _Grouped(_Diagnostic):
-    """Per-unit states concatenated over groups, with the group sizes as a state."""
-
-    group_sizes: Tensor
-
-    def _add_group_sizes(self, groups: Sequence[str] | None) -> None:
-        self.groups = check_groups(groups)
-        size = len(self.groups or ())
-        self.add_state(
-            "group_sizes",
-            torch.zeros(size, dtype=torch.long),
-            dist_reduce_fx="max",
-            persistent=True,
-        )
-
-    def _join(self, name: str, values: object, to_units: Any) -> Tensor:
-        """``(B, units)``: one latent, or every group's units concatenated in order."""
-        if self.groups is None:
-            if isinstance(values, Mapping):
-                raise ValueError(
-                    f"{name} is a mapping of groups {list(values)}: build the metric with "
-                    f"groups={list(values)} to report them"
-                )
-            flat: Tensor = to_units(name, values)
-            return flat
-        parts = [
-            to_units(f"{name}[{g!r}]", v)
-            for g, v in zip(self.groups, match_groups(name, values, self.groups), strict=True)
-        ]
-        batch = {p.shape[0] for p in parts}
-        if len(batch) != 1:
-            raise ValueError(f"{name}'s groups have different batch sizes {sorted(batch)}")
-        sizes = torch.tensor([p.shape[1] for p in parts])
-        known = self.group_sizes
-        if bool((known > 0).any()) and not torch.equal(known.cpu().long(), sizes):
-            raise ValueError(
-                f"{name} has group sizes {sizes.tolist()} but earlier batches had "
-                f"{[int(n) for n in known.tolist()]}"
-            )
-        self.group_sizes.copy_(sizes)
-        return torch.cat(parts, dim=1)
-
-    def _split(self, values: Tensor) -> list[Tensor]:
-        # int(): set_dtype() casts every state, the integer sizes included.
-        return list(values.split([int(n) for n in self.group_sizes.tolist()]))
 
 
 def _merge_moments(stacked: Tensor) -> Tensor:
@@ -190,7 +114,7 @@ class ActiveUnits(_Grouped):
         Units are the flattened non-batch dimensions (``(B, C, H, W)`` conv means give
         ``C*H*W`` units); with ``groups=``, a mapping from group name to means or posterior.
         """
-        posterior_mean = self._join("posterior_mean", posterior_mean, _mean_of)
+        posterior_mean = self._join("posterior_mean", posterior_mean, mean_units)
         self._check_finite(posterior_mean=posterior_mean)
         values = posterior_mean.detach().to(self.moments.dtype)
         dim = values.shape[1]
@@ -210,6 +134,14 @@ class ActiveUnits(_Grouped):
         ones = torch.ones_like(centred[:, :1])
         # In place (no attribute assignment): one add of [count, S1, S2] per batch.
         state[: 1 + 2 * dim].add_(torch.cat([ones, centred, centred.square()], dim=1).sum(0))
+
+    @override
+    def _merge_units(self, incoming: dict[str, Any]) -> None:
+        other = incoming["moments"].to(self.moments)
+        if self._merged_size(self.moments[1:], other[1:], 3):
+            self.moments = _merge_moments(torch.stack([self.moments, other]))
+        elif other.numel():
+            self.moments = other.clone()
 
     @override
     def compute(self) -> Any:
@@ -341,7 +273,7 @@ class RatePerDimension(_Grouped):
             else:
                 rate_per_dimension = output.rate_per_dimension
         values = self._join(
-            "rate_per_dimension", rate_per_dimension, lambda n, v: _flat(n, check_tensor(n, v))
+            "rate_per_dimension", rate_per_dimension, lambda n, v: flat_units(n, check_tensor(n, v))
         )
         if weight is not None:
             check_tensor("weight", weight)
@@ -349,9 +281,7 @@ class RatePerDimension(_Grouped):
                 raise ValueError(
                     f"weight must have shape (B,) = ({values.shape[0]},), got {tuple(weight.shape)}"
                 )
-            self._check_finite(rate_per_dimension=values, weight=weight)
-        else:
-            self._check_finite(rate_per_dimension=values)
+        self._check_finite(weight, rate_per_dimension=values)
         values = values.detach().to(self.rate_sum.dtype)
         if self.rate_sum.numel() == 0:
             self.rate_sum = values.new_zeros(values.shape[1])
@@ -363,6 +293,15 @@ class RatePerDimension(_Grouped):
         w = values.new_ones(values.shape[0]) if weight is None else weight.detach().to(values)
         self.rate_sum.add_(w @ values)
         self.count.add_(w.sum())
+
+    @override
+    def _merge_units(self, incoming: dict[str, Any]) -> None:
+        other = incoming["rate_sum"].to(self.rate_sum)
+        if self._merged_size(self.rate_sum, other, 1):
+            self.rate_sum = self.rate_sum + other
+        elif other.numel():
+            self.rate_sum = other.clone()
+        self.count = self.count + incoming["count"].to(self.count)
 
     @override
     def compute(self) -> Any:

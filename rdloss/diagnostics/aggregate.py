@@ -13,7 +13,8 @@ and Chen et al. (2018, β-TCVAE) split the gap further into the total correlatio
 $\mathrm{KL}(q(z)\,\|\,\prod_j q(z_j))$ and the dimension-wise KL
 $\sum_j \mathrm{KL}(q(z_j)\,\|\,m(z_j))$.
 
-All-pairs log-densities use one matrix product per chunk of rows (expand the square):
+All-pairs log-densities use the mixture kernel of `rdloss.distributions` (the one behind
+`DiagonalGaussianMixture`), one matrix product per chunk of rows (expand the square):
 :math:`\log\mathcal N(z;\mu_n,s_n) = [z^2, z, 1] \cdot [-\tfrac{1}{2s_n^2}, \tfrac{\mu_n}{s_n^2},
 c_n]`, an ``(M, 2D+1) @ (2D+1, N)`` product, followed by a row-wise log-sum-exp; memory is
 ``O(chunk * N)``. The data are centred on the mean of $\mu$ first, which keeps the
@@ -30,16 +31,21 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent
+from torch.distributions import Distribution, Independent, Normal
 from tqdm.auto import tqdm
 
 from rdloss._checks import (
-    check_distribution,
     check_positive_int,
     check_tensor,
     should_validate,
 )
-from rdloss.functional import as_marginal
+from rdloss.distributions import (
+    _component_weights,
+    _expanded_square,
+    _gaussian_log_normaliser,
+    _logsumexp,
+)
+from rdloss.latents import as_marginal, resolve_marginal
 
 __all__ = [
     "AggregatePosterior",
@@ -52,8 +58,6 @@ __all__ = [
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 # Bytes allowed for one (rows, N) block of log-densities; bounds the extra peak memory.
 _BLOCK_BYTES = 32 * 2**20
-# Just above log of the smallest normal float32 (-87.34); see _logsumexp_.
-_EXP_FLOOR = -87.0
 
 
 class AggregatePosterior(NamedTuple):
@@ -133,16 +137,19 @@ def check_gaussian_parameters(loc: Tensor, scale: Tensor, z: Tensor | None = Non
 
 def _check_loc(loc: Tensor) -> Tensor:
     check_tensor("loc", loc, min_ndim=2)
-    if loc.ndim != 2:
-        raise ValueError(f"loc must have shape (N, D), got {tuple(loc.shape)}")
+    if loc.ndim != 2 or loc.shape[1] == 0:
+        raise ValueError(f"loc must have shape (N, D) with D >= 1, got {tuple(loc.shape)}")
     return loc if loc.dtype in (torch.float32, torch.float64) else loc.float()
 
 
-def resolve_marginal(marginal: object, event_shape: torch.Size) -> Distribution:
-    """``m(z)`` as a ``Distribution`` from a marginal module or a distribution."""
-    if isinstance(marginal, nn.Module):
-        marginal = marginal()
-    return as_marginal(check_distribution("marginal", marginal), event_shape)
+def _marginal(marginal: object, loc: Tensor, scale: Tensor) -> Distribution:
+    """``m(z)`` as a distribution over ``D``-vectors (``latents.resolve_marginal``'s rules)."""
+    posterior = Independent(Normal(loc, scale, validate_args=False), 1)
+    dist = resolve_marginal(marginal, posterior)  # type: ignore[arg-type]
+    if dist is None:  # N(0, I), in the posteriors' dtype
+        zero = loc.new_zeros(loc.shape[1:])
+        return Independent(Normal(zero, torch.ones_like(zero)), 1)
+    return as_marginal(dist, posterior.event_shape)
 
 
 def _chunks(total: int, size: int, progress: bool, desc: str) -> Iterator[tuple[int, int]]:
@@ -155,44 +162,6 @@ def _rows(chunk_size: int | None, n: int, per_row_bytes: int) -> int:
     if chunk_size is None:
         return max(1, _BLOCK_BYTES // max(per_row_bytes, 1))
     return check_positive_int("chunk_size", chunk_size)
-
-
-class _Components:
-    """``[-1/(2s^2), mu/s^2, c]`` for every component, centred on ``shift``."""
-
-    def __init__(self, loc: Tensor, scale: Tensor, shift: Tensor) -> None:
-        n, d = loc.shape
-        # Filled in place: peak memory is the (2D+1, N) result plus one (N, D) temporary.
-        # Stored (2D+1, N)-contiguous: the matrix product is ~10% faster than on a transpose.
-        weights = loc.new_empty(2 * d + 1, n)
-        inv_var, scaled = weights[:d].T, weights[d : 2 * d].T
-        torch.reciprocal(scale, out=inv_var).pow_(2)
-        torch.sub(loc, shift, out=scaled)
-        quad = scaled.square().mul_(inv_var).sum(-1)
-        scaled.mul_(inv_var)
-        inv_var.mul_(-0.5)
-        weights[2 * d] = -0.5 * quad - scale.log().sum(-1) - d * _HALF_LOG_2PI
-        self.weights = weights
-        self.shift = shift
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        """``(M, N)`` log-densities of ``(M, D)`` points under every component."""
-        centred = z - self.shift
-        features = torch.cat([centred.pow(2), centred, centred.new_ones(len(z), 1)], dim=1)
-        return features @ self.weights
-
-
-def _logsumexp_(block: Tensor, dim: int = 1) -> Tensor:
-    """Log-sum-exp over ``dim`` that reuses ``block`` as scratch (no second buffer).
-
-    Shifted values below ``_EXP_FLOOR`` are raised to it before ``exp``: far components
-    give shifted log-densities of -1e4 and less, on which CPU ``exp`` takes a slow path
-    (6x slower here); each then adds ``exp(-87) < 2e-38`` to a sum that is at least 1.
-    """
-    top = block.amax(dim=dim, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    block.sub_(top).clamp_min_(_EXP_FLOOR).exp_()
-    return block.sum(dim=dim).log_().add_(top.squeeze(dim))
 
 
 def pairwise_gaussian_log_prob(
@@ -228,13 +197,15 @@ def pairwise_gaussian_log_prob(
             f"{tuple(z.shape)}, {tuple(loc.shape)}, {tuple(scale.shape)}"
         )
     check_gaussian_parameters(loc, scale, z)
+    scale = scale.to(loc.dtype)
     shift = loc.mean(0) if centre else torch.zeros_like(loc[0])
-    return _Components(loc, scale.to(loc.dtype), shift).log_prob(z.to(loc.dtype))
+    weights = _component_weights(loc, scale, _gaussian_log_normaliser(scale), shift)
+    return _expanded_square(z.to(loc.dtype), weights, shift)
 
 
 def _diagonal_log_prob(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
     quad = (z - loc).div_(scale).square_().sum(-1)
-    return -0.5 * quad - scale.log().sum(-1) - loc.shape[-1] * _HALF_LOG_2PI
+    return -0.5 * quad + _gaussian_log_normaliser(scale)
 
 
 def _per_dimension(marginal: Distribution) -> Distribution | None:
@@ -259,8 +230,8 @@ def _factor_terms(z: Tensor, loc: Tensor, scale: Tensor, progress: bool) -> tupl
         # In place after the first subtraction: a single (rows, N, D) block.
         dens = (z[start:stop, None, :] - loc).mul_(inv_scale).pow_(2).mul_(-0.5)
         dens.sub_(log_scale).sub_(_HALF_LOG_2PI)
-        log_q[start:stop] = _logsumexp_(dens.sum(-1)) - math.log(n)
-        log_qj[start:stop] = _logsumexp_(dens, dim=1) - math.log(n)
+        log_q[start:stop] = _logsumexp(dens.sum(-1)) - math.log(n)
+        log_qj[start:stop] = _logsumexp(dens, dim=1) - math.log(n)
     return log_q, log_qj
 
 
@@ -321,7 +292,7 @@ def aggregate_posterior(
     """
     loc = _check_loc(loc)
     scale = _resolve_scale(loc, scale, logvar)
-    n, d = loc.shape
+    n = loc.shape[0]
     if isinstance(tc_samples, bool) or not isinstance(tc_samples, int) or tc_samples < 0:
         raise ValueError(f"tc_samples must be a non-negative int, got {tc_samples!r}")
     if z is not None:
@@ -333,18 +304,22 @@ def aggregate_posterior(
     if z is None:
         z = torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
         z.mul_(scale).add_(loc)
-    m_dist = None if marginal is None else resolve_marginal(marginal, torch.Size([d]))
+    m_dist = None if marginal is None else _marginal(marginal, loc, scale)
 
-    components = _Components(loc, scale, loc.mean(0))
+    # The mixture kernel of rdloss.distributions, in the posteriors' dtype (not widened to
+    # float64 as DiagonalGaussianMixture.log_prob does: the dominant own component below
+    # is exact, and float64 would double the time of this N x N computation).
+    centre = loc.mean(0)
+    weights = _component_weights(loc, scale, _gaussian_log_normaliser(scale), centre)
     rows = _rows(chunk_size, n, n * loc.element_size())
     log_e = _diagonal_log_prob(z, loc, scale)
     log_q = z.new_empty(n)
     for start, stop in _chunks(n, rows, progress, "aggregate posterior"):
-        block = components.log_prob(z[start:stop])
+        block = _expanded_square(z[start:stop], weights, centre)
         # Each point's own component, computed directly: exact where the expanded square
         # loses digits, and it keeps every term of I at most log N.
         block.diagonal(offset=start).copy_(log_e[start:stop])
-        log_q[start:stop] = _logsumexp_(block)
+        log_q[start:stop] = _logsumexp(block)
     log_q -= math.log(n)
     terms = log_e - log_q
     mi = terms.mean()

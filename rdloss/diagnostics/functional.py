@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torchmetrics.utilities import rank_zero_warn
 
 from rdloss._checks import (
     check_nonnegative_number,
@@ -132,7 +133,12 @@ def _per_example(name: str, value: Tensor) -> Tensor:
         raise ValueError(f"{name} must be a scalar or (B,) per-example tensor, got {value.shape}")
     if value.numel() == 0:
         raise ValueError(f"{name} has no examples (shape {tuple(value.shape)}): its mean is NaN")
-    return widen_half(value)
+    return _real(value)
+
+
+def _real(value: Tensor) -> Tensor:
+    """Floating-point ``value``: integers and bools as the default float dtype, halves widened."""
+    return widen_half(value) if value.is_floating_point() else value.to(torch.get_default_dtype())
 
 
 def _check_probabilities(**named: tuple[Tensor, int]) -> None:
@@ -217,13 +223,37 @@ def mutual_information_bounds(
     rd = rate_distortion(rate, distortion)
     if data_entropy is not None:
         data_entropy = check_nonnegative_number("data_entropy", data_entropy)
-    return _bounds(rd.rate, rd.distortion, data_entropy, rd.rate + rd.distortion)
+    return _bounds(rd.rate, rd.distortion, data_entropy, rd.rate + rd.distortion, validate=True)
 
 
 def _bounds(
-    rate: Tensor, distortion: Tensor, data_entropy: float | None, entropy_upper: Tensor
+    rate: Tensor,
+    distortion: Tensor,
+    data_entropy: float | None,
+    entropy_upper: Tensor,
+    *,
+    validate: bool,
 ) -> MIBounds:
-    lower = None if data_entropy is None else data_entropy - distortion
+    """`MIBounds`; warns (one host read, if ``validate``) when ``H > R + D`` empties it.
+
+    ``-ELBO = R + D`` upper-bounds the data entropy, so a larger ``H`` puts the lower bound
+    above the upper one. It is reported, not refused: on a training set the model may have
+    memorised (or through Monte Carlo noise in R and D) the measured ``-ELBO`` can fall below
+    the true ``H``, and an end-of-epoch ``compute`` should not end a run over it.
+    """
+    if data_entropy is None:
+        return MIBounds(None, rate, entropy_upper)
+    lower = data_entropy - distortion
+    if should_validate(validate) and bool(lower > rate):
+        neg_elbo = float(rate + distortion)
+        rank_zero_warn(
+            f"data_entropy H = {data_entropy:.6g} nats is above R + D = {neg_elbo:.6g} nats "
+            f"(the -ELBO, an upper bound on the data entropy), so the lower bound H - D = "
+            f"{float(lower):.6g} exceeds the upper bound R = {float(rate):.6g}: the given "
+            "entropy is too high, or R and D were measured where the model beats the data "
+            "entropy (a memorised training set, Monte Carlo noise); use held-out data",
+            UserWarning,
+        )
     return MIBounds(lower, rate, entropy_upper)
 
 
@@ -252,7 +282,7 @@ def active_units(posterior_mean: Tensor, threshold: float = 0.01) -> ActiveUnits
             f"posterior_mean must have shape (N, D) with N >= 2, got {tuple(posterior_mean.shape)}"
         )
     threshold = check_nonnegative_number("threshold", threshold)
-    variances = posterior_mean.var(0)
+    variances = _real(posterior_mean).var(0)
     active = variances > threshold
     return ActiveUnitsResult(active.sum(), variances, active)
 
@@ -271,7 +301,7 @@ def rate_per_dimension(rate_per_dimension: Tensor) -> Tensor:
         raise ValueError(
             f"rate_per_dimension must have shape (B, D), got {tuple(rate_per_dimension.shape)}"
         )
-    return rate_per_dimension.mean(0)
+    return _real(rate_per_dimension).mean(0)
 
 
 def _xlogy_ratio(p: Tensor, log_p: Tensor, log_r: Tensor) -> Tensor:

@@ -15,17 +15,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 from tqdm.auto import tqdm
 
-from rdloss import functional as F
 from rdloss._checks import check_positive_int, check_tensor
-from rdloss.diagnostics.aggregate import resolve_marginal
+from rdloss.functional import distortion
+from rdloss.latents import as_latent, as_marginal, resolve_marginal
 
 __all__ = ["importance_weighted_bound"]
+
+T = TypeVar("T")
+
+
+def _call(owner: str, method: str, fn: Callable[[Any], T], arg: Any) -> T:
+    """``fn(arg)``, with a ``NotImplementedError`` turned into an error that says what to pass."""
+    try:
+        return fn(arg)
+    except NotImplementedError:
+        raise TypeError(
+            f"the {owner} does not implement {method}() (it raised NotImplementedError), "
+            "which importance_weighted_bound needs: pass a posterior and a marginal with "
+            "sample() and "
+            "log_prob(), e.g. Independent(Normal(mu, sigma), 1), a zuko flow's distribution "
+            "flow(x), or an rdloss marginal"
+        ) from None
 
 
 @torch.no_grad()
@@ -49,7 +66,8 @@ def importance_weighted_bound(
     Args:
         x: ``(B, ...)`` data.
         posterior: ``e(z|x)`` with ``batch_shape (B,)`` (extra batch dims become latent
-            dims), supporting ``sample``.
+            dims), supporting ``sample`` and ``log_prob`` (a zuko flow's distribution does;
+            no ``mean`` is needed).
         decoder: maps ``(N, *event)`` latents to a likelihood over ``(N, *x.shape[1:])``,
             as for `rdloss.RateDistortionLoss`.
         marginal: ``m(z)``: a ``Distribution``, a marginal module, or ``None`` for
@@ -72,7 +90,8 @@ def importance_weighted_bound(
         True
     """
     check_tensor("x", x, min_ndim=1)
-    posterior = F.as_latent(posterior)
+    given = type(posterior).__name__
+    posterior = as_latent(posterior)
     batch = x.shape[0]
     if posterior.batch_shape[0] != batch:
         raise ValueError(
@@ -82,19 +101,17 @@ def importance_weighted_bound(
         raise TypeError(f"decoder must be callable, got {type(decoder).__name__}")
     check_positive_int("k", k)
     check_positive_int("chunk_size", chunk_size)
-    if marginal is None:
-        loc = posterior.mean.new_zeros(posterior.event_shape)
-        m_dist: Distribution = Independent(
-            Normal(loc, torch.ones_like(loc)), len(posterior.event_shape)
-        )
-    else:
-        m_dist = resolve_marginal(marginal, posterior.event_shape)
+    resolved = resolve_marginal(marginal, posterior)
+    m_dist = None if resolved is None else as_marginal(resolved, posterior.event_shape)
 
     total: Tensor | None = None
     starts = range(0, k, chunk_size)
     for start in tqdm(starts, desc="importance sampling", disable=not progress, leave=False):
         draws = min(chunk_size, k - start)
-        z = posterior.sample((draws,))
+        z = _call(f"posterior ({given})", "sample", posterior.sample, (draws,))
+        if m_dist is None:  # N(0, I) in the samples' dtype and device (no mean needed)
+            zero = z.new_zeros(posterior.event_shape)
+            m_dist = Independent(Normal(zero, torch.ones_like(zero)), len(zero.shape))
         rows = x.expand(draws, *x.shape).reshape(draws * batch, *x.shape[1:])
         likelihood = decoder(z.reshape(draws * batch, *z.shape[2:]))
         if not isinstance(likelihood, Distribution):
@@ -102,8 +119,10 @@ def importance_weighted_bound(
                 "decoder must return a torch.distributions.Distribution, got "
                 f"{type(likelihood).__name__}"
             )
-        log_lik = -F.distortion(rows, likelihood).reshape(draws, batch)
-        log_w = log_lik + m_dist.log_prob(z) - posterior.log_prob(z)
+        log_lik = -distortion(rows, likelihood).reshape(draws, batch)
+        log_m = _call(f"marginal ({type(m_dist).__name__})", "log_prob", m_dist.log_prob, z)
+        log_e = _call(f"posterior ({given})", "log_prob", posterior.log_prob, z)
+        log_w = log_lik + log_m - log_e
         chunk = log_w.logsumexp(0)
         total = chunk if total is None else torch.logaddexp(total, chunk)
     assert total is not None  # k >= 1 was checked, so the loop ran

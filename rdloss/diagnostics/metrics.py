@@ -134,6 +134,11 @@ class MutualInformationBounds(_Diagnostic):
     is a state (``dist_reduce_fx="min"``), saved by ``state_dict`` together with a computed,
     not yet reset epoch, and ``merge_state`` keeps the lower best of the two metrics.
 
+    A ``data_entropy`` above the epoch's ``R + D`` (the ``-ELBO``, which upper-bounds the
+    data entropy) gives ``lower > upper``: ``compute`` returns the values and warns
+    (``UserWarning``, rank zero) rather than raising, since a memorised training set or
+    Monte Carlo noise can bring a measured ``-ELBO`` below the true ``H`` mid-run.
+
     Args:
         data_entropy: ``H`` in nats, if known.
         output: return only this field (``"upper"``, ``"lower"``, ``"entropy_upper"``).
@@ -207,7 +212,8 @@ class MutualInformationBounds(_Diagnostic):
         if not self._in_forward:
             self.computed.copy_(current)
         best = torch.minimum(self.best_entropy_upper.to(current), current)
-        return self._select(_bounds(rate, distortion, self.data_entropy, best))
+        bounds = _bounds(rate, distortion, self.data_entropy, best, validate=self.validate_args)
+        return self._select(bounds)
 
     @override
     def state_dict(  # type: ignore[override]  # torchmetrics' signature

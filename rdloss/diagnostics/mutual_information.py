@@ -24,7 +24,7 @@ from rdloss.diagnostics.aggregate import (
     aggregate_posterior,
     check_gaussian_parameters,
 )
-from rdloss.functional import as_latent
+from rdloss.latents import as_latent
 
 __all__ = ["MutualInformation"]
 
@@ -151,9 +151,10 @@ class MutualInformation(_Diagnostic):
                 assert logvar is not None  # narrowed by the exactly-one check above
                 scale = torch.exp(0.5 * check_tensor("logvar", logvar))
             check_tensor("scale", scale)
-            if loc.ndim != 2 or scale.shape != loc.shape:
+            if loc.ndim != 2 or scale.shape != loc.shape or loc.shape[1] == 0:
                 raise ValueError(
-                    f"means and scales must both have shape (B, D), got {tuple(loc.shape)} "
+                    f"means and scales must both have shape (B, D) with D >= 1, got "
+                    f"{tuple(loc.shape)} "
                     f"and {tuple(scale.shape)}"
                 )
         stored = self.loc[0] if isinstance(self.loc, list) and self.loc else None

@@ -101,6 +101,12 @@ def test_differences_are_classified(rc: ModuleType, results: dict[str, Any]) -> 
     assert large.status == "FAIL" and "worst at /calls/0/out/loss" in large.detail
     untagged = dict(_perturbed(result, 1 + 4e-16), tags=[])
     assert rc.compare_one(name, result, untagged).status == "FAIL"
+    rate = copy.deepcopy(result)
+    rate["calls"][1]["out"]["rate"] = rate["calls"][1]["out"]["rate"] * (1 + 4e-16)
+    bernoulli_only = dict(rate, tags=[rc.BERNOULLI_LIKELIHOOD])
+    assert rc.compare_one(name, result, bernoulli_only).status == "FAIL"  # not the rate's path
+    gaussian = dict(rate, tags=[rc.GAUSSIAN_POSTERIOR])
+    assert rc.compare_one(name, result, gaussian).status == "tolerance"
     raised = {"ok": False, "error_type": "ValueError", "error": "boom", "compiled": False}
     assert rc.compare_one(name, result, raised).status == "FAIL"
     assert rc.compare_one(name, raised, raised).status == "raised"

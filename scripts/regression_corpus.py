@@ -283,6 +283,7 @@ def _zuko() -> Any:
 
     before = Distribution._validate_args
     import zuko
+    import zuko.flows
 
     Distribution.set_default_validate_args(before)
     return zuko
@@ -516,7 +517,22 @@ def _detach(value: Any) -> Any:
 
 
 def run_config(cfg: Config) -> dict[str, Any]:
-    """Run one configuration: two calls in train mode, outputs, gradients, objective state."""
+    """Run one configuration: two calls in train mode, outputs, gradients, objective state.
+
+    torch's global ``Distribution`` validation default is restored afterwards: the first
+    ``torch.compile`` turns it off for the whole process (``torch._dynamo``), which would
+    make every later configuration depend on the order of the corpus.
+    """
+    from torch.distributions import Distribution
+
+    default = Distribution._validate_args
+    try:
+        return _run_config(cfg)
+    finally:
+        Distribution.set_default_validate_args(default)
+
+
+def _run_config(cfg: Config) -> dict[str, Any]:
     try:
         setup = build(cfg)
         fn: Callable[..., Any] = setup.loss
@@ -681,7 +697,12 @@ def report(verdicts: list[Verdict], old_label: str, new_label: str, seconds: flo
             f"  within tolerance ({dtype})   {len(within):5d}"
             f"   (<= {TOLERANCE[dtype]:g} relative, fast-path configs only; max {worst:.3g})"
         )
-    print(f"  compile skipped (one tree)    {len(count['compile_skipped']):5d}")
+    compiled = [v for v in verdicts if v.name.endswith("/compiled")]
+    ran = sum(v.status in ("identical", "tolerance") for v in compiled)
+    print(
+        f"  compile skipped (one tree)    {len(count['compile_skipped']):5d}"
+        f"   ({len(compiled)} compiled configurations, {ran} ran in both trees)"
+    )
     print(f"  FAILURES                      {len(count['FAIL']):5d}")
     for title, rows in (
         ("within tolerance", count["tolerance"]),

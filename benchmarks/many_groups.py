@@ -133,7 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5, help="repeated comparisons")
     parser.add_argument("--repeats", type=int, default=20, help="alternating rounds per run")
-    parser.add_argument("--number", type=int, default=10, help="calls per side per round")
+    parser.add_argument("--number", type=int, default=5, help="calls per side per round")
     parser.add_argument("--batch", type=int, default=B, help=f"batch size (default {B})")
     parser.add_argument("--groups", type=int, default=GROUPS, help=f"groups (default {GROUPS})")
     parser.add_argument(

@@ -17,7 +17,8 @@ summed per group per example; the groups are summed with one ``stack`` and one `
 (VDVAE accumulates them in a loop of in-place additions, which costs more operators).
 
 rdloss sides, posteriors and priors built with ``rdloss.helpers.normal(mu, scale=exp(logsigma))``
-(or ``log_scale=logsigma`` where `rdloss.helpers.normal` accepts it), with the helpers'
+(or ``log_scale=logsigma`` where `rdloss.helpers.normal` accepts it, unless ``--scale``
+is given: the form the figures before issue 20 used), with the helpers'
 default checks or ``validate_args=False``:
 
 * ``rate()``: ``rdloss.functional.rate(posterior, prior=prior).per_example`` per group,
@@ -95,19 +96,20 @@ def _bce(logits: Tensor, x: Tensor) -> Tensor:
     return tnf.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=(1, 2, 3))
 
 
-def normal(mu: Tensor, logsigma: Tensor, validate: bool) -> Distribution:
+def normal(mu: Tensor, logsigma: Tensor, validate: bool, log_scale: bool) -> Distribution:
     """``helpers.normal`` from a mean and a log standard deviation, as a user would call it."""
     flag = None if validate else False  # None: the helper's own default
-    if LOG_SCALE:
+    if log_scale:
         return helpers.normal(mu, log_scale=logsigma, validate_args=flag)  # type: ignore[call-arg]
     return helpers.normal(mu, scale=torch.exp(logsigma), validate_args=flag)
 
 
-def make_rate(validate: bool) -> Callable[[list[Group]], Tensor]:
+def make_rate(validate: bool, log_scale: bool) -> Callable[[list[Group]], Tensor]:
     def rate(groups: list[Group]) -> Tensor:
         per_group = [
             functional.rate(
-                normal(g.mu1, g.logsigma1, validate), prior=normal(g.mu2, g.logsigma2, validate)
+                normal(g.mu1, g.logsigma1, validate, log_scale),
+                prior=normal(g.mu2, g.logsigma2, validate, log_scale),
             ).per_example
             for g in groups
         ]
@@ -116,13 +118,17 @@ def make_rate(validate: bool) -> Callable[[list[Group]], Tensor]:
     return rate
 
 
-def make_loss(validate: bool) -> Callable[[Tensor, Tensor, list[Group]], Tensor]:
+def make_loss(validate: bool, log_scale: bool) -> Callable[[Tensor, Tensor, list[Group]], Tensor]:
     loss_fn = rdloss.RateDistortionLoss(validate_args=validate)
     flag = None if validate else False
 
     def loss(x: Tensor, logits: Tensor, groups: list[Group]) -> Tensor:
-        posterior = {f"z{i}": normal(g.mu1, g.logsigma1, validate) for i, g in enumerate(groups)}
-        prior = {f"z{i}": normal(g.mu2, g.logsigma2, validate) for i, g in enumerate(groups)}
+        posterior = {
+            f"z{i}": normal(g.mu1, g.logsigma1, validate, log_scale) for i, g in enumerate(groups)
+        }
+        prior = {
+            f"z{i}": normal(g.mu2, g.logsigma2, validate, log_scale) for i, g in enumerate(groups)
+        }
         likelihood = helpers.bernoulli(logits=logits, validate_args=flag)
         return loss_fn(x, posterior=posterior, prior=prior, likelihood=likelihood).loss
 
@@ -140,12 +146,18 @@ def main() -> None:
         "--shape", type=int, nargs=3, default=SHAPE, metavar=("C", "H", "W"), help="group shape"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="build the Gaussians with scale=exp(logsigma) even where log_scale= exists",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 run of 3 rounds")
     args = parser.parse_args()
     if args.quick:
         args.runs, args.repeats, args.number = 1, 3, 2
     torch.set_num_threads(args.threads)
     batch, shape = args.batch, (args.batch, *args.shape)
+    log_scale = LOG_SCALE and not args.scale
 
     torch.manual_seed(0)
     groups = [
@@ -160,10 +172,10 @@ def main() -> None:
         return (_bce(logits, x) + vdvae_rate(groups)).mean()
 
     rate_on, rate_off, loss_on, loss_off = (
-        make_rate(True),
-        make_rate(False),
-        make_loss(True),
-        make_loss(False),
+        make_rate(True, log_scale),
+        make_rate(False, log_scale),
+        make_loss(True, log_scale),
+        make_loss(False, log_scale),
     )
     sides: dict[str, Callable[[], Tensor]] = {
         "VDVAE rate": lambda: vdvae_rate(groups).mean(),
@@ -187,7 +199,7 @@ def main() -> None:
         return call
 
     load = os.getloadavg()
-    built = "log_scale=logsigma" if LOG_SCALE else "scale=exp(logsigma)"
+    built = "log_scale=logsigma" if log_scale else "scale=exp(logsigma)"
     print(
         f"rdloss from {os.path.dirname(os.path.dirname(rdloss.__file__))}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), B={batch}, "

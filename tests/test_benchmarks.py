@@ -94,4 +94,5 @@ def test_many_groups_quick_prints_every_side() -> None:
         "loss, validate_args=False",
     ]
     assert all(float(r[4]) > 0 for r in rows)
-    assert [int(r[7]) for r in rows] == [0, 0, 1, 0]
+    # validate_args=False on the loss and the helpers: no host synchronisation.
+    assert [int(r[7]) for r in rows if r[0].endswith("validate_args=False")] == [0, 0]

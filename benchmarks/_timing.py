@@ -1,10 +1,10 @@
-"""Interleaved timing of two callables: robust ratios on a noisy machine."""
+"""Interleaved timing of callables (two, or several sides): robust ratios on a noisy machine."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 
@@ -82,3 +82,68 @@ def compare_runs(
         min(ratios),
         max(ratios),
     )
+
+
+def alternate(
+    sides: Mapping[str, Callable[[], object]],
+    *,
+    repeats: int = 30,
+    number: int = 20,
+    warmup: int = 5,
+) -> dict[str, list[float]]:
+    """Seconds per call of every side, per round, the sides run in alternation.
+
+    One round runs each side ``number`` times, in the order of ``sides`` (A B C A B C ...),
+    so machine load affects all alike; ``warmup`` untimed rounds come first.
+
+    Args:
+        sides: name -> callable.
+        repeats: timed rounds.
+        number: calls of each side per round.
+        warmup: untimed calls of each side before the first round.
+
+    Returns:
+        name -> ``repeats`` seconds per call, one per round.
+    """
+    for _ in range(warmup):
+        for fn in sides.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            times[name].append((time.perf_counter() - start) / number)
+    return times
+
+
+def compare_sides(
+    sides: Mapping[str, Callable[[], object]],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    runs: int = 5,
+    repeats: int = 30,
+    number: int = 20,
+    warmup: int = 5,
+) -> dict[tuple[str, str], Timing]:
+    """`alternate` repeated ``runs`` times: a `Timing` for each ``(ours, baseline)`` pair.
+
+    Each run's ratio is the median of the per-round ratios ``ours / baseline`` (both timed
+    in the same round); the `Timing` holds the median over runs of the per-side medians and
+    of the run ratios, and the range of the run ratios.
+    """
+    per_run = [alternate(sides, repeats=repeats, number=number, warmup=warmup) for _ in range(runs)]
+    result = {}
+    for ours, base in pairs:
+        ratios = [
+            statistics.median(a / b for a, b in zip(t[ours], t[base], strict=True)) for t in per_run
+        ]
+        result[ours, base] = Timing(
+            statistics.median(statistics.median(t[ours]) for t in per_run),
+            statistics.median(statistics.median(t[base]) for t in per_run),
+            statistics.median(ratios),
+            min(ratios),
+            max(ratios),
+        )
+    return result

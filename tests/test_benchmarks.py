@@ -47,3 +47,52 @@ def test_host_syncs_table_has_every_case() -> None:
 
     lines = _run("host_syncs.py").splitlines()
     assert [line[:32].strip() for line in lines[3:]] == list(CASES)
+
+
+def _table(lines: list[str], first_cell: str) -> list[list[str]]:
+    """The rows of the markdown table whose header starts with ``first_cell``."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_cell} |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_per_call_quick_prints_every_side_and_ratio() -> None:
+    # The script asserts that the four sides compute the same loss before timing them.
+    lines = _run("per_call.py", "--quick").splitlines()
+    sides = _table(lines, "side")
+    assert [r[0] for r in sides] == [
+        "hand-written",
+        "torch.distributions",
+        "rdloss default",
+        "rdloss validate_args=False",
+    ]
+    assert all(float(r[1].removesuffix(" us")) > 0 and int(r[2]) > 0 for r in sides)
+    # validate_args=False on the loss and the helpers: no host synchronisation.
+    assert [int(r[3]) for r in sides] == [0, 0, 1, 0]
+    ratios = _table(lines, "rdloss")
+    assert [(r[0], r[1]) for r in ratios] == [
+        (side, base)
+        for side in ("rdloss default", "rdloss validate_args=False")
+        for base in ("hand-written", "torch.distributions")
+    ]
+    assert all(float(r[2]) > 0 for r in ratios)
+
+
+def test_many_groups_quick_prints_every_side() -> None:
+    # The script asserts that every side computes VDVAE's rate (plus the same distortion
+    # for the loss) before timing them; --groups 4 keeps the smoke run short.
+    lines = _run("many_groups.py", "--quick", "--groups", "4").splitlines()
+    rows = _table(lines, "rdloss side")
+    assert [r[0] for r in rows] == [
+        "rate(), default",
+        "rate(), validate_args=False",
+        "loss, default",
+        "loss, validate_args=False",
+    ]
+    assert all(float(r[4]) > 0 for r in rows)
+    # validate_args=False on the loss and the helpers: no host synchronisation.
+    assert [int(r[7]) for r in rows if r[0].endswith("validate_args=False")] == [0, 0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Literal, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,7 @@ from rdloss.latents import (
 )
 from rdloss.objectives import Beta, Objective
 from rdloss.rate import RateEstimator, enumerate_posterior, enumerated, rate_terms
+from rdloss.schedules import check_config_state, config_state
 
 __all__ = ["RDOutput", "RateDistortionLoss"]
 
@@ -451,6 +452,20 @@ class RateDistortionLoss(nn.Module):
         # The ELBO is finite exactly when both means are: no extra pass over R and D.
         checks.append(ValueCheck(finite_number(elbo), lambda: check_outputs(rate, distortion)))
         return checks
+
+    @override
+    def get_extra_state(self) -> Tensor:
+        """The loss's settings a checkpoint depends on (``kl_balance``, ``rate_estimator``)."""
+        return config_state({"kl_balance": self.kl_balance, "rate_estimator": self.rate_estimator})
+
+    @override
+    def set_extra_state(self, state: Any) -> None:
+        """Refuse a checkpoint saved with another ``kl_balance`` or ``rate_estimator``.
+
+        Raises:
+            ValueError: a setting differs, naming the saved and the current value.
+        """
+        check_config_state(type(self).__name__, state, self.get_extra_state())
 
     @override
     def extra_repr(self) -> str:

@@ -205,13 +205,13 @@ def _plain(
     estimator: RateEstimator,
 ) -> Rate:
     """The rate against ``against`` (``None``: N(0, I)), canonical shapes, no balancing."""
-    if against is not None and isinstance(_elementwise(against), StandardGaussian):
-        against = None  # its closed form reads nothing of it
+    # N(0, I), the default or a StandardNormal marginal's: its closed form reads nothing of it.
+    standard = against is None or isinstance(_elementwise(against), StandardGaussian)
+    if standard and estimator != "mc":
+        closed = _standard_normal_rate(posterior)
+        if closed is not None:
+            return closed
     if against is None:
-        if estimator != "mc":
-            closed = _standard_normal_rate(posterior)
-            if closed is not None:
-                return closed
         against = standard_normal(posterior)
     posterior, against = widened(posterior), widened(against)
     if estimator != "mc":

@@ -825,7 +825,8 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
     "mutual information: metric update with a Bernoulli posterior": (
         lambda: diagnostics.MutualInformation().update(_p()),
         TypeError,
-        r"MutualInformation needs diagonal-Gaussian posteriors .*got Independent over (Checked)?Bernoulli",
+        r"MutualInformation needs diagonal-Gaussian posteriors "
+        r".*got Independent over (Checked)?Bernoulli",
     ),
     "mutual information: metric update with a zero scale": (
         lambda: diagnostics.MutualInformation().update(torch.zeros(B, D), torch.zeros(B, D)),

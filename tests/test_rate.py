@@ -1,0 +1,194 @@
+"""The rate module: the Gaussian fast path against independent formulas, and the bugs of
+issue 20 that lived in the old core (each reproduced before the fix)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+import torch
+from torch.distributions import (
+    Categorical,
+    Independent,
+    Normal,
+    TransformedDistribution,
+    kl_divergence,
+)
+from torch.distributions.transforms import AffineTransform
+from torch.testing import assert_close
+
+import rdloss
+from rdloss import functional as F
+from rdloss import helpers, marginals
+
+F64 = torch.float64
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _vdvae_kl(mu1: torch.Tensor, mu2: torch.Tensor, ls1: torch.Tensor, ls2: torch.Tensor):
+    # openai/vdvae, vae_helpers.py, gaussian_analytical_kl (written from the formula).
+    return -0.5 + ls2 - ls1 + 0.5 * (ls1.exp() ** 2 + (mu1 - mu2) ** 2) / (ls2.exp() ** 2)
+
+
+def _pair(seed: int = 0, shape: tuple[int, ...] = (5, 7)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g, dtype=F64) for _ in range(4)]
+
+
+def test_gaussian_fast_path_equals_vdvae_and_torch_in_float64() -> None:
+    mu1, mu2, lv1, lv2 = _pair()
+    q = helpers.normal(mu1, logvar=lv1)
+    p = helpers.normal(mu2, logvar=lv2)
+    got = F.rate(q, prior=p)
+    reference = _vdvae_kl(mu1, mu2, 0.5 * lv1, 0.5 * lv2)
+    assert_close(got.per_dimension, reference, rtol=1e-14, atol=1e-14)
+    torch_kl = kl_divergence(
+        Independent(Normal(mu1, (0.5 * lv1).exp()), 1),
+        Independent(Normal(mu2, (0.5 * lv2).exp()), 1),
+    )
+    assert_close(got.per_example, torch_kl, rtol=1e-14, atol=1e-14)
+
+
+def test_standard_normal_fast_path_equals_closed_form_and_is_nonnegative() -> None:
+    mu, _, lv, _ = _pair(1)
+    got = F.rate(helpers.normal(mu, logvar=lv)).per_dimension
+    assert_close(got, 0.5 * (mu**2 + lv.exp() - 1 - lv), rtol=1e-14, atol=1e-14)
+    # At the collapsed point the expm1 form stays >= 0 to the last bit, in float32 too.
+    tiny = torch.linspace(-1e-6, 1e-6, 1001)
+    q = helpers.normal(torch.zeros(1001, 1), logvar=tiny.reshape(-1, 1))
+    assert bool((F.rate(q).per_example >= 0).all())
+
+
+@pytest.mark.parametrize("against", ["standard", "gaussian", "plain"])
+def test_fast_path_gradients_pass_gradcheck(against: str) -> None:
+    mu1, mu2, lv1, lv2 = (t.requires_grad_() for t in _pair(2, (3, 2)))
+
+    def rate(a, b, c, d):
+        q = helpers.normal(a, logvar=c)
+        if against == "standard":
+            return F.rate(q).per_example
+        if against == "gaussian":
+            return F.rate(q, prior=helpers.normal(b, logvar=d)).per_example
+        return F.rate(q, prior=Independent(Normal(b, (0.5 * d).exp()), 1)).per_example
+
+    assert torch.autograd.gradcheck(rate, (mu1, mu2, lv1, lv2))
+
+
+def test_monte_carlo_agrees_with_fast_path() -> None:
+    torch.manual_seed(0)
+    mu1, mu2, lv1, lv2 = _pair(3, (2, 3))
+    q = helpers.normal(mu1, logvar=lv1)
+    p = helpers.normal(mu2, logvar=lv2)
+    z = q.sample((200_000,))
+    mc = F.rate(q, prior=p, z=z, estimator="mc").per_example
+    assert_close(mc, F.rate(q, prior=p).per_example, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("event_dims", [0, 1])
+def test_logvar_check_survives_the_loss_rewrapping(event_dims: int) -> None:
+    # Before: the helper's deferred check was an attribute of the object the loss re-wrapped
+    # in Independent, so it was lost: a finite rate with infinite gradients, checks on.
+    loc = torch.zeros(2, 3, 4)
+    q = helpers.normal(loc, logvar=torch.full((2, 3, 4), -200.0), event_dims=event_dims)
+    x = torch.zeros(2, 5)
+    with pytest.raises(ValueError, match=r"logvar must lie in"):
+        rdloss.RateDistortionLoss()(x, posterior=q, likelihood=helpers.bernoulli(logits=x))
+
+
+@pytest.mark.parametrize("k_marginal", [1, 3])
+def test_categorical_marginal_over_other_categories_is_refused(k_marginal: int) -> None:
+    # Before: K' = 1 gave a negative rate silently, K' = 3 a deep broadcast error.
+    q = Categorical(logits=torch.randn(4, 5))
+    loss = rdloss.RateDistortionLoss(marginals.Categorical(k_marginal))
+    x = torch.zeros(4, 2)
+    with pytest.raises(
+        ValueError, match=rf"marginal has {k_marginal} categories but the posterior has 5"
+    ):
+        loss(x, posterior=q, likelihood=helpers.bernoulli(logits=x))
+    with pytest.raises(ValueError, match=r"prior has 2 categories"):
+        F.rate(q, prior=Categorical(logits=torch.zeros(2)))
+
+
+def test_bernoulli_probs_outside_unit_interval_are_refused() -> None:
+    x = torch.ones(3, 4)
+    q = helpers.normal(torch.zeros(3, 2), logvar=torch.zeros(3, 2))
+    likelihood = helpers.bernoulli(probs=torch.full((3, 4), 1.5))  # a decoder without sigmoid
+    with pytest.raises(ValueError, match=r"probs must lie in \[0, 1\]"):
+        rdloss.RateDistortionLoss()(x, posterior=q, likelihood=likelihood)
+    off = rdloss.RateDistortionLoss(validate_args=False)
+    off(x, posterior=q, likelihood=helpers.bernoulli(probs=torch.full((3, 4), 0.5)))
+
+
+def test_clear_errors_where_torch_failed_deep() -> None:
+    q = helpers.normal(torch.zeros(3, 2), logvar=torch.zeros(3, 2))
+    x = torch.ones(3, 4, dtype=torch.bool)
+    with pytest.raises(TypeError, match=r"x has dtype torch.bool but the likelihood is a"):
+        rdloss.RateDistortionLoss()(x, posterior=q, likelihood=Normal(torch.zeros(3, 4), 1.0))
+    with pytest.raises(ValueError, match=r"scale must be finite in loc's dtype torch.float32"):
+        helpers.normal(torch.zeros(3, 2), scale=1e39)
+    with pytest.raises(ValueError, match=r"groups must be a non-empty tuple"):
+        F.rate_terms((), grouped=False)
+
+
+def test_flow_posterior_with_an_explicit_standard_normal() -> None:
+    # Before: told to pass StandardNormal(latent_dim), which it had.
+    base = Independent(Normal(torch.zeros(4, 2), torch.ones(4, 2)), 1)
+    q = TransformedDistribution(base, [AffineTransform(1.0, 2.0)])  # a flow-like posterior
+    z = q.rsample()
+    out = F.rate(q, marginals.StandardNormal(2)(), z=z)
+    assert out.estimator == "mc" and out.per_example.shape == (4,)
+
+
+def test_loss_records_its_settings_in_state_dict() -> None:
+    saved = rdloss.RateDistortionLoss(kl_balance=0.8).state_dict()
+    with pytest.raises(
+        ValueError, match=r"saved with kl_balance=0.8 but this one has kl_balance=0.5"
+    ):
+        rdloss.RateDistortionLoss(kl_balance=0.5).load_state_dict(saved)
+    rdloss.RateDistortionLoss(kl_balance=0.8).load_state_dict(saved)
+
+
+def _imports() -> dict[str, set[str]]:
+    modules = {}
+    for path in (ROOT / "rdloss").rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    edges: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                else:
+                    base = node.module or ""
+                for alias in node.names:
+                    full = f"{base}.{alias.name}"
+                    deps.add(full if full in modules else base)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        edges[name] = {d for d in deps if d in modules and d != name}
+    return edges
+
+
+def test_the_import_graph_has_no_cycles() -> None:
+    edges = _imports()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(edges[node]):
+            if state.get(dep) == 1:
+                cycles.append(" -> ".join([*stack[stack.index(dep) :], dep]))
+            elif dep not in state:
+                visit(dep, [*stack, dep])
+        state[node] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []

@@ -51,10 +51,11 @@ def normal(
     *,
     scale: Tensor | float | None = None,
     logvar: Tensor | None = None,
+    log_scale: Tensor | None = None,
     event_dims: int | None = None,
     validate_args: bool | None = None,
 ) -> Distribution:
-    r"""Diagonal Gaussian from ``(mu, logvar)`` or ``(mu, scale)``.
+    r"""Diagonal Gaussian from ``(mu, logvar)``, ``(mu, log_scale)`` or ``(mu, scale)``.
 
     Use it for encoders (``loc`` of shape ``(B, D)``) and for Gaussian decoders with a
     fixed (``scale=0.1``) or learned (a tensor broadcastable to ``loc``) standard deviation.
@@ -64,6 +65,8 @@ def normal(
         scale: standard deviation, a float or a tensor broadcastable to ``loc``'s shape.
         logvar: log-variance, same shape as ``loc``;
             $\sigma = \exp(\tfrac12 \mathrm{logvar})$.
+        log_scale: $\log\sigma$, same shape as ``loc`` (VDVAE's and NVAE's
+            parameterisation); the same as ``logvar=2 * log_scale``.
         event_dims: trailing dims summed over; default all but the batch dim.
         validate_args: ``None`` (default): a ``logvar`` whose variance ``exp(logvar)``
             leaves the dtype's normal range (float32: ``[-87.3, 88.7]``), or a non-positive
@@ -73,7 +76,9 @@ def normal(
             ``torch.distributions.Normal``; ``False``: no value checks.
 
     Returns:
-        ``Independent(Normal(loc, sigma), event_dims)``.
+        ``Independent(Gaussian(loc, sigma), event_dims)``: a
+        `rdloss.families.Gaussian` (a ``Normal``) that keeps $\log\sigma$ from ``logvar`` or
+        ``log_scale``, so the rate's closed form reads it instead of ``sigma.log()``.
 
     Examples:
         >>> import torch
@@ -82,24 +87,25 @@ def normal(
         (torch.Size([8]), torch.Size([32]))
     """
     _floating("loc", check_tensor("loc", loc, min_ndim=1))
-    if (scale is None) == (logvar is None):
-        raise ValueError("give exactly one of scale= or logvar=")
+    if sum(v is not None for v in (scale, logvar, log_scale)) != 1:
+        raise ValueError("give exactly one of scale=, logvar= or log_scale=")
     loc = widen_half(loc)
-    log_scale: Tensor | None = None
-    if logvar is not None:
-        _floating("logvar", check_tensor("logvar", logvar))
-        if logvar.shape != loc.shape:
+    given = logvar if logvar is not None else log_scale
+    if given is not None:
+        name = "logvar" if logvar is not None else "log_scale"
+        _floating(name, check_tensor(name, given))
+        if given.shape != loc.shape:
             raise ValueError(
-                f"logvar must have loc's shape {tuple(loc.shape)}, got {tuple(logvar.shape)}"
+                f"{name} must have loc's shape {tuple(loc.shape)}, got {tuple(given.shape)}"
             )
-        log_scale = 0.5 * widen_half(logvar)
+        log_scale = 0.5 * widen_half(given) if logvar is not None else widen_half(given)
         sigma = torch.exp(log_scale)
     else:
         sigma = _scale(loc, scale)
     dims = _event_dims("loc", loc, event_dims)
     # The loss checks the variance's range (or scale > 0) in its one value check; a float
     # scale was checked above.
-    checked = validate_args is not False and (logvar is not None or isinstance(scale, Tensor))
+    checked = validate_args is not False and (given is not None or isinstance(scale, Tensor))
     base = Gaussian(
         loc, sigma, log_scale=log_scale, checked=checked, validate_args=validate_args or False
     )

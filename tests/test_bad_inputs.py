@@ -317,7 +317,7 @@ CASES: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
     "helper: both scale and logvar": (
         lambda: helpers.normal(torch.zeros(B, D), scale=1.0, logvar=torch.zeros(B, D)),
         ValueError,
-        r"give exactly one of scale= or logvar=",
+        r"give exactly one of scale=, logvar= or log_scale=",
     ),
     "helper: laplace without a scale": (
         lambda: helpers.laplace(torch.zeros(B, D)),

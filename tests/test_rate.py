@@ -192,3 +192,12 @@ def test_the_import_graph_has_no_cycles() -> None:
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_log_scale_equals_logvar_twice() -> None:
+    mu, _, ls, _ = _pair(4)
+    a = F.rate(helpers.normal(mu, log_scale=ls)).per_example
+    b = F.rate(helpers.normal(mu, logvar=2 * ls)).per_example
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"give exactly one of scale=, logvar= or log_scale="):
+        helpers.normal(mu, logvar=ls, log_scale=ls)

@@ -29,6 +29,8 @@ from rdloss.objectives._hyperparameters import (
 )
 from rdloss.schedules import Schedule, check_config_state, config_state
 
+_FULL = (torch.float32, torch.float64)
+
 __all__ = ["Hyperparameter", "Objective", "ObjectiveOutput", "check_terms", "numbers_repr"]
 
 _INF = math.inf
@@ -276,13 +278,16 @@ class Objective(nn.Module, ABC):
             0-dim tensor, a new one every call: it never aliases the buffer, so neither a
             later assignment nor an in-place change of ``out.hyper`` reaches the other.
         """
-        dtype = torch.promote_types(like.dtype, torch.float32)
+        dtype = like.dtype
+        if dtype not in _FULL:  # promote_types is an operator call: skip it where it can't matter
+            dtype = torch.promote_types(dtype, torch.float32)
         if isinstance(value, Schedule):
             # The step in float64: float32 cannot count past 2**24.
             scheduled: Tensor = value(self.step.to(device=like.device, dtype=torch.float64))
             return scheduled.to(dtype)
         if isinstance(value, Tensor):
-            return value.reshape(()).to(device=like.device, dtype=dtype, copy=True)
+            scalar = value if value.ndim == 0 else value.reshape(())
+            return scalar.to(device=like.device, dtype=dtype, copy=True)
         return torch.tensor(value, dtype=dtype, device=like.device)
 
     def forward(
@@ -328,11 +333,13 @@ class Objective(nn.Module, ABC):
             terms = RateTerms.single(rate, rate_per_dimension)
         elif not isinstance(terms, RateTerms):
             raise TypeError(f"terms must be an rdloss RateTerms, got {type(terms).__name__}")
-        self._call_sync_dist = sync_dist  # for `mean`, during this call only
+        # For `mean`, during this call only; written to the instance dict directly, as
+        # nn.Module.__setattr__ (buffer, parameter and module bookkeeping) costs ~10 us a write.
+        self.__dict__["_call_sync_dist"] = sync_dist
         try:
             output = self.compute_terms(terms, distortion, weight=weight)
         finally:
-            self._call_sync_dist = None
+            self.__dict__["_call_sync_dist"] = None
         self.advance()
         return output
 

@@ -106,13 +106,15 @@ def run_checks(checks: list[ValueCheck]) -> None:
     """Decide every check with one host synchronisation; raise the first failure.
 
     Only when the fused verdict fails are the precise messages re-derived, in order, so the
-    first failing check is the one reported.
+    first failing check is the one reported. Call it, and build the checks, under
+    ``torch.no_grad()``: they are screens of values, never part of the graph.
     """
     if not checks:
         return
-    device = checks[0].passed.device
-    flags = [c.passed.reshape(()).to(device=device) for c in checks]
-    if bool(torch.stack(flags).all()):
+    passed = checks[0].passed
+    for check in checks[1:]:
+        passed = passed & check.passed
+    if bool(passed):
         return
     for check in checks:
         check.explain()  # raises for a real failure; a screen's false alarm passes

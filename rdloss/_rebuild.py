@@ -39,9 +39,7 @@ def parameters(dist: Distribution) -> list[Tensor] | None:
     if isinstance(dist, Independent):
         return parameters(dist.base_dist)
     if isinstance(dist, (Normal, Laplace)):
-        extra = (
-            [dist.log_scale] if isinstance(dist, Gaussian) and dist.log_scale is not None else []
-        )
+        extra = [dist.logvar] if isinstance(dist, Gaussian) and dist.logvar is not None else []
         return [dist.loc, dist.scale, *extra]
     if isinstance(dist, (Bernoulli, Categorical, OneHotCategorical)):
         return [dist.logits]
@@ -93,8 +91,8 @@ def rebuild(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution 
     if isinstance(dist, MultivariateNormal):
         return MultivariateNormal(fn(dist.loc), scale_tril=fn(dist.scale_tril), validate_args=False)
     if type(dist) is Gaussian:
-        ls = None if dist.log_scale is None else fn(dist.log_scale)
-        return Gaussian(fn(dist.loc), fn(dist.scale), log_scale=ls, validate_args=False)
+        lv = None if dist.logvar is None else fn(dist.logvar)
+        return Gaussian(fn(dist.loc), fn(dist.scale), logvar=lv, validate_args=False)
     if isinstance(dist, Normal):
         return Normal(fn(dist.loc), fn(dist.scale), validate_args=False)
     if isinstance(dist, Laplace):

@@ -63,7 +63,8 @@ def distortion(x: Tensor, likelihood: Distribution, *, validate_args: bool = Tru
     check_distribution("likelihood", likelihood)
     draws = per_draw(x, likelihood)  # shape errors first
     if should_validate(validate_args) and x.device.type != "meta":
-        run_checks(likelihood_checks(x, likelihood))
+        with torch.no_grad():
+            run_checks(likelihood_checks(x, likelihood))
     return draws
 
 

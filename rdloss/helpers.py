@@ -77,8 +77,8 @@ def normal(
 
     Returns:
         ``Independent(Gaussian(loc, sigma), event_dims)``: a
-        `rdloss.families.Gaussian` (a ``Normal``) that keeps $\log\sigma$ from ``logvar`` or
-        ``log_scale``, so the rate's closed form reads it instead of ``sigma.log()``.
+        `rdloss.families.Gaussian` (a ``Normal``) that keeps the log-variance (``logvar``, or
+        ``2 * log_scale``), so the rate's closed form reads it instead of ``sigma.log()``.
 
     Examples:
         >>> import torch
@@ -98,8 +98,12 @@ def normal(
             raise ValueError(
                 f"{name} must have loc's shape {tuple(loc.shape)}, got {tuple(given.shape)}"
             )
-        log_scale = 0.5 * widen_half(given) if logvar is not None else widen_half(given)
-        sigma = torch.exp(log_scale)
+        if logvar is not None:
+            logvar = widen_half(logvar)
+            sigma = torch.exp(0.5 * logvar)
+        else:
+            log_scale = widen_half(given)
+            sigma, logvar = torch.exp(log_scale), 2.0 * log_scale
     else:
         sigma = _scale(loc, scale)
     dims = _event_dims("loc", loc, event_dims)
@@ -107,7 +111,7 @@ def normal(
     # scale was checked above.
     checked = validate_args is not False and (given is not None or isinstance(scale, Tensor))
     base = Gaussian(
-        loc, sigma, log_scale=log_scale, checked=checked, validate_args=validate_args or False
+        loc, sigma, logvar=logvar, checked=checked, validate_args=validate_args or False
     )
     return _now(_independent(base, dims), validate_args)
 
@@ -115,7 +119,8 @@ def normal(
 def _now(dist: Distribution, validate_args: bool | None) -> Distribution:
     """Run the distribution's value checks now with ``validate_args=True``, else leave them."""
     if validate_args:
-        run_checks(value_checks(dist))
+        with torch.no_grad():
+            run_checks(value_checks(dist))
     return dist
 
 

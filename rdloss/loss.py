@@ -372,11 +372,12 @@ class RateDistortionLoss(nn.Module):
 
         # 4. One value check: everything the call saw, one host synchronisation.
         if should_validate(self.validate_args) and x.device.type != "meta":
-            run_checks(
-                self._value_checks(
-                    x, likelihood, groups, weight, terms.per_example, distortion, elbo
+            with torch.no_grad():  # screens of values, never part of the graph
+                run_checks(
+                    self._value_checks(
+                        x, likelihood, groups, weight, terms.per_example, distortion, elbo
+                    )
                 )
-            )
 
         # 5. The objective.
         objective = self.objective(

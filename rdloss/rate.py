@@ -185,8 +185,8 @@ def _standard_normal_rate(posterior: Distribution) -> Rate | None:
     if not isinstance(base, Normal):
         return None
     loc, scale = widen_half(base.loc), widen_half(base.scale)
-    # Widened before use: log sigma taken in half precision loses digits.
-    held = base.log_scale if isinstance(base, Gaussian) else None
+    # Widened before use: a log taken in half precision loses digits.
+    held = base.logvar if isinstance(base, Gaussian) else None
     per_element = standard_normal_kl(loc, scale, None if held is None else widen_half(held))
     return _reduce(per_element, posterior.batch_shape, "analytic", per_dim=True)
 

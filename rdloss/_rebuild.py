@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 from torch.distributions import (
     Bernoulli,
@@ -25,7 +26,14 @@ from torch.distributions import (
 from rdloss.distributions import DiagonalGaussianMixture
 from rdloss.families import CheckedBernoulli, CheckedLaplace, Gaussian, StandardGaussian
 
-__all__ = ["parameters", "rebuild"]
+__all__ = ["describe", "parameters", "rebuild", "stop_gradient", "widened"]
+
+
+def describe(dist: Distribution) -> str:
+    """``Independent(OneHotCategorical)`` rather than a bare ``Independent``."""
+    if isinstance(dist, Independent):
+        return f"Independent({describe(dist.base_dist)})"
+    return type(dist).__name__
 
 
 def parameters(dist: Distribution) -> list[Tensor] | None:
@@ -111,3 +119,38 @@ def rebuild(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution 
     return DiagonalGaussianMixture(
         fn(dist.logits), fn(dist.loc), fn(dist.scale), validate_args=False
     )
+
+
+def stop_gradient(dist: Distribution) -> Distribution:
+    """``dist`` rebuilt from detached parameters: ``sg(dist)`` of KL balancing.
+
+    Works for ``Normal`` (and rdloss's `rdloss.distributions.Gaussian`), ``Laplace``,
+    ``Bernoulli``, ``Categorical``, ``OneHotCategorical`` (straight-through too),
+    ``MixtureSameFamily``, rdloss's mixture, and ``Independent`` over any of them.
+
+    Raises:
+        TypeError: another distribution (e.g. a flow), whose parameters rdloss cannot reach.
+    """
+    out = rebuild(dist, Tensor.detach)
+    if out is None:
+        raise TypeError(
+            f"KL balancing needs a stop-gradient copy of {describe(dist)}, whose parameters "
+            "rdloss cannot reach; use distributions made of tensors (Normal, Independent, "
+            "Categorical, OneHotCategorical, mixtures), or kl_balance=None"
+        )
+    return out
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def widened(dist: Distribution) -> Distribution:
+    """``dist`` with half-precision parameters in float32, where a rebuild can reach them.
+
+    KLs and log-densities in float16/bfloat16 lose digits (and ``exp`` overflows); the
+    parameters are widened before, not the result after. Other distributions stay as given.
+    """
+    if not any(t.dtype in _HALF for t in parameters(dist) or ()):
+        return dist
+    out = rebuild(dist, lambda t: t.float() if t.dtype in _HALF else t)
+    return dist if out is None else out

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rdloss.diagnostics import ActiveUnits, RateDistortion
-from rdloss.loss import RDOutput
+from rdloss.output import RDOutput
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -32,7 +32,7 @@ from torch.distributions import (
 )
 
 from rdloss._checks import check_fraction, widen_half
-from rdloss._rebuild import parameters, rebuild
+from rdloss._rebuild import describe, stop_gradient, widened
 from rdloss.distributions import DiagonalGaussianMixture
 from rdloss.families import (
     Gaussian,
@@ -54,7 +54,6 @@ __all__ = [
     "group_rate",
     "is_discrete",
     "rate_terms",
-    "stop_gradient",
 ]
 
 RateEstimator = Literal["analytic", "mc", "auto"]
@@ -191,13 +190,6 @@ def _standard_normal_rate(posterior: Distribution) -> Rate | None:
     return _reduce(per_element, posterior.batch_shape, "analytic", per_dim=True)
 
 
-def _describe(dist: Distribution) -> str:
-    """``Independent(OneHotCategorical)`` rather than a bare ``Independent``."""
-    if isinstance(dist, Independent):
-        return f"Independent({_describe(dist.base_dist)})"
-    return type(dist).__name__
-
-
 def _plain(
     posterior: Distribution,
     against: Distribution | None,
@@ -225,8 +217,8 @@ def _plain(
             )
     if is_discrete(posterior) and not is_discrete(against):
         raise ValueError(
-            f"the posterior {_describe(posterior)} is discrete but the rate is taken "
-            f"against the continuous {_describe(against)} (the default marginal is "
+            f"the posterior {describe(posterior)} is discrete but the rate is taken "
+            f"against the continuous {describe(against)} (the default marginal is "
             "N(0, I)): a discrete latent needs a discrete marginal or prior, e.g. "
             "rdloss.marginals.Categorical(K) or the prior your model computes"
         )
@@ -237,41 +229,6 @@ def _plain(
             "that fed the decoder, or a decoder so the loss draws it"
         )
     return _monte_carlo(posterior, against, z)
-
-
-def stop_gradient(dist: Distribution) -> Distribution:
-    """``dist`` rebuilt from detached parameters: ``sg(dist)`` of KL balancing.
-
-    Works for ``Normal`` (and rdloss's `rdloss.distributions.Gaussian`), ``Laplace``,
-    ``Bernoulli``, ``Categorical``, ``OneHotCategorical`` (straight-through too),
-    ``MixtureSameFamily``, rdloss's mixture, and ``Independent`` over any of them.
-
-    Raises:
-        TypeError: another distribution (e.g. a flow), whose parameters rdloss cannot reach.
-    """
-    out = rebuild(dist, Tensor.detach)
-    if out is None:
-        raise TypeError(
-            f"KL balancing needs a stop-gradient copy of {_describe(dist)}, whose parameters "
-            "rdloss cannot reach; use distributions made of tensors (Normal, Independent, "
-            "Categorical, OneHotCategorical, mixtures), or kl_balance=None"
-        )
-    return out
-
-
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def widened(dist: Distribution) -> Distribution:
-    """``dist`` with half-precision parameters in float32, where a rebuild can reach them.
-
-    KLs and log-densities in float16/bfloat16 lose digits (and ``exp`` overflows); the
-    parameters are widened before, not the result after. Other distributions stay as given.
-    """
-    if not any(t.dtype in _HALF for t in parameters(dist) or ()):
-        return dist
-    out = rebuild(dist, lambda t: t.float() if t.dtype in _HALF else t)
-    return dist if out is None else out
 
 
 def balanced(

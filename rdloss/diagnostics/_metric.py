@@ -12,7 +12,7 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from rdloss._checks import check_tensor, should_validate
-from rdloss.loss import RDOutput
+from rdloss.output import RDOutput
 
 __all__ = ["check_groups", "match_groups"]
 

@@ -21,7 +21,7 @@ from typing_extensions import override
 from rdloss._checks import check_nonnegative_number, check_positive_int, check_tensor
 from rdloss.diagnostics._grouped import _Grouped, flat_units, mean_units
 from rdloss.diagnostics.functional import ActiveUnitsResult
-from rdloss.loss import RDOutput
+from rdloss.output import RDOutput
 
 __all__ = ["ActiveUnits", "RatePerDimension"]
 

@@ -48,7 +48,7 @@ from rdloss.diagnostics.functional import (
     _bounds,
     _rd_result,
 )
-from rdloss.loss import RDOutput
+from rdloss.output import RDOutput
 
 __all__ = ["ActiveUnits", "MutualInformationBounds", "RateDistortion", "RatePerDimension"]
 

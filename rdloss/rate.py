@@ -2,10 +2,10 @@ r"""The rate $R = \mathrm{KL}(e(z|x)\,\|\,m(z))$ of a call, per example, group, 
 
 Three estimators, chosen per group:
 
-* **closed form** through the public ``torch.distributions.kl_divergence`` (rdloss's own pairs
-  are registered in `rdloss.distributions`); for diagonal Gaussians from `rdloss.helpers`
-  the KL reads the log-scale the helper already holds (no ``exp`` then ``log`` round trip),
-  and against $\mathcal N(0, I)$ nothing is built at all;
+* **closed form**: Normal and categorical pairs computed here (for the diagonal Gaussians
+  of `rdloss.helpers` from the log-variance they hold: no ``exp`` then ``log`` round trip;
+  against $\mathcal N(0, I)$ nothing is built at all), any other pair through the public
+  ``torch.distributions.kl_divergence``;
 * **Monte Carlo** $\log e(z|x) - \log m(z)$ with the ``z`` that fed the decoder;
 * **enumeration** $\sum_k q_k \log(q_k / m_k)$ over a discrete support.
 
@@ -131,8 +131,9 @@ _NO_CLOSED_FORM = (DiagonalGaussianMixture, MixtureSameFamily)
 def _closed_form(p: Distribution, q: Distribution) -> Tensor | None:
     """``KL(p || q)`` in closed form, or ``None`` where torch.distributions has none.
 
-    The families rdloss serves most (Normal, Categorical, OneHotCategorical) are computed
-    here; any other pair goes to ``torch.distributions.kl_divergence``. (Under
+    The families rdloss serves most (Normal, Categorical, OneHotCategorical, and
+    ``Independent`` over them) are computed here; any other pair goes to
+    ``torch.distributions.kl_divergence``. (Under
     ``torch.compile(fullgraph=True)`` such a pair must have been computed once before:
     torch looks its function up with Python dynamo cannot trace on a cold memo.)
     """
@@ -143,6 +144,12 @@ def _closed_form(p: Distribution, q: Distribution) -> Tensor | None:
         k in (OneHotCategorical, OneHotCategoricalStraightThrough) for k in kinds
     ):
         return _categorical_kl(p, q)  # type: ignore[arg-type]
+    if kinds == (Independent, Independent):
+        n = p.reinterpreted_batch_ndims  # type: ignore[attr-defined]
+        if n == q.reinterpreted_batch_ndims:  # type: ignore[attr-defined]
+            base = _closed_form(p.base_dist, q.base_dist)  # type: ignore[attr-defined]
+            # Summed over the reinterpreted dims as torch's Independent KL sums them.
+            return None if base is None else base.reshape(*base.shape[: base.ndim - n], -1).sum(-1)
     if isinstance(p, _NO_CLOSED_FORM) or isinstance(q, _NO_CLOSED_FORM):
         return None
     try:

@@ -201,3 +201,46 @@ def test_log_scale_equals_logvar_twice() -> None:
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match=r"give exactly one of scale=, logvar= or log_scale="):
         helpers.normal(mu, logvar=ls, log_scale=ls)
+
+
+@pytest.mark.slow  # compiles
+def test_dreamer_style_one_hot_latents_compile_on_a_cold_kl_memo() -> None:
+    # torch looks a KL pair up with Python dynamo cannot trace until its memo is warm; the
+    # families rdloss serves (here Independent(OneHotCategoricalStraightThrough), DreamerV3)
+    # are computed by rdloss itself, so a first compiled call needs no eager call before.
+    from torch.distributions import OneHotCategoricalStraightThrough as OneHot
+    from torch.distributions.kl import _KL_MEMOIZE
+
+    loss = rdloss.RateDistortionLoss(kl_balance=0.8, validate_args=False)
+
+    def step(q_logits, p_logits, logits, x):
+        q = Independent(OneHot(logits=q_logits), 1)
+        p = Independent(OneHot(logits=p_logits), 1)
+        likelihood = helpers.bernoulli(logits=logits, validate_args=False)
+        return loss(x, posterior=q, prior=p, likelihood=likelihood).loss
+
+    saved = dict(_KL_MEMOIZE)
+    _KL_MEMOIZE.clear()  # what any register_kl does
+    try:
+        compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+        x = torch.randint(0, 2, (4, 6)).float()
+        for seed in range(2):
+            g = torch.Generator().manual_seed(seed)
+            args = [torch.randn(4, 5, 8, 8, generator=g) for _ in range(2)]
+            logits = torch.randn(4, 6, generator=g)
+            assert_close(compiled(*args, logits, x), step(*args, logits, x))
+    finally:
+        _KL_MEMOIZE.clear()
+        _KL_MEMOIZE.update(saved)
+
+
+def test_independent_one_hot_kl_equals_torch_to_the_bit() -> None:
+    from torch.distributions import OneHotCategorical
+
+    g = torch.Generator().manual_seed(5)
+    q_logits, p_logits = (torch.randn(3, 4, 6, 6, generator=g, dtype=F64) for _ in range(2))
+    q = Independent(OneHotCategorical(logits=q_logits), 1)
+    p = Independent(OneHotCategorical(logits=p_logits), 1)
+    got = F.rate(q, prior=p).per_step
+    assert got is not None
+    assert torch.equal(got, kl_divergence(q, p))

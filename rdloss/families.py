@@ -33,6 +33,7 @@ __all__ = [
     "normal_kl",
     "standard_normal",
     "standard_normal_kl",
+    "standard_normal_like",
     "value_checks",
 ]
 
@@ -320,16 +321,22 @@ def normal_kl(p: Normal, q: Normal) -> Tensor:
 def standard_normal(posterior: Distribution) -> Distribution:
     """``N(0, I)`` over the posterior's event shape, in its dtype and on its device."""
     try:
-        loc = posterior.mean.new_zeros(posterior.event_shape).detach()
+        like = posterior.mean
     except NotImplementedError:  # flows and transformed posteriors have no closed-form mean
         raise ValueError(
             f"the default marginal N(0, I) needs the posterior's dtype and device from its "
             f"mean, which {type(posterior).__name__} does not implement; pass a marginal "
             "(e.g. rdloss.marginals.StandardNormal(latent_dim)) or a prior"
         ) from None
+    return standard_normal_like(posterior.event_shape, like)
+
+
+def standard_normal_like(event_shape: torch.Size, like: Tensor) -> Distribution:
+    """``N(0, I)`` over ``event_shape`` in ``like``'s dtype and on its device."""
+    loc = like.new_zeros(event_shape).detach()
     # Known-valid parameters: skip torch's argument checks (a host sync each).
     unit = Normal(loc, torch.ones_like(loc), validate_args=False)
-    if len(posterior.event_shape) == 0:
+    if len(event_shape) == 0:
         # A scalar latent: torch registers no KL for Independent(Normal, 0).
         return unit
-    return Independent(unit, len(posterior.event_shape), validate_args=False)
+    return Independent(unit, len(event_shape), validate_args=False)

@@ -45,6 +45,7 @@ from rdloss.distributions import (
     _gaussian_log_normaliser,
     _logsumexp,
 )
+from rdloss.families import standard_normal_like
 from rdloss.latents import as_marginal, resolve_marginal
 
 __all__ = [
@@ -147,8 +148,7 @@ def _marginal(marginal: object, loc: Tensor, scale: Tensor) -> Distribution:
     posterior = Independent(Normal(loc, scale, validate_args=False), 1)
     dist = resolve_marginal(marginal, posterior)  # type: ignore[arg-type]
     if dist is None:  # N(0, I), in the posteriors' dtype
-        zero = loc.new_zeros(loc.shape[1:])
-        return Independent(Normal(zero, torch.ones_like(zero)), 1)
+        return standard_normal_like(loc.shape[1:], loc)
     return as_marginal(dist, posterior.event_shape)
 
 

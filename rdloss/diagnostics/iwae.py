@@ -19,10 +19,11 @@ from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from rdloss._checks import check_positive_int, check_tensor
+from rdloss.families import standard_normal_like
 from rdloss.functional import distortion
 from rdloss.latents import as_latent, as_marginal, resolve_marginal
 
@@ -110,8 +111,7 @@ def importance_weighted_bound(
         draws = min(chunk_size, k - start)
         z = _call(f"posterior ({given})", "sample", posterior.sample, (draws,))
         if m_dist is None:  # N(0, I) in the samples' dtype and device (no mean needed)
-            zero = z.new_zeros(posterior.event_shape)
-            m_dist = Independent(Normal(zero, torch.ones_like(zero)), len(zero.shape))
+            m_dist = standard_normal_like(posterior.event_shape, z)
         rows = x.expand(draws, *x.shape).reshape(draws * batch, *x.shape[1:])
         likelihood = decoder(z.reshape(draws * batch, *z.shape[2:]))
         if not isinstance(likelihood, Distribution):

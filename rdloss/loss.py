@@ -146,6 +146,8 @@ class RateDistortionLoss(nn.Module):
         if not isinstance(validate_args, bool):
             raise TypeError(f"validate_args must be a bool, got {type(validate_args).__name__}")
         self.objective = objective
+        # The flag every call passes it: the first call then changes nothing (no recompile).
+        objective._call_sync_dist = sync_dist
         self.rate_estimator: RateEstimator = rate_estimator
         self.kl_balance = None if kl_balance is None else check_fraction("kl_balance", kl_balance)
         self.sync_dist = sync_dist

@@ -333,13 +333,12 @@ class Objective(nn.Module, ABC):
             terms = RateTerms.single(rate, rate_per_dimension)
         elif not isinstance(terms, RateTerms):
             raise TypeError(f"terms must be an rdloss RateTerms, got {type(terms).__name__}")
-        # For `mean`, during this call only; written to the instance dict directly, as
-        # nn.Module.__setattr__ (buffer, parameter and module bookkeeping) costs ~10 us a write.
-        self.__dict__["_call_sync_dist"] = sync_dist
-        try:
-            output = self.compute_terms(terms, distortion, weight=weight)
-        finally:
-            self.__dict__["_call_sync_dist"] = None
+        # For `mean` in this call: the call's own flag, always (a loss passes its own, a
+        # direct call None). Written only when it changes: nn.Module.__setattr__ costs
+        # ~10 us, and dynamo traces a plain attribute write on every torch release.
+        if self._call_sync_dist is not sync_dist:
+            self._call_sync_dist = sync_dist
+        output = self.compute_terms(terms, distortion, weight=weight)
         self.advance()
         return output
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -11,8 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from _catalogue import Entry, expect_named_error
 
+import rdloss
 from rdloss.cli import main
+from rdloss.cli import main as cli_main
 
 
 def test_demo_quick_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,7 +46,6 @@ def test_demo_quick_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFi
     assert len(loaded["rows"]) == 8 and loaded["command"] == "demo"
     assert "CC BY 4.0" in loaded["attribution"]
     # Provenance: what produced the numbers.
-    import torch
 
     import rdloss
 
@@ -161,7 +166,6 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
 
 
 def test_version_and_bare_command_print_and_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
-    import rdloss
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"rdloss {rdloss.__version__}"
@@ -201,7 +205,6 @@ def test_help_and_version_do_not_import_torch() -> None:
 def test_devices_that_cannot_train_are_one_line(
     argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import torch
 
     if argv[1].startswith("cuda") and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
@@ -224,7 +227,6 @@ def test_diverging_learning_rate_is_one_line(
 def test_threads_beyond_the_cpu_count_are_capped(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import torch
 
     from rdloss.cli import _cpu_count
 
@@ -327,3 +329,123 @@ def _all_rows() -> list:
         ]
     ]
     return toy + digits
+
+
+# --- bad inputs: command line (exit code and the message on stderr) -----------------------
+# The catalogue's part for this module (tests/_catalogue.py); docs/errors.md lists its keys.
+
+
+class CommandError(Exception):
+    """The ``rdloss`` command exited non-zero: ``exit <code>: <last stderr line>``."""
+
+
+def _cli(*argv: str) -> int:
+    """Run the command in-process; raise `CommandError` unless it exits 0."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli_main(list(argv))
+    if code != 0:
+        lines = err.getvalue().strip().splitlines() or [""]
+        raise CommandError(f"exit {code}: {lines[-1]}")
+    return code
+
+
+def _a_file() -> Path:
+    """A plain file in the working directory (the test runs in its own tmp_path)."""
+    blocker = Path("not-a-folder")
+    blocker.write_text("")
+    return blocker
+
+
+BAD_INPUTS: dict[str, Entry] = {
+    "cli: unknown command": (
+        lambda: _cli("fly"),
+        CommandError,
+        r"exit 2: .*argument COMMAND: invalid choice: 'fly'",
+    ),
+    "cli: unknown marginal": (
+        lambda: _cli("sweep", "--marginal", "flow"),
+        CommandError,
+        r"exit 2: .*argument --marginal: invalid choice: 'flow'",
+    ),
+    "cli: unknown decoder": (
+        lambda: _cli("sweep", "--decoder", "pixelcnn"),
+        CommandError,
+        r"exit 2: .*argument --decoder: invalid choice: 'pixelcnn'",
+    ),
+    "cli: negative beta": (
+        lambda: _cli("sweep", "--beta", "-1"),
+        CommandError,
+        r"exit 2: .*argument --beta: expected a finite number >= 0, got '-1'",
+    ),
+    "cli: zero epochs": (
+        lambda: _cli("sweep", "--epochs", "0"),
+        CommandError,
+        r"exit 2: .*argument --epochs: expected an integer >= 1, got '0'",
+    ),
+    "cli: fractional latent size": (
+        lambda: _cli("demo", "--latent-dim", "1.5"),
+        CommandError,
+        r"exit 2: .*argument --latent-dim: expected an integer, got '1.5'",
+    ),
+    "cli: zero threads": (
+        lambda: _cli("demo", "--threads", "0"),
+        CommandError,
+        r"exit 2: .*argument --threads: expected an integer >= 1, got '0'",
+    ),
+    "cli: target rate given as text": (
+        lambda: _cli("toy", "--target-rate", "x"),
+        CommandError,
+        r"exit 2: .*argument --target-rate: expected a number, got 'x'",
+    ),
+    "cli: negative learning rate": (
+        lambda: _cli("toy", "--lr", "-1"),
+        CommandError,
+        r"exit 2: .*argument --lr: expected a finite number > 0, got '-1'",
+    ),
+    "cli: NaN learning rate": (
+        lambda: _cli("toy", "--lr", "nan"),
+        CommandError,
+        r"exit 2: .*argument --lr: expected a finite number > 0, got 'nan'",
+    ),
+    "cli: seed beyond 64 bits": (
+        lambda: _cli("toy", "--seed", str(2**64)),
+        CommandError,
+        r"exit 2: .*argument --seed: expected an integer in \[0, 2\*\*64\), "
+        r"got '18446744073709551616'",
+    ),
+    "cli: unknown device": (
+        lambda: _cli("sweep", "--device", "tpu9"),
+        CommandError,
+        r"exit 1: rdloss: error: unknown --device 'tpu9'; try cpu or cuda",
+    ),
+    "cli: meta device": (
+        lambda: _cli("sweep", "--device", "meta"),
+        CommandError,
+        r"exit 1: rdloss: error: --device meta holds no data; use a device that computes",
+    ),
+    "cli: device torch was built without": (
+        lambda: _cli("sweep", "--device", "mps"),
+        CommandError,
+        r"exit 1: rdloss: error: --device mps is not available here: ",
+    ),
+    "cli: learning rate that diverges": (
+        lambda: _cli("toy", "--lr", "1e308", "--steps", "5"),
+        CommandError,
+        r"exit 1: rdloss: error: training diverged at step 1 of 5: non-finite parameters "
+        r"with lr=1e\+308; try a smaller --lr",
+    ),
+    "cli: output folder inside a file": (
+        lambda: _cli("toy", "--out", str(_a_file() / "sub")),
+        CommandError,
+        r"exit 1: rdloss: error: cannot write to output folder .*sub",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_raises_named_error(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the command's output folder, if it ever got that far
+    expect_named_error(BAD_INPUTS[case])

@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
+from _catalogue import B, D, Entry, P, _p, _q, _x, expect_named_error
 from torch.distributions import Normal
 from torch.testing import assert_close
 
-from rdloss import RateDistortionLoss, helpers
+from rdloss import RateDistortionLoss, diagnostics, helpers
 from rdloss.diagnostics import MutualInformation, importance_weighted_bound
 from rdloss.diagnostics import functional as DF
 
@@ -214,3 +215,93 @@ def test_posteriors_without_dimensions_are_a_clear_error() -> None:
         DF.aggregate_posterior(torch.zeros(4, 0), scale=torch.ones(4, 0))
     with pytest.raises(ValueError, match=r"D >= 1"):
         MutualInformation().update(torch.zeros(3, 0), torch.ones(3, 0))
+
+
+# --- bad inputs: functional diagnostics and IWAE ------------------------------------------
+# The catalogue's part for this module (tests/_catalogue.py); docs/errors.md lists its keys.
+
+
+BAD_INPUTS: dict[str, Entry] = {
+    "diagnostics: rate and distortion of different shapes": (
+        lambda: diagnostics.functional.rate_distortion(torch.ones(3), torch.ones(4)),
+        ValueError,
+        r"rate and distortion must have the same shape, got \(3,\) and \(4,\)",
+    ),
+    "diagnostics: empty rate": (
+        lambda: diagnostics.functional.rate_distortion(torch.ones(0), torch.ones(0)),
+        ValueError,
+        r"rate has no examples \(shape \(0,\)\)",
+    ),
+    "diagnostics: zero data_dims": (
+        lambda: diagnostics.functional.rate_distortion(torch.ones(3), torch.ones(3), data_dims=0),
+        ValueError,
+        r"data_dims must be >= 1, got 0",
+    ),
+    "diagnostics: negative data entropy": (
+        lambda: diagnostics.functional.mutual_information_bounds(
+            torch.tensor(2.0), torch.tensor(5.0), -1.0
+        ),
+        ValueError,
+        r"data_entropy must be >= 0, got -1.0",
+    ),
+    "diagnostics: active units of one example": (
+        lambda: diagnostics.functional.active_units(torch.zeros(1, D)),
+        ValueError,
+        r"posterior_mean must have shape \(N, D\) with N >= 2, got \(1, 3\)",
+    ),
+    "diagnostics: negative activity threshold": (
+        lambda: diagnostics.functional.active_units(torch.randn(B, D), threshold=-0.1),
+        ValueError,
+        r"threshold must be >= 0, got -0.1",
+    ),
+    "diagnostics: 3-D rate per dimension": (
+        lambda: diagnostics.functional.rate_per_dimension(torch.zeros(2, 3, 4)),
+        ValueError,
+        r"rate_per_dimension must have shape \(B, D\), got \(2, 3, 4\)",
+    ),
+    "diagnostics: posterior probabilities that do not sum to one": (
+        lambda: diagnostics.functional.discrete_mutual_information(torch.ones(2, 2)),
+        ValueError,
+        r"posterior_probs must be non-negative and sum to 1 over dim 1, got min 1 and sums "
+        r"\[2.0, 2.0\]",
+    ),
+    "diagnostics: negative data weights": (
+        lambda: diagnostics.functional.discrete_mutual_information(
+            torch.eye(2), data_weights=torch.tensor([1.0, -1.0])
+        ),
+        ValueError,
+        r"data_weights must be non-negative with a positive sum, got min -1 and sum 0",
+    ),
+    "diagnostics: marginal probabilities of another size": (
+        lambda: diagnostics.functional.discrete_mutual_information(
+            torch.eye(2), torch.full((3,), 1 / 3)
+        ),
+        ValueError,
+        r"marginal_probs must have shape \(K,\) = \(2,\), got \(3,\)",
+    ),
+    "iwae: zero importance samples": (
+        lambda: diagnostics.importance_weighted_bound(_x(), _q(), lambda z: _p(len(z)), k=0),
+        ValueError,
+        r"k must be >= 1, got 0",
+    ),
+    "iwae: decoder returning logits": (
+        lambda: diagnostics.importance_weighted_bound(
+            _x(),
+            _q(),
+            lambda z: torch.zeros(len(z), P),  # type: ignore[arg-type, return-value]
+            k=2,
+        ),
+        TypeError,
+        r"decoder must return a torch.distributions.Distribution, got Tensor",
+    ),
+    "iwae: posterior batch differs from x": (
+        lambda: diagnostics.importance_weighted_bound(_x(), _q(batch=3), lambda z: _p(len(z))),
+        ValueError,
+        r"posterior batch size 3 does not match x's batch size 4",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_raises_named_error(case: str) -> None:
+    expect_named_error(BAD_INPUTS[case])

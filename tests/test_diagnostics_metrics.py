@@ -5,15 +5,22 @@ import warnings
 
 import pytest
 import torch
+from _builders import F64, FUZZ
+from _catalogue import B, D, Entry, _p, _q, _x, expect_named_error
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.distributions import Normal, kl_divergence
 from torch.testing import assert_close
 
-from rdloss import RateDistortionLoss, helpers
+import rdloss
+from rdloss import RateDistortionLoss, diagnostics, helpers
 from rdloss.diagnostics import (
     ActiveUnits,
     MutualInformationBounds,
     RateDistortion,
     RatePerDimension,
 )
+from rdloss.loss import RDOutput
 
 SPLITS = [[40], [1, 39], [13, 13, 14], [7, 20, 3, 10]]
 
@@ -308,3 +315,171 @@ def test_rate_per_dimension_refuses_negative_weights() -> None:
 def test_latents_without_units_are_a_clear_error(update) -> None:
     with pytest.raises(ValueError, match="no latent units"):
         update()
+
+
+# --- streamed metrics fuzzed against torch.distributions ----------------------------------
+# The reference rate is ``torch.distributions.kl_divergence``, never another rdloss call.
+
+
+def _output(rate_dims: torch.Tensor, distortion: torch.Tensor, weight: torch.Tensor) -> RDOutput:
+    rate = rate_dims.sum(1)
+    mean = (weight * rate).sum() / weight.sum()
+    return RDOutput(
+        mean, mean, mean, -mean, rate, distortion, rate_dims, "analytic", {}, weight=weight
+    )
+
+
+@FUZZ
+@given(st.integers(2, 9), st.integers(1, 4), st.integers(0, 2**31 - 1), st.integers(1, 3))
+def test_streamed_metrics_equal_torch_distributions(n, d, seed, chunks) -> None:
+    g = torch.Generator().manual_seed(seed)
+    mu_q = torch.randn(n, d, generator=g, dtype=F64)
+    sd_q = torch.rand(n, d, generator=g, dtype=F64) + 0.1
+    mu_p, sd_p = torch.randn(d, generator=g, dtype=F64), torch.rand(d, generator=g, dtype=F64) + 0.5
+    per_dim = kl_divergence(Normal(mu_q, sd_q), Normal(mu_p, sd_p))  # the reference rate
+    distortion = torch.rand(n, generator=g, dtype=F64) * 30
+    weight = torch.rand(n, generator=g, dtype=F64) + 0.01
+    metrics = [
+        RateDistortion().set_dtype(F64),
+        RatePerDimension().set_dtype(F64),
+        MutualInformationBounds().set_dtype(F64),
+    ]
+    active = ActiveUnits(threshold=0.0).set_dtype(F64)
+    for part in torch.arange(n).tensor_split(chunks):
+        if len(part) == 0:
+            continue
+        out = _output(per_dim[part], distortion[part], weight[part])
+        for metric in metrics:
+            metric.update(out)
+        active.update(Normal(mu_q[part], sd_q[part]))
+    w = weight / weight.sum()
+    rate = (w * per_dim.sum(1)).sum()
+    assert_close(metrics[0].compute().rate, rate)
+    assert_close(metrics[0].compute().distortion, (w * distortion).sum())
+    assert_close(metrics[1].compute(), (w[:, None] * per_dim).sum(0))
+    assert_close(metrics[2].compute().upper, rate)
+    if n >= 2:
+        assert_close(active.compute().variances, mu_q.var(0))
+
+
+# --- bad inputs: metrics ------------------------------------------------------------------
+# The catalogue's part for this module (tests/_catalogue.py); docs/errors.md lists its keys.
+
+
+def _grouped_output() -> rdloss.RDOutput:
+    """A two-group RDOutput (groups 'top' and 'bottom'), built by hand."""
+    r = torch.ones(B)
+    return rdloss.RDOutput(
+        r.mean(),
+        r.mean(),
+        r.mean(),
+        -2 * r.mean(),
+        r,
+        r,
+        None,
+        "analytic",
+        {},
+        rate_per_group={"top": r / 2, "bottom": r / 2},
+    )
+
+
+def _out() -> rdloss.RDOutput:
+    return rdloss.RateDistortionLoss()(_x(), posterior=_q(), likelihood=_p())
+
+
+def _updates(metric: diagnostics.ActiveUnits, *batches: torch.Tensor) -> None:
+    for batch in batches:
+        metric.update(batch)
+
+
+BAD_INPUTS: dict[str, Entry] = {
+    "metric: grouped metric fed other groups": (
+        lambda: diagnostics.RateDistortion(groups=["a", "b"]).update(_grouped_output()),
+        ValueError,
+        r"rate_per_group has groups \['top', 'bottom'\], but this metric was built with "
+        r"groups=\['a', 'b'\]",
+    ),
+    "metric: grouped metric fed tensors": (
+        lambda: diagnostics.RateDistortion(groups=["a"]).update(torch.ones(B), torch.ones(B)),
+        ValueError,
+        r"this metric was built with groups=\['a'\]: update it with the loss's RDOutput",
+    ),
+    "metric: groups given as one string": (
+        lambda: diagnostics.RatePerDimension(groups="top"),
+        TypeError,
+        r"groups must be a sequence of group names",
+    ),
+    "metric: negative example weight": (
+        lambda: diagnostics.RateDistortion().update(
+            torch.ones(B), torch.ones(B), weight=-torch.ones(B)
+        ),
+        ValueError,
+        r"weight must be non-negative",
+    ),
+    "metric: active units of a scalar latent": (
+        lambda: diagnostics.ActiveUnits().update(Normal(torch.zeros(B), 1.0)),
+        ValueError,
+        r"posterior_mean must have latent units \(an event_shape such as \(D,\)\)",
+    ),
+    "metric: ungrouped active units fed a mapping": (
+        lambda: diagnostics.ActiveUnits().update({"a": torch.zeros(B, D)}),
+        ValueError,
+        r"posterior_mean is a mapping of groups \['a'\]: build the metric with groups=\['a'\]",
+    ),
+    "metric: unknown output field": (
+        lambda: diagnostics.RateDistortion(output="nll"),
+        ValueError,
+        r"output must be None or one of \('rate', .*\), got 'nll'",
+    ),
+    "metric: bits_per_dim output without data_dims": (
+        lambda: diagnostics.RateDistortion(output="bits_per_dim"),
+        ValueError,
+        r"output='bits_per_dim' needs data_dims",
+    ),
+    "metric: validate_args given as text": (
+        lambda: diagnostics.MutualInformationBounds(validate_args="yes"),
+        TypeError,
+        r"validate_args must be a bool, got str",
+    ),
+    "metric: zero latent_dim": (
+        lambda: diagnostics.RatePerDimension(latent_dim=0),
+        ValueError,
+        r"latent_dim must be >= 1, got 0",
+    ),
+    "metric: update with a NaN rate": (
+        lambda: diagnostics.RateDistortion().update(torch.tensor([float("nan")]), torch.ones(1)),
+        ValueError,
+        r"non-finite values \(NaN or inf\) in rate",
+    ),
+    "metric: update with rate and distortion of different sizes": (
+        lambda: diagnostics.MutualInformationBounds().update(torch.ones(3), torch.ones(4)),
+        ValueError,
+        r"rate and distortion must be per-example tensors of the same shape \(B,\), got "
+        r"\(3,\) and \(4,\)",
+    ),
+    "metric: update with an RDOutput and a distortion": (
+        lambda: diagnostics.RateDistortion().update(_out(), torch.ones(B)),
+        ValueError,
+        r"pass either an RDOutput or rate and distortion tensors",
+    ),
+    "metric: active units of a 1-D tensor": (
+        lambda: diagnostics.ActiveUnits().update(torch.ones(D)),
+        ValueError,
+        r"posterior_mean must have at least 2 dimension\(s\) .*got shape \(3,\)",
+    ),
+    "metric: active units with another latent size": (
+        lambda: _updates(diagnostics.ActiveUnits(), torch.ones(2, 3), torch.ones(2, 4)),
+        ValueError,
+        r"posterior_mean has 4 units but earlier batches had 3",
+    ),
+    "metric: rate per dimension with inf": (
+        lambda: diagnostics.RatePerDimension().update(torch.tensor([[float("inf"), 0.0]])),
+        ValueError,
+        r"non-finite values \(NaN or inf\) in rate_per_dimension",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_raises_named_error(case: str) -> None:
+    expect_named_error(BAD_INPUTS[case])

@@ -13,6 +13,9 @@ The convention (for everyone writing docs):
 * Keep blocks fast: tiny tensors, a few steps.
 * Keep ``python`` and ``bash`` lines within 88 characters: longer ones scroll out of view in
   the site's code column at a 1280-pixel window.
+
+The table of ``docs/errors.md`` is checked here too: it lists exactly the keys of the
+catalogue of bad inputs (`_catalogue.catalogue`), each once.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import NamedTuple
 
 import matplotlib
 import pytest
+from _catalogue import catalogue
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: a thread pool only waits
 
@@ -124,3 +128,42 @@ def test_code_lines_fit_the_page(page: Path) -> None:
         elif inside in ("python", "bash") and len(line) > WIDTH:
             long.append(f"{_name(page)}:{number} has {len(line)} characters")
     assert long == []
+
+
+# --- docs/errors.md tabulates exactly the catalogue of bad inputs -------------------------
+# The catalogue is split by module (``BAD_INPUTS`` of each file in `_catalogue.PARTS`);
+# its keys, gathered from every part, must each appear once in the table of docs/errors.md.
+
+DOCS = ROOT / "docs" / "errors.md"
+
+
+def _area(case: str) -> str:
+    return case.split(":", 1)[0] if ":" in case else "loss"
+
+
+def test_catalogue_is_large_and_covers_every_area() -> None:
+    cases = catalogue()
+    areas = [_area(case) for case in cases]
+    counts = {area: areas.count(area) for area in set(areas)}
+    assert len(cases) >= 70
+    for area in ("loss", "helper", "marginal", "objective", "controller", "schedule"):
+        assert counts[area] >= 4, (area, counts)
+    for area in ("diagnostics", "metric", "mutual information", "iwae", "plot", "cli"):
+        assert counts[area] >= 3, (area, counts)
+
+
+def _documented_cases() -> list[str]:
+    """The "bad input" column of every row of the table in docs/errors.md."""
+    rows = []
+    for line in DOCS.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) == 4 and cells[1] not in ("bad input", "---"):
+            rows.append(cells[1])
+    return rows
+
+
+def test_docs_table_lists_exactly_the_catalogue() -> None:
+    documented, cases = _documented_cases(), catalogue()
+    assert len(documented) == len(set(documented)), "a case is listed twice in docs/errors.md"
+    assert sorted(set(cases) - set(documented)) == [], "cases missing from docs/errors.md"
+    assert sorted(set(documented) - set(cases)) == [], "docs/errors.md lists unknown cases"

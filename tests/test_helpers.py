@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as tnf
+from _catalogue import B, D, Entry, P, expect_named_error
 from torch.testing import assert_close
 
 from rdloss import RateDistortionLoss, helpers, marginals
@@ -144,3 +145,86 @@ def test_laplace_needs_exactly_one_scale() -> None:
         helpers.laplace(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="scale must be > 0"):
         helpers.laplace(torch.zeros(2, 3), scale=0.0)
+
+
+# --- bad inputs: helpers ------------------------------------------------------------------
+# The catalogue's part for this module (tests/_catalogue.py); docs/errors.md lists its keys.
+
+
+BAD_INPUTS: dict[str, Entry] = {
+    "helper: logvar shape differs from loc": (
+        lambda: helpers.normal(torch.zeros(B, D), logvar=torch.zeros(B, D + 1)),
+        ValueError,
+        r"logvar must have loc's shape \(4, 3\), got \(4, 4\)",
+    ),
+    "helper: both scale and logvar": (
+        lambda: helpers.normal(torch.zeros(B, D), scale=1.0, logvar=torch.zeros(B, D)),
+        ValueError,
+        r"give exactly one of scale=, logvar= or log_scale=",
+    ),
+    "helper: laplace without a scale": (
+        lambda: helpers.laplace(torch.zeros(B, D)),
+        ValueError,
+        r"give exactly one of scale= or log_scale=",
+    ),
+    "helper: scale that enlarges loc": (
+        lambda: helpers.normal(torch.zeros(B, D), scale=torch.ones(2, B, D)),
+        ValueError,
+        r"scale of shape \(2, 4, 3\) must broadcast to loc's shape \(4, 3\)",
+    ),
+    "helper: non-positive fixed scale": (
+        lambda: helpers.normal(torch.zeros(B, D), scale=0.0),
+        ValueError,
+        r"scale must be > 0 and finite, got 0.0",
+    ),
+    "helper: both logits and probs": (
+        lambda: helpers.bernoulli(logits=torch.zeros(B, P), probs=torch.zeros(B, P)),
+        ValueError,
+        r"give exactly one of logits= or probs=",
+    ),
+    "helper: event_dims beyond the tensor": (
+        lambda: helpers.bernoulli(logits=torch.zeros(B, P), event_dims=2),
+        ValueError,
+        r"event_dims must be in \[0, 1\] for logits of shape \(4, 6\).*got 2",
+    ),
+    "helper: category axis on the batch": (
+        lambda: helpers.categorical(torch.zeros(B, 256), category_dim=0),
+        ValueError,
+        r"category_dim must not be the batch dimension 0",
+    ),
+    "helper: integer loc": (
+        lambda: helpers.normal(torch.zeros(B, D, dtype=torch.long), scale=0.5),
+        TypeError,
+        r"loc must be a floating-point tensor, got dtype torch.int64",
+    ),
+    "helper: infinite fixed scale": (
+        lambda: helpers.normal(torch.zeros(B, D), scale=float("inf")),
+        ValueError,
+        r"scale must be > 0 and finite, got inf",
+    ),
+    "helper: scale given as text": (
+        lambda: helpers.normal(torch.zeros(B, D), scale="1"),  # type: ignore[arg-type]
+        TypeError,
+        r"scale must be a float or a Tensor, got str",
+    ),
+    "helper: integer Bernoulli logits": (
+        lambda: helpers.bernoulli(logits=torch.zeros(B, P, dtype=torch.long)),
+        TypeError,
+        r"logits must be a floating-point tensor, got dtype torch.int64",
+    ),
+    "helper: neither logits nor probs": (
+        lambda: helpers.bernoulli(),
+        ValueError,
+        r"give exactly one of logits= or probs=",
+    ),
+    "helper: category_dim given as a float": (
+        lambda: helpers.categorical(torch.zeros(B, 5), category_dim=1.0),  # type: ignore[arg-type]
+        TypeError,
+        r"category_dim must be an int, got float",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_raises_named_error(case: str) -> None:
+    expect_named_error(BAD_INPUTS[case])

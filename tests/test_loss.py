@@ -9,8 +9,9 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as tnf
+from _catalogue import B, D, Entry, P, _loss, _p, _q, _x, expect_named_error
 from torch import nn
-from torch.distributions import Categorical, Independent, Normal, OneHotCategorical
+from torch.distributions import Bernoulli, Categorical, Independent, Normal, OneHotCategorical
 from torch.testing import assert_close
 
 import rdloss
@@ -369,3 +370,220 @@ def test_rdoutput_repr_is_short() -> None:
     assert text.startswith("RDOutput(loss=4.15888, rate=0, distortion=4.15888, elbo=-4.15888")
     assert "batch=128" in text and "groups=['a']" in text and "hyper={beta=1}" in text
     assert len(text) < 200
+
+
+# --- bad inputs: the loss call ------------------------------------------------------------
+# The catalogue's part for this module (tests/_catalogue.py); docs/errors.md lists its keys.
+
+
+def _nan_x() -> torch.Tensor:
+    x = _x()
+    x[1, 2] = float("nan")
+    return x
+
+
+BAD_INPUTS: dict[str, Entry] = {
+    "flat likelihood vs image x (silent-broadcast trap)": (
+        lambda: _loss()(
+            torch.rand(B, 1, 28, 28),
+            posterior=_q(),
+            likelihood=helpers.bernoulli(logits=torch.zeros(B, 784), validate_args=False),
+        ),
+        ValueError,
+        r"likelihood must cover x exactly.*\(4, 1, 28, 28\).*\(4,\).*\(784,\)",
+    ),
+    "likelihood with a different data size": (
+        lambda: _loss()(
+            _x(), posterior=_q(), likelihood=helpers.bernoulli(logits=torch.zeros(B, 5))
+        ),
+        ValueError,
+        r"likelihood must cover x exactly",
+    ),
+    "likelihood whose event swallows the batch": (
+        lambda: _loss()(
+            _x(),
+            posterior=_q(),
+            likelihood=Independent(Bernoulli(logits=torch.zeros(B, P)), 2),
+        ),
+        ValueError,
+        r"event_shape \(4, 6\) swallows the batch dimension",
+    ),
+    "posterior batch differs from x": (
+        lambda: _loss()(_x(), posterior=_q(batch=3), likelihood=_p()),
+        ValueError,
+        r"posterior batch size 3 does not match x's batch size 4",
+    ),
+    "x is not a tensor": (
+        lambda: _loss()(_x().tolist(), posterior=_q(), likelihood=_p()),
+        TypeError,
+        r"x must be a torch.Tensor, got list",
+    ),
+    "posterior given as (mu, logvar) tuple": (
+        lambda: _loss()(_x(), posterior=(torch.zeros(B, D), torch.zeros(B, D)), likelihood=_p()),
+        TypeError,
+        r"posterior must be a torch.distributions.Distribution, got tuple",
+    ),
+    "likelihood given as logits tensor": (
+        lambda: _loss()(_x(), posterior=_q(), likelihood=torch.zeros(B, P)),
+        TypeError,
+        r"likelihood must be a torch.distributions.Distribution, got Tensor",
+    ),
+    "NaN in x": (
+        lambda: _loss()(_nan_x(), posterior=_q(), likelihood=_p()),
+        ValueError,
+        r"non-finite values \(NaN or inf\) in x",
+    ),
+    "inf in posterior parameters": (
+        lambda: _loss()(
+            _x(),
+            posterior=helpers.normal(torch.full((B, D), float("inf")), scale=1.0),
+            likelihood=_p(),
+        ),
+        ValueError,
+        r"rate is NaN/inf for 4 of 4 examples: check the posterior",
+    ),
+    "NaN in likelihood parameters": (
+        lambda: _loss()(
+            _x(),
+            posterior=_q(),
+            likelihood=helpers.bernoulli(
+                logits=torch.full((B, P), float("nan")), validate_args=False
+            ),
+        ),
+        ValueError,
+        r"distortion is NaN/inf for 4 of 4 examples: check the likelihood",
+    ),
+    "empty batch": (
+        lambda: _loss()(torch.zeros(0, P), posterior=_q(), likelihood=_p()),
+        ValueError,
+        r"x has an empty batch \(shape \(0, 6\)\)",
+    ),
+    "Monte Carlo rate without z": (
+        lambda: _loss(rate_estimator="mc")(_x(), posterior=_q(), likelihood=_p()),
+        ValueError,
+        r"z is required for the Monte Carlo rate",
+    ),
+    "negative beta": (lambda: objectives.Beta(-0.5), ValueError, r"beta must be >= 0, got -0.5"),
+    "beta as a string": (
+        lambda: objectives.Beta("1"),  # type: ignore[arg-type]
+        TypeError,
+        r"beta must be a real number or an rdloss.schedules.Schedule, got str",
+    ),
+    "negative sigma": (
+        lambda: objectives.TargetRate(-1.0),
+        ValueError,
+        r"sigma must be >= 0, got -1.0",
+    ),
+    "zero target-rate weight": (
+        lambda: objectives.TargetRate(1.0, weight=0.0),
+        ValueError,
+        r"weight must be > 0, got 0.0",
+    ),
+    "both likelihood and decoder": (
+        lambda: _loss()(_x(), posterior=_q(), likelihood=_p(), decoder=lambda z: _p()),
+        ValueError,
+        r"pass exactly one of likelihood= or decoder=",
+    ),
+    "neither likelihood nor decoder": (
+        lambda: _loss()(_x(), posterior=_q()),
+        ValueError,
+        r"pass exactly one of likelihood= or decoder=",
+    ),
+    "weight of the wrong shape": (
+        lambda: _loss()(_x(), posterior=_q(), likelihood=_p(), weight=torch.ones(B, 1)),
+        ValueError,
+        r"weight must have shape \(B,\) = \(4,\), got \(4, 1\)",
+    ),
+    "negative weight": (
+        lambda: _loss()(
+            _x(), posterior=_q(), likelihood=_p(), weight=torch.tensor([1.0, -1.0, 1.0, 1.0])
+        ),
+        ValueError,
+        r"weight must be non-negative",
+    ),
+    "zero samples": (
+        lambda: _loss()(_x(), posterior=_q(), decoder=lambda z: _p(), samples=0),
+        ValueError,
+        r"samples must be an int >= 1 or 'enumerate', got 0",
+    ),
+    "samples with a likelihood": (
+        lambda: _loss()(_x(), posterior=_q(), likelihood=_p(), samples=2),
+        ValueError,
+        r"samples=2 needs decoder=",
+    ),
+    "enumerate a continuous posterior": (
+        lambda: _loss()(_x(), posterior=_q(), decoder=lambda z: _p(), samples="enumerate"),
+        TypeError,
+        r"samples='enumerate' needs a Categorical or OneHotCategorical posterior, got Independent",
+    ),
+    "sample a posterior without rsample": (
+        lambda: _loss()(
+            _x(), posterior=Categorical(logits=torch.zeros(B, 5)), decoder=lambda z: _p()
+        ),
+        ValueError,
+        r"Categorical has no rsample",
+    ),
+    "enumerate with the default continuous marginal": (
+        lambda: _loss()(
+            _x(),
+            posterior=Categorical(logits=torch.zeros(B, 5)),
+            decoder=lambda z: _p(),
+            samples="enumerate",
+        ),
+        ValueError,
+        r"samples='enumerate' needs a discrete marginal",
+    ),
+    "unknown rate estimator": (
+        lambda: _loss(rate_estimator="exact"),
+        ValueError,
+        r"rate_estimator must be 'analytic', 'mc' or 'auto', got 'exact'",
+    ),
+    "sync_dist that is not a bool": (
+        lambda: _loss(sync_dist="yes"),
+        TypeError,
+        r"sync_dist must be a bool, got str",
+    ),
+    "marginal of the wrong latent size": (
+        lambda: _loss(marginal=marginals.StandardNormal(4))(_x(), posterior=_q(), likelihood=_p()),
+        ValueError,
+        r"marginal must describe one latent of the posterior's event_shape \(3,\)",
+    ),
+    "marginal of the wrong type": (
+        lambda: _loss(marginal="normal"),
+        TypeError,
+        r"marginal must be an nn.Module returning a Distribution, a Distribution, a mapping "
+        r".*got str",
+    ),
+    "objective of the wrong type": (
+        lambda: _loss(objective=lambda r, d: r + d),
+        TypeError,
+        r"objective must be an rdloss.objectives.Objective, got function",
+    ),
+    "z of the wrong shape": (
+        lambda: _loss(rate_estimator="mc")(
+            _x(), posterior=_q(), likelihood=_p(), z=torch.zeros(B, D + 1)
+        ),
+        ValueError,
+        r"z must have shape \(B, \*event\) = \(4, 3\) or \(S, B, \*event\), got \(4, 4\)",
+    ),
+    "z with samples the likelihood lacks": (
+        lambda: _loss()(_x(), posterior=_q(), likelihood=_p(), z=torch.zeros(2, B, D)),
+        ValueError,
+        r"z has sample dims \(2,\) but the likelihood has \(\)",
+    ),
+    "decoder returning logits": (
+        lambda: _loss()(_x(), posterior=_q(), decoder=lambda z: torch.zeros(B, P)),
+        TypeError,
+        r"decoder must return a torch.distributions.Distribution, got Tensor",
+    ),
+    "posterior without a batch dimension": (
+        lambda: _loss()(_x(), posterior=Normal(torch.tensor(0.0), 1.0), likelihood=_p()),
+        ValueError,
+        r"posterior must have a batch dimension",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_raises_named_error(case: str) -> None:
+    expect_named_error(BAD_INPUTS[case])

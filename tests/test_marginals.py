@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
-from torch import nn
+from _builders import EXACT, B, D, _gen, _q, _x
+from _catalogue import Entry, expect_named_error
+from torch import Tensor, nn
 from torch.distributions import Categorical as TorchCategorical
 from torch.distributions import (
     Distribution,
@@ -19,7 +23,8 @@ from torch.distributions import (
 )
 from torch.testing import assert_close
 
-from rdloss import RateDistortionLoss, helpers
+import rdloss
+from rdloss import RateDistortionLoss, helpers, marginals, objectives, schedules
 from rdloss.distributions import DiagonalGaussianMixture
 from rdloss.marginals import (
     Categorical,
@@ -455,3 +460,230 @@ def test_loss_with_gaussian_mixture_compiles_fullgraph():
     want = step(x, mu)
     assert got.estimator == "mc"
     assert_close(got.loss, want.loss)
+
+
+# --- checkpoints, compile, torch.func ------------------------------------------------------
+
+
+def _mapped_loss(objective: Any = None) -> rdloss.RateDistortionLoss:
+    fixed = Independent(Normal(torch.zeros(2, dtype=torch.float64), 2.0), 1)
+    return rdloss.RateDistortionLoss(
+        marginal={"a": marginals.DiagonalGaussian(D).double(), "b": fixed}, objective=objective
+    )
+
+
+def test_state_dict_round_trip_of_a_marginal_mapping() -> None:
+    src = _mapped_loss(objectives.FreeBits(schedules.Linear(0.0, 1.0, steps=10), per="group"))
+    with torch.no_grad():
+        src.marginal["a"].loc.copy_(torch.tensor([0.1, -0.2, 0.3]))  # type: ignore[index]
+    post = {"a": _q(B, D, seed=1), "b": _q(B, 2, seed=2), "c": _q(B, 1, seed=3)}
+    x, lik = _x()
+    for _ in range(3):
+        src(x, posterior=post, likelihood=lik)
+    dst = _mapped_loss(objectives.FreeBits(schedules.Linear(0.0, 1.0, steps=10), per="group"))
+    dst.load_state_dict(src.state_dict())
+    a = src(x, posterior=post, likelihood=lik)
+    b = dst(x, posterior=post, likelihood=lik)
+    assert torch.equal(a.loss, b.loss)
+    assert a.rate_per_group is not None and b.rate_per_group is not None
+    for k in post:
+        assert torch.equal(a.rate_per_group[k], b.rate_per_group[k])
+    assert int(dst.objective.step) == 4
+
+
+def test_state_dict_of_a_mapping_does_not_load_into_a_loss_without_it() -> None:
+    state = _mapped_loss().state_dict()
+    with pytest.raises(RuntimeError, match=r"marginal\.a\.loc"):
+        rdloss.RateDistortionLoss().load_state_dict(state)
+
+
+def test_state_dict_of_a_mapping_does_not_load_into_other_group_names() -> None:
+    state = _mapped_loss().state_dict()
+    other = rdloss.RateDistortionLoss(marginal={"z1": marginals.DiagonalGaussian(D)})
+    with pytest.raises(RuntimeError, match="Missing key"):
+        other.load_state_dict(state)
+
+
+def test_state_dict_of_an_unmapped_learned_marginal_into_a_mapping_is_refused() -> None:
+    state = rdloss.RateDistortionLoss(marginal=marginals.DiagonalGaussian(D)).state_dict()
+    with pytest.raises(RuntimeError):
+        _mapped_loss().load_state_dict(state)
+
+
+def test_fixed_group_marginals_stay_put_under_to() -> None:
+    # documented: a Distribution marginal is not moved by .to(); the learned one is
+    loss = _mapped_loss().float()
+    assert loss.marginal["a"].loc.dtype == torch.float32  # type: ignore[index]
+    dist = loss.marginal_distribution(_q(B, 2), group="b")
+    assert dist.mean.dtype == torch.float64
+
+
+def test_marginal_distribution_per_group() -> None:
+    loss = _mapped_loss()
+    got = loss.marginal_distribution(_q(B, 2), group="b")
+    assert_close(got.stddev, torch.full((2,), 2.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="name the group"):
+        loss.marginal_distribution(_q(B, 2))
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_steps_groups_free_bits_and_balance_compile_once() -> None:
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    loss = rdloss.RateDistortionLoss(
+        objective=objectives.FreeBits(1.0, per="step", reduction="example", beta=0.6),
+        kl_balance=0.5 / 0.6,
+    )
+
+    def step(mu: Tensor, pm: Tensor, x: Tensor) -> Tensor:
+        post = {"s": Independent(Normal(mu, 1.0), 1), "t": Independent(Normal(mu[:, :2], 1.0), 1)}
+        prior = {"s": Independent(Normal(pm, 1.0), 1)}
+        out = loss(x, posterior=post, prior=prior, likelihood=Normal(x * 0, 1.0))
+        return out.loss
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    g = _gen(0)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            mu = torch.randn(B, 3, 2, generator=g, requires_grad=True)
+            pm = torch.randn(B, 3, 2, generator=g)
+            x = torch.zeros(B, 2)
+            got = compiled(mu, pm, x)
+            assert_close(got, step(mu, pm, x))
+    assert counter.frame_count == 1
+
+
+def test_torch_func_grad_and_vmap_in_eval_mode_over_groups() -> None:
+    from torch.func import grad, vmap
+
+    loss = rdloss.RateDistortionLoss(objective=objectives.FreeBits(0.3, per="group")).eval()
+    x, lik = _x()
+    lp = torch.full((B, D), 0.1, dtype=torch.float64)
+
+    def fn(mu: Tensor) -> Tensor:
+        post = {"a": Independent(Normal(mu, 1.0), 1), "b": Independent(Normal(2 * mu, 1.0), 1)}
+        prior = {"a": Independent(Normal(lp, 1.0), 1)}
+        return loss(x, posterior=post, prior=prior, likelihood=lik).loss
+
+    mu = torch.randn(B, D, generator=_gen(1), dtype=torch.float64)
+    # reference: plain autograd on the same function
+    leaf = mu.clone().requires_grad_()
+    (ref,) = torch.autograd.grad(fn(leaf), [leaf])
+    assert_close(grad(fn)(mu), ref, **EXACT)
+    batch = torch.randn(5, B, D, generator=_gen(2), dtype=torch.float64)
+    assert_close(vmap(fn)(batch), torch.stack([fn(m) for m in batch]), **EXACT)
+
+
+def test_torch_func_in_train_mode_refuses_clearly() -> None:
+    from torch.func import grad
+
+    loss = rdloss.RateDistortionLoss(objective=objectives.FreeBits(0.3, per="group"))
+    x, lik = _x()
+
+    def fn(mu: Tensor) -> Tensor:
+        post = {"a": Independent(Normal(mu, 1.0), 1)}
+        return loss(x, posterior=post, likelihood=lik).loss
+
+    with pytest.raises(RuntimeError, match="eval"):
+        grad(fn)(torch.zeros(B, D, dtype=torch.float64))
+
+
+def test_deepcopy_and_torch_save_keep_every_group_marginal() -> None:
+    import copy
+
+    loss = _mapped_loss()
+    buffer = io.BytesIO()
+    torch.save(loss, buffer)
+    buffer.seek(0)
+    restored = [copy.deepcopy(loss), torch.load(buffer, weights_only=False)]
+    post = {"a": _q(B, D, seed=1), "b": _q(B, 2, seed=2)}
+    x, lik = _x()
+    ref = loss(x, posterior=post, likelihood=lik)
+    for other in restored:
+        out = other(x, posterior=post, likelihood=lik)
+        assert out.rate_per_group is not None and ref.rate_per_group is not None
+        for k in post:
+            assert torch.equal(out.rate_per_group[k], ref.rate_per_group[k])
+
+
+def test_repr_names_every_group_marginal() -> None:
+    assert "'b'" in repr(_mapped_loss()) or "(b)" in repr(_mapped_loss())
+
+
+# --- bad inputs: marginals ----------------------------------------------------------------
+# The catalogue's part for this module (tests/_catalogue.py); docs/errors.md lists its keys.
+
+
+def _encoder(u: torch.Tensor) -> torch.distributions.Distribution:
+    return helpers.normal(u, scale=1.0)
+
+
+BAD_INPUTS: dict[str, Entry] = {
+    "marginal latent_dim zero": (
+        lambda: marginals.StandardNormal(0),
+        ValueError,
+        r"latent_dim must be >= 1, got 0",
+    ),
+    "marginal: fractional latent_dim": (
+        lambda: marginals.DiagonalGaussian(2.5),  # type: ignore[arg-type]
+        TypeError,
+        r"latent_dim must be an int, got float",
+    ),
+    "marginal: zero mixture components": (
+        lambda: marginals.GaussianMixture(2, n_components=0),
+        ValueError,
+        r"n_components must be >= 1, got 0",
+    ),
+    "marginal: categorical one_hot given as 1": (
+        lambda: marginals.Categorical(3, one_hot=1),  # type: ignore[arg-type]
+        TypeError,
+        r"one_hot must be a bool, got int",
+    ),
+    "marginal: log_prob of a z with one column": (
+        lambda: marginals.StandardNormal(3).log_prob(torch.zeros(4, 1)),
+        ValueError,
+        r"z must have shape \(\.\.\., \*event_shape\) = \(\.\.\., 3\) for this marginal, "
+        r"got \(4, 1\)",
+    ),
+    "marginal: mixture log_prob of a list": (
+        lambda: marginals.GaussianMixture(3, 5).log_prob([0.0, 0.0, 0.0]),  # type: ignore[arg-type]
+        TypeError,
+        r"z must be a torch.Tensor, got list",
+    ),
+    "marginal: sample shape given as an int": (
+        lambda: marginals.StandardNormal(3).sample(16),  # type: ignore[arg-type]
+        TypeError,
+        r"shape must be a tuple of non-negative ints or a torch.Size .*got 16",
+    ),
+    "marginal: VampPrior encoder that is not callable": (
+        lambda: marginals.VampPrior("encoder", torch.zeros(5, D)),  # type: ignore[arg-type]
+        TypeError,
+        r"encoder must be an nn.Module or a callable returning a Distribution, got str",
+    ),
+    "marginal: VampPrior integer pseudo-inputs": (
+        lambda: marginals.VampPrior(_encoder, torch.zeros(5, D, dtype=torch.long)),
+        TypeError,
+        r"pseudo_inputs must be a floating-point tensor .*got dtype torch.int64",
+    ),
+    "marginal: VampPrior without pseudo-inputs": (
+        lambda: marginals.VampPrior(_encoder, torch.zeros(0, D)),
+        ValueError,
+        r"pseudo_inputs has an empty batch \(shape \(0, 3\)\)",
+    ),
+    "marginal: VampPrior encoder returning a tensor": (
+        lambda: marginals.VampPrior(lambda u: u, torch.zeros(5, D))(),  # type: ignore[arg-type, return-value]
+        TypeError,
+        r"encoder\(pseudo_inputs\) must be a torch.distributions.Distribution, got Parameter",
+    ),
+    "marginal: VampPrior encoder that drops pseudo-inputs": (
+        lambda: marginals.VampPrior(lambda u: _encoder(u[:2]), torch.zeros(5, D))(),
+        ValueError,
+        r"encoder\(pseudo_inputs\) must have batch_shape \(K,\) = \(5,\), got \(2,\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_raises_named_error(case: str) -> None:
+    expect_named_error(BAD_INPUTS[case])

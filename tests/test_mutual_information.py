@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
+from _catalogue import B, D, Entry, _p, expect_named_error
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 from torch.testing import assert_close
 
-from rdloss import RateDistortionLoss, helpers
+from rdloss import RateDistortionLoss, diagnostics, helpers
 from rdloss.diagnostics import MutualInformation, MutualInformationBounds
 from rdloss.diagnostics.functional import (
     aggregate_posterior,
@@ -267,3 +268,89 @@ def test_validation_errors():
         MutualInformation(marginal="normal")
     with pytest.raises(ValueError, match="output='marginal_gap' needs a marginal"):
         MutualInformation(output="marginal_gap")
+
+
+# --- bad inputs: mutual information -------------------------------------------------------
+# The catalogue's part for this module (tests/_catalogue.py); docs/errors.md lists its keys.
+
+
+def _mi_two_sizes() -> None:
+    metric = diagnostics.MutualInformation()
+    metric.update(torch.zeros(B, 3), logvar=torch.zeros(B, 3))
+    metric.update(torch.zeros(B, 2), logvar=torch.zeros(B, 2))
+
+
+BAD_INPUTS: dict[str, Entry] = {
+    "mutual information: latent size changes between updates": (
+        _mi_two_sizes,
+        ValueError,
+        r"posterior has 2 latent dimensions but earlier batches had 3",
+    ),
+    "mutual information: negative posterior scale": (
+        lambda: diagnostics.functional.aggregate_posterior(
+            torch.randn(5, 2), scale=-torch.ones(5, 2)
+        ),
+        ValueError,
+        r"scale must be positive and finite, got values in \[-1, -1\]",
+    ),
+    "mutual information: NaN posterior mean": (
+        lambda: diagnostics.functional.aggregate_posterior(
+            torch.full((5, 2), float("nan")), scale=torch.ones(5, 2)
+        ),
+        ValueError,
+        r"non-finite values \(NaN or inf\) in loc",
+    ),
+    "mutual information: both scale and logvar": (
+        lambda: diagnostics.functional.aggregate_posterior(
+            torch.zeros(5, 2), scale=torch.ones(5, 2), logvar=torch.zeros(5, 2)
+        ),
+        ValueError,
+        r"give exactly one of scale= or logvar=",
+    ),
+    "mutual information: z of another shape": (
+        lambda: diagnostics.functional.minibatch_aggregate_posterior(
+            torch.zeros(5, 2), scale=torch.ones(5, 2), z=torch.zeros(5, 3)
+        ),
+        ValueError,
+        r"z must have loc's shape \(5, 2\), got \(5, 3\)",
+    ),
+    "mutual information: metric with a string marginal": (
+        lambda: diagnostics.MutualInformation("normal"),  # type: ignore[arg-type]
+        TypeError,
+        r"marginal must be a marginal module, a Distribution or None, got str",
+    ),
+    "mutual information: metric with zero chunk_size": (
+        lambda: diagnostics.MutualInformation(chunk_size=0),
+        ValueError,
+        r"chunk_size must be >= 1, got 0",
+    ),
+    "mutual information: metric with a text seed": (
+        lambda: diagnostics.MutualInformation(seed="0"),  # type: ignore[arg-type]
+        ValueError,
+        r"seed must be an int in \[0, 2\*\*64\), got '0'",
+    ),
+    "mutual information: metric update with a Bernoulli posterior": (
+        lambda: diagnostics.MutualInformation().update(_p()),
+        TypeError,
+        r"MutualInformation needs diagonal-Gaussian posteriors "
+        r".*got Independent over (Checked)?Bernoulli",
+    ),
+    "mutual information: metric update with a zero scale": (
+        lambda: diagnostics.MutualInformation().update(torch.zeros(B, D), torch.zeros(B, D)),
+        ValueError,
+        r"scale must be positive and finite, got values in \[0, 0\]",
+    ),
+    "mutual information: pairwise log-density of mismatched sizes": (
+        lambda: diagnostics.functional.pairwise_gaussian_log_prob(
+            torch.zeros(3, 2), torch.zeros(4, 3), torch.ones(4, 3)
+        ),
+        ValueError,
+        r"expected z \(M, D\), loc \(N, D\), scale \(N, D\) with the same D, got \(3, 2\), "
+        r"\(4, 3\), \(4, 3\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_raises_named_error(case: str) -> None:
+    expect_named_error(BAD_INPUTS[case])

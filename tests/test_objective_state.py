@@ -13,11 +13,15 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from _builders import F64, FUZZ
+from _catalogue import Entry, expect_named_error
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import Tensor
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch.distributions import Bernoulli, Independent, Normal
 
-from rdloss import RateDistortionLoss, helpers
+from rdloss import RateDistortionLoss, helpers, objectives, schedules
 from rdloss.objectives import (
     GECO,
     Beta,
@@ -402,3 +406,278 @@ def test_load_state_dict_assign_keeps_hyperparameters_checked_and_used() -> None
     objective.load_state_dict(Beta(0.25).state_dict(), assign=True)
     assert objective.beta.shape == () and objective.beta.item() == 0.25
     assert objective(torch.tensor([2.0]), torch.tensor([1.0])).loss.item() == 1.5
+
+
+# --- fuzzed state against independent references ------------------------------------------
+# The references are written here from the formulas (plain Python floats for the
+# controllers), never by calling rdloss twice.
+
+finite = st.floats(-50, 50, allow_nan=False, width=64)
+terms = st.lists(st.tuples(st.floats(0, 20), st.floats(0, 40)), min_size=1, max_size=12)
+maybe_bad = st.one_of(st.floats(0, 20), st.sampled_from([math.nan, math.inf, -math.inf]))
+
+
+def _step(objective, rate: float, distortion: float) -> None:
+    objective(
+        torch.tensor([rate], dtype=F64, requires_grad=True), torch.tensor([distortion], dtype=F64)
+    )
+
+
+@FUZZ
+@given(
+    terms,
+    st.floats(0.5, 20),
+    st.floats(0.0, 0.98),
+    st.floats(1e-4, 0.2),
+    st.lists(st.booleans(), min_size=12, max_size=12),
+)
+def test_geco_matches_its_update_rule(steps, kappa, alpha, lr, poison) -> None:
+    geco = GECO(kappa, alpha=alpha, lr=lr, max_multiplier=1e3).double()
+    lam, ma, started = 1.0, 0.0, False
+    for (r, d), bad in zip(steps, poison, strict=False):
+        d = math.nan if bad else d
+        _step(geco, r, d)
+        if math.isfinite(d):
+            c = d - kappa
+            ma = c if not started else alpha * ma + (1 - alpha) * c
+            started = True
+            lam = min(max(lam * math.exp(lr * ma), 1e-6), 1e3)
+    assert geco.multiplier.item() == pytest.approx(lam, rel=1e-9)
+    assert geco.constraint_ma.item() == pytest.approx(ma, rel=1e-9, abs=1e-12)
+    assert geco.skipped.item() == sum(poison[: len(steps)])
+
+
+@FUZZ
+@given(
+    st.lists(maybe_bad, min_size=1, max_size=12),
+    st.floats(0.1, 10),
+    st.floats(0, 2),
+    st.floats(0, 0.5),
+    st.sampled_from(["relative", "absolute"]),
+)
+def test_rate_controller_matches_its_update_rule(rates, target, kp, ki, error) -> None:
+    controller = RateController(target, kp=kp, ki=ki, beta_max=5.0, error=error).double()
+    integral, beta = 0.0, 0.0
+    for r in rates:
+        _step(controller, r, 1.0)
+        if not math.isfinite(r):
+            continue
+        e = (target - r) / (max(target, 1e-3) if error == "relative" else 1.0)
+        p = kp / (1 + math.exp(e)) if e < 700 else 0.0
+        integral = min(max(integral - ki * e, -p), -p + 5.0)
+        beta = min(max(p + integral, 0.0), 5.0)
+    assert controller.beta.item() == pytest.approx(beta, rel=1e-9, abs=1e-12)
+    assert controller.integral.item() == pytest.approx(integral, rel=1e-9, abs=1e-12)
+
+
+@FUZZ
+@given(st.lists(maybe_bad, min_size=1, max_size=12), st.floats(0.1, 10), st.floats(0.01, 0.5))
+def test_adaptive_target_rate_matches_dual_ascent(rates, sigma, lr) -> None:
+    objective = TargetRate(sigma, adaptive=True, lr=lr, max_weight=50.0).double()
+    w = 1.0
+    for r in rates:
+        _step(objective, r, 1.0)
+        if math.isfinite(r):
+            w = min(max(w * math.exp(lr * (r - sigma)), 1e-3), 50.0)
+    assert objective.adaptive_weight.item() == pytest.approx(w, rel=1e-5)  # float32 state
+
+
+@FUZZ
+@given(
+    st.sampled_from(["beta", "sigma", "delta", "capacity", "gamma", "weight"]),
+    st.one_of(finite, st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0])),
+)
+def test_assignment_accepts_exactly_the_constructor_range(name, value) -> None:
+    builds = {
+        "beta": lambda v: Beta(v),
+        "sigma": lambda v: TargetRate(v),
+        "delta": lambda v: TargetDistortion(v),
+        "capacity": lambda v: Capacity(v),
+        "gamma": lambda v: Capacity(1.0, gamma=v),
+        "weight": lambda v: TargetRate(1.0, weight=v),
+    }
+    objective = builds[name](1.0)
+    try:
+        builds[name](value)
+    except ValueError as constructor_error:
+        with pytest.raises(ValueError, match=str(constructor_error).split(",")[0]):
+            setattr(objective, name, value)
+        assert getattr(objective, name).item() == 1.0
+    else:
+        setattr(objective, name, value)
+        assert getattr(objective, name).item() == value
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.sampled_from([torch.bfloat16, torch.float16, torch.float32, torch.float64]), max_size=4
+    )
+)
+def test_any_cast_sequence_keeps_state_at_least_float32(dtypes) -> None:
+    objective = GECO(5.0)
+    for dtype in dtypes:
+        objective = objective.to(dtype)
+    for name, value in objective.state_dict().items():
+        if value.is_floating_point():
+            assert torch.finfo(value.dtype).bits >= 32, name
+    assert objective.target_distortion.dtype == F64
+
+
+# --- bad inputs: objectives and controllers -----------------------------------------------
+# The catalogue's part for this module (tests/_catalogue.py); docs/errors.md lists its keys.
+
+
+BAD_INPUTS: dict[str, Entry] = {
+    "objective: weight schedule that stays at 0": (
+        lambda: objectives.TargetRate(5.0, weight=schedules.Constant(0.0)),
+        ValueError,
+        r"weight must be > 0 at some step, got a Constant schedule that stays at 0",
+    ),
+    "objective: beta schedule that goes negative": (
+        lambda: objectives.Beta(schedules.Linear(-1.0, 1.0, steps=10)),
+        ValueError,
+        r"beta must be >= 0 at every step, got a Linear schedule whose values reach -1.0",
+    ),
+    "objective: capacity schedule below zero": (
+        lambda: objectives.Capacity(schedules.Cosine(-5.0, 25.0, steps=100)),
+        ValueError,
+        r"capacity must be >= 0 at every step, got a Cosine schedule whose values reach -5.0",
+    ),
+    "objective: zero capacity gamma": (
+        lambda: objectives.Capacity(5.0, gamma=0.0),
+        ValueError,
+        r"gamma must be > 0, got 0.0",
+    ),
+    "objective: infinite target distortion": (
+        lambda: objectives.TargetDistortion(float("inf")),
+        ValueError,
+        r"delta must be finite, got inf",
+    ),
+    "objective: unknown reduction": (
+        lambda: objectives.TargetRate(1.0, reduction="mean"),  # type: ignore[arg-type]
+        ValueError,
+        r"reduction must be 'batch' or 'example', got 'mean'",
+    ),
+    "objective: unknown free-bits grouping": (
+        lambda: objectives.FreeBits(per="dim"),  # type: ignore[arg-type]
+        ValueError,
+        r"per must be 'dimension', 'group', 'step' or 'total', got 'dim'",
+    ),
+    "objective: distortion batch differs from rate": (
+        lambda: objectives.Beta(1.0)(torch.ones(3), torch.ones(5)),
+        ValueError,
+        r"distortion must have rate's shape \(B,\) = \(3,\), got \(5,\)",
+    ),
+    "objective: rate with a trailing unit dimension": (
+        lambda: objectives.TargetRate(1.0)(torch.ones(3, 1), torch.ones(3)),
+        ValueError,
+        r"rate must have shape \(B,\), got \(3, 1\)",
+    ),
+    "objective: rate given as a float": (
+        lambda: objectives.Beta(1.0)(1.0, torch.ones(3)),
+        TypeError,
+        r"rate must be a torch.Tensor of shape \(B,\), got float",
+    ),
+    "objective: weight of another batch size": (
+        lambda: objectives.TargetDistortion(1.0)(
+            torch.ones(3), torch.ones(3), weight=torch.ones(4)
+        ),
+        ValueError,
+        r"weight must have rate's shape \(B,\) = \(3,\), got \(4,\)",
+    ),
+    "objective: free bits per dimension without per-dimension rates": (
+        lambda: objectives.FreeBits(0.1)(torch.ones(3), torch.ones(3)),
+        ValueError,
+        r"FreeBits\(per='dimension'\) needs rate_per_dimension, which is None",
+    ),
+    "objective: per-dimension rates of another batch": (
+        lambda: objectives.FreeBits(0.1)(
+            torch.ones(3), torch.ones(3), rate_per_dimension=torch.ones(4, 2)
+        ),
+        ValueError,
+        r"rate_per_dimension must have shape \(B, D\) with B = 3, got \(4, 2\)",
+    ),
+    "controller: GECO alpha of one": (
+        lambda: objectives.GECO(1.0, alpha=1.0),
+        ValueError,
+        r"alpha must be in \[0, 1\), got 1.0",
+    ),
+    "controller: GECO multiplier outside its clamp": (
+        lambda: objectives.GECO(1.0, multiplier=10.0, max_multiplier=5.0),
+        ValueError,
+        r"multiplier must lie in \[min_multiplier, max_multiplier\] = \[1e-06, 5.0\], got 10.0",
+    ),
+    "controller: GECO min multiplier above max": (
+        lambda: objectives.GECO(1.0, min_multiplier=2.0, max_multiplier=1.0),
+        ValueError,
+        r"min_multiplier must be < max_multiplier, got 2.0 and 1.0",
+    ),
+    "controller: GECO lr schedule below zero": (
+        lambda: objectives.GECO(1.0, lr=schedules.Linear(-0.1, 0.1, steps=10)),
+        ValueError,
+        r"lr must be >= 0 at every step, got a Linear schedule whose values reach -0.1",
+    ),
+    "controller: GECO distortion of another batch": (
+        lambda: objectives.GECO(1.0)(torch.ones(3), torch.ones(5)),
+        ValueError,
+        r"distortion must have rate's shape \(B,\) = \(3,\), got \(5,\)",
+    ),
+    "controller: rate controller with equal beta bounds": (
+        lambda: objectives.RateController(5.0, beta_min=1.0, beta_max=1.0),
+        ValueError,
+        r"beta_min must be < beta_max, got 1.0 and 1.0",
+    ),
+    "controller: negative proportional gain": (
+        lambda: objectives.RateController(5.0, kp=-0.1),
+        ValueError,
+        r"kp must be >= 0, got -0.1",
+    ),
+    "controller: rate controller fed a 2-D rate": (
+        lambda: objectives.RateController(5.0)(torch.ones(3, 2), torch.ones(3)),
+        ValueError,
+        r"rate must have shape \(B,\), got \(3, 2\)",
+    ),
+    "objective: negative beta assigned by attribute": (
+        lambda: setattr(objectives.Beta(1.0), "beta", -3.0),
+        ValueError,
+        r"beta must be >= 0, got -3.0",
+    ),
+    "objective: text sigma assigned by attribute": (
+        lambda: setattr(objectives.TargetRate(1.0), "sigma", "2"),
+        TypeError,
+        r"sigma must be a real number or an rdloss.schedules.Schedule, got str",
+    ),
+    "objective: reduction reassigned after construction": (
+        lambda: setattr(objectives.TargetRate(1.0), "reduction", "example"),
+        AttributeError,
+        r"TargetRate.reduction is fixed at construction",
+    ),
+    "objective: adaptive target rate with a scheduled weight": (
+        lambda: objectives.TargetRate(
+            1.0, weight=schedules.Linear(1.0, 2.0, steps=5), adaptive=True
+        ),
+        TypeError,
+        r"weight must be a number with adaptive=True \(the initial weight\), got a Linear",
+    ),
+    "objective: adaptive target rate weight above its clamp": (
+        lambda: objectives.TargetRate(1.0, weight=20.0, adaptive=True, max_weight=10.0),
+        ValueError,
+        r"weight must lie in \[0.001, max_weight\] = \[0.001, 10.0\] with adaptive=True, got 20.0",
+    ),
+    "controller: unknown rate controller error mode": (
+        lambda: objectives.RateController(1.0, error="percent"),
+        ValueError,
+        r"error must be 'relative' or 'absolute', got 'percent'",
+    ),
+    "controller: GECO alpha reassigned": (
+        lambda: setattr(objectives.GECO(1.0), "alpha", 0.5),
+        AttributeError,
+        r"GECO.alpha is fixed at construction",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_raises_named_error(case: str) -> None:
+    expect_named_error(BAD_INPUTS[case])

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import matplotlib
+import pytest
+import torch
+from _catalogue import Entry, expect_named_error
+
+from rdloss import plot
 
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
-import pytest
-import torch
 
 from rdloss.plot import RDPoint, rd_plane, trajectory
 
@@ -79,3 +82,69 @@ def test_import_without_matplotlib_is_lazy() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install rdloss[plot]" in proc.stdout
+
+
+# --- bad inputs: plots --------------------------------------------------------------------
+# The catalogue's part for this module (tests/_catalogue.py); docs/errors.md lists its keys.
+
+
+BAD_INPUTS: dict[str, Entry] = {
+    "plot: no points": (
+        lambda: plot.rd_plane([]),
+        ValueError,
+        r"points must contain at least one \(rate, distortion\) point",
+    ),
+    "plot: point given as a triple": (
+        lambda: plot.rd_plane([(1.0, 2.0, 3.0)]),  # type: ignore[list-item]
+        TypeError,
+        r"points\[0\] must be an RDPoint or a \(rate, distortion\) pair, got \(1.0, 2.0, 3.0\)",
+    ),
+    "plot: rate given as text": (
+        lambda: plot.rd_plane([plot.RDPoint("0.5", 2.0)]),  # type: ignore[arg-type]
+        TypeError,
+        r"points\[0\].rate must be a real number, got str '0.5'",
+    ),
+    "plot: NaN distortion": (
+        lambda: plot.rd_plane([(1.0, 2.0), (0.5, float("nan"))]),
+        ValueError,
+        r"points\[1\].distortion must be finite, got nan",
+    ),
+    "plot: empty ELBO levels": (
+        lambda: plot.rd_plane([(1.0, 2.0)], elbo_levels=[]),
+        ValueError,
+        r"elbo_levels must contain at least one value, or be None",
+    ),
+    "plot: NaN entropy": (
+        lambda: plot.rd_plane([(1.0, 2.0)], entropy=float("nan")),
+        ValueError,
+        r"entropy must be finite, got nan",
+    ),
+    "plot: axes that are not matplotlib Axes": (
+        lambda: plot.rd_plane([(1.0, 2.0)], ax="left"),  # type: ignore[arg-type]
+        TypeError,
+        r"ax must be a matplotlib Axes or None, got str",
+    ),
+    "plot: trajectory of unequal lengths": (
+        lambda: plot.trajectory([0.0, 1.0], [3.0]),
+        ValueError,
+        r"rate and distortion must be non-empty and of equal length, got 2 and 1",
+    ),
+    "plot: trajectory of a 2-D tensor": (
+        lambda: plot.trajectory(torch.ones(2, 2), torch.ones(2, 2)),  # type: ignore[arg-type]
+        TypeError,
+        r"rate\[0\] must be a real number, got Tensor",
+    ),
+    "plot: trajectory given as text": (
+        lambda: plot.trajectory("0.1 0.2", [1.0, 2.0]),  # type: ignore[arg-type]
+        TypeError,
+        r"rate must be a sequence of numbers, got str",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_raises_named_error(case: str) -> None:
+    try:
+        expect_named_error(BAD_INPUTS[case])
+    finally:
+        plt.close("all")

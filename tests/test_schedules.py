@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from _catalogue import Entry, expect_named_error
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from rdloss import schedules
 from rdloss.objectives import Beta
 from rdloss.schedules import Constant, Cosine, Cyclical, Linear, Schedule, Sigmoid
 
@@ -174,7 +177,6 @@ def test_steps_past_float32_precision_are_exact() -> None:
 
 def test_objectives_import_downwards_only() -> None:
     import ast
-    from pathlib import Path
 
     import rdloss.objectives
 
@@ -184,3 +186,56 @@ def test_objectives_import_downwards_only() -> None:
                 assert node.module != "rdloss.functional", path.name
                 if path.name == "_hyperparameters.py":  # below _base: imports go one way
                     assert not node.module.startswith("rdloss.objectives"), node.module
+
+
+# --- bad inputs: schedules ----------------------------------------------------------------
+# The catalogue's part for this module (tests/_catalogue.py); docs/errors.md lists its keys.
+
+
+BAD_INPUTS: dict[str, Entry] = {
+    "schedule: zero steps": (
+        lambda: schedules.Linear(0.0, 1.0, steps=0),
+        ValueError,
+        r"steps must be >= 1, got 0",
+    ),
+    "schedule: fractional steps": (
+        lambda: schedules.Linear(0.0, 1.0, steps=2.5),  # type: ignore[arg-type]
+        TypeError,
+        r"steps must be an int \(or a float with an integer value, e\.g\. 1e5\), got 2\.5",
+    ),
+    "schedule: NaN start": (
+        lambda: schedules.Cosine(float("nan"), 1.0, steps=10),
+        ValueError,
+        r"start must be finite, got nan",
+    ),
+    "schedule: value given as text": (
+        lambda: schedules.Constant("0.5"),  # type: ignore[arg-type]
+        TypeError,
+        r"value must be a real number, got str",
+    ),
+    "schedule: ramp ratio above one": (
+        lambda: schedules.Cyclical(steps=10, ratio=1.5),
+        ValueError,
+        r"ratio must be in \(0, 1\], got 1.5",
+    ),
+    "schedule: more cycles than steps": (
+        lambda: schedules.Cyclical(steps=3, cycles=10),
+        ValueError,
+        r"cycles must be <= steps .*got cycles=10 and steps=3",
+    ),
+    "schedule: zero steepness": (
+        lambda: schedules.Sigmoid(0.0, 1.0, steps=10, steepness=0.0),
+        ValueError,
+        r"steepness must be > 0, got 0.0",
+    ),
+    "schedule: called with a Python int step": (
+        lambda: schedules.Linear(0.0, 1.0, steps=10)(5),
+        TypeError,
+        r"step must be a torch.Tensor .*got int",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_raises_named_error(case: str) -> None:
+    expect_named_error(BAD_INPUTS[case])

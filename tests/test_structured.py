@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from _builders import _unimix
 from torch import Tensor
 from torch.distributions import Independent, Normal, OneHotCategorical, kl_divergence
 from torch.testing import assert_close
@@ -194,11 +195,6 @@ def test_group_balance_follows_a_warm_up_schedule_and_stops_at_one() -> None:
 
 
 # --- DreamerV3: world-model KL (danijar/dreamerv3, rssm.py) ---------------------------------
-
-
-def _unimix(logits: Tensor, mix: float = 0.01) -> Tensor:
-    # rssm.py: probs = (1 - unimix) * softmax(logits) + unimix / classes
-    return (1.0 - mix) * logits.softmax(-1) + mix / logits.shape[-1]
 
 
 def _categorical_kl(p: Tensor, q: Tensor) -> Tensor:

@@ -1,0 +1,426 @@
+"""Hostile contract tests of `rdloss.RateDistortionLoss`'s rewritten core (issue 20).
+
+Part 1 fuzzes the loss against an independent reference: rate and distortion per example,
+per group and per step, the loss, and the gradients of every input, computed here from
+plain ``torch.distributions`` objects (``kl_divergence`` of ``Normal`` s, ``log_prob``),
+never through rdloss. Part 2 looks for silent wrong numbers and bad errors at the edges
+of the new code: dtypes, meta and empty tensors, broadcasting traps, categoricals, KL
+balancing of every rebuildable family, host synchronisations, ``torch.compile``,
+``torch.func``, ``state_dict`` and module dtype conversions.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import (
+    Bernoulli,
+    Distribution,
+    Independent,
+    Normal,
+    kl_divergence,
+)
+from torch.testing import assert_close
+
+from rdloss import RateDistortionLoss, helpers, marginals
+from rdloss.objectives import Beta
+
+RTOL, ATOL = 1e-10, 1e-12
+N_FUZZ = 240
+
+# ----------------------------------------------------------------------------------------
+# Part 1: a fuzz against an independent reference
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    """One latent group of a fuzz case and what the reference needs of it."""
+
+    name: str
+    pshape: tuple[int, ...]  # parameter shape after the batch axis
+    steps: bool  # whether the posterior has a step axis (batch (B, T))
+    event: tuple[int, ...]  # the canonical event shape (per step)
+    mu: Tensor
+    raw: Tensor  # logvar, log_scale or scale as given
+    style: str
+    posterior: Distribution
+    against: str  # "prior_batch", "prior_shared" or "marginal"
+    prior: Distribution | None = None
+    prior_params: tuple[Tensor, Tensor] | None = None
+    marginal: Any = None  # None, a module or a Distribution
+    marginal_kind: str = "none"
+    inputs: list[Tensor] = field(default_factory=list)
+
+    def sigma(self) -> Tensor:
+        """The posterior's standard deviation, by the reference's own formula."""
+        if self.style == "logvar":
+            return torch.exp(0.5 * self.raw)
+        if self.style == "log_scale":
+            return torch.exp(self.raw)
+        return self.raw.expand_as(self.mu)
+
+    def q(self) -> Normal:
+        return Normal(self.mu, self.sigma())
+
+    def p(self) -> Normal:
+        """The distribution the rate is taken against, elementwise over ``event``."""
+        if self.prior_params is not None:
+            return Normal(*self.prior_params)
+        kind = self.marginal_kind
+        zeros = torch.zeros(self.event, dtype=torch.float64)
+        if kind in ("none", "standard"):
+            return Normal(zeros, torch.ones_like(zeros))
+        if kind == "diagonal":
+            return Normal(self.marginal.loc, F.softplus(self.marginal.raw_scale))
+        assert kind == "fixed"
+        return Normal(self.marginal.base_dist.loc, self.marginal.base_dist.scale)
+
+
+def _positive(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    return (0.4 + torch.rand(shape, generator=gen, dtype=torch.float64)).requires_grad_()
+
+
+def _randn(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    return torch.randn(shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+
+def _make_group(name: str, b: int, rng: random.Random, gen: torch.Generator) -> Group:
+    kind = rng.choice(["vector", "conv", "steps"])
+    if kind == "vector":
+        pshape: tuple[int, ...] = (rng.randint(1, 5),)
+    elif kind == "conv":
+        pshape = (rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 3))
+    else:
+        pshape = (rng.randint(1, 4), rng.randint(1, 4))
+    style = rng.choice(["logvar", "log_scale", "scale", "scale_vec", "torch"])
+    mu = _randn((b, *pshape), gen)
+    if style in ("logvar", "log_scale"):
+        raw = (0.5 * torch.randn((b, *pshape), generator=gen, dtype=torch.float64)).requires_grad_()
+    elif style == "scale_vec":
+        raw = _positive(pshape[-1:], gen)  # a (D,) scale broadcast over the batch
+    else:
+        raw = _positive((b, *pshape), gen)
+    # Event dims of the posterior as built; steps exactly when its batch is (B, T).
+    if kind == "steps":
+        n_event = 1
+    elif kind == "conv":
+        n_event = rng.choice([None, 3, 2, 1]) if style != "torch" else rng.choice([0, 3, 2])
+    else:
+        n_event = 1 if style != "torch" else rng.choice([0, 1])
+    if style == "torch":
+        sigma = raw
+        base = Normal(mu, sigma)
+        posterior: Distribution = Independent(base, n_event) if n_event else base
+    else:
+        kwargs: dict[str, Any] = {
+            "logvar": {"logvar": raw},
+            "log_scale": {"log_scale": raw},
+            "scale": {"scale": raw},
+            "scale_vec": {"scale": raw},
+        }[style]
+        posterior = helpers.normal(mu, event_dims=n_event, **kwargs)
+    full = len(pshape) if n_event is None else n_event
+    steps = 1 + len(pshape) - full == 2 and full > 0
+    event = pshape[1:] if steps else pshape
+    group = Group(name, pshape, steps, event, mu, raw, style, posterior, "marginal")
+    group.inputs = [mu, raw]
+    group.against = rng.choice(["prior_batch", "prior_shared", "marginal", "marginal"])
+    if group.against == "prior_batch":
+        loc, scale = _randn((b, *pshape), gen), _positive((b, *pshape), gen)
+        group.prior = Normal(loc, scale)
+        if steps:
+            group.prior = Independent(group.prior, 1) if rng.random() < 0.5 else group.prior
+        group.prior_params = (loc, scale)
+        group.inputs += [loc, scale]
+    elif group.against == "prior_shared":
+        loc, scale = _randn(event, gen), _positive(event, gen)
+        group.prior = Normal(loc, scale)
+        group.prior_params = (loc, scale)
+        group.inputs += [loc, scale]
+    else:
+        kinds = ["none", "fixed"] + (["standard", "diagonal"] if len(event) == 1 else [])
+        group.marginal_kind = rng.choice(kinds)
+        if group.marginal_kind == "standard":
+            group.marginal = marginals.StandardNormal(event[0]).double()
+        elif group.marginal_kind == "diagonal":
+            module = marginals.DiagonalGaussian(event[0]).double()
+            with torch.no_grad():
+                module.loc.copy_(torch.randn(event, generator=gen, dtype=torch.float64))
+                module.raw_scale.copy_(torch.randn(event, generator=gen, dtype=torch.float64))
+            group.marginal = module
+            group.inputs += [module.loc, module.raw_scale]
+        elif group.marginal_kind == "fixed":
+            loc, scale = _randn(event, gen), _positive(event, gen)
+            group.marginal = Independent(Normal(loc, scale), len(event))
+            group.inputs += [loc, scale]
+    return group
+
+
+def _sum_event(t: Tensor, group: Group, lead: int) -> Tensor:
+    """Sum ``(*lead dims, B, *pshape)`` values to ``(*lead, B)`` or per step ``(*lead, B, T)``."""
+    keep = lead + 1 + (1 if group.steps else 0)
+    dims = tuple(range(keep, t.ndim))
+    return t.sum(dims) if dims else t
+
+
+@dataclass
+class Case:
+    seed: int
+    b: int
+    groups: list[Group]
+    grouped: bool
+    binary: bool
+    x: Tensor
+    weights: Tensor  # per-group decoder weights (B, F_g) -> P stacked
+    w: list[Tensor]
+    bias: Tensor
+    log_sigma_x: Tensor
+    lik_style: str
+    call: str  # "likelihood" or "decoder"
+    samples: int | None  # None: z without a sample axis
+    estimator: str
+    balance: float | None
+    beta: float
+    weight: Tensor | None
+
+
+def _decode(case: Case, zs: list[Tensor], lead: int) -> Tensor:
+    """The decoder's mean: a linear map of the flattened latents, ``(*lead, B, P)``."""
+    h = case.bias
+    for z, w in zip(zs, case.w, strict=True):
+        h = h + z.flatten(lead + 1) @ w if lead else h + z.flatten(1) @ w
+    return h
+
+
+def _likelihood(case: Case, h: Tensor, reference: bool) -> Distribution:
+    n_event = 1  # data are (..., P): every leading axis is a batch axis
+    if case.binary:
+        if reference:
+            return Independent(Bernoulli(logits=h), n_event)
+        if case.lik_style == "helper":
+            return helpers.bernoulli(logits=h, event_dims=n_event)
+        return Independent(Bernoulli(logits=h), n_event)
+    sigma = torch.exp(case.log_sigma_x).expand_as(h)
+    if reference or case.lik_style == "torch":
+        return Independent(Normal(h, sigma), n_event)
+    return helpers.normal(h, log_scale=case.log_sigma_x.expand_as(h), event_dims=n_event)
+
+
+def make_case(seed: int) -> Case:
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    b = rng.randint(1, 5)
+    n_groups = rng.randint(1, 4)
+    grouped = n_groups > 1 or rng.random() < 0.3
+    groups = [_make_group(f"g{i}", b, rng, gen) for i in range(n_groups)]
+    p = rng.randint(1, 4)
+    binary = rng.random() < 0.4
+    if binary:
+        x = torch.randint(0, 2, (b, p), generator=gen).double()
+    else:
+        x = torch.randn((b, p), generator=gen, dtype=torch.float64)
+    w = [_randn((int(torch.Size(g.pshape).numel()), p), gen) for g in groups]
+    bias = _randn((p,), gen)
+    log_sigma_x = (0.3 * torch.randn((p,), generator=gen, dtype=torch.float64)).requires_grad_()
+    call = rng.choice(["likelihood", "decoder"])
+    samples = rng.choice([None, 3]) if call == "likelihood" else rng.choice([1, 3])
+    weight = _positive((b,), gen) if rng.random() < 0.4 else None
+    return Case(
+        seed,
+        b,
+        groups,
+        grouped,
+        binary,
+        x,
+        torch.empty(0),
+        w,
+        bias,
+        log_sigma_x,
+        rng.choice(["helper", "torch"]),
+        call,
+        samples,
+        rng.choice(["analytic", "mc"]),
+        rng.choice([None, 0.3]),
+        rng.uniform(0.1, 2.0),
+        weight,
+    )
+
+
+def _draw(case: Case) -> list[Tensor]:
+    """The latents the loss draws (decoder=) or the caller passes (likelihood=)."""
+    shape = torch.Size() if case.samples in (None, 1) else torch.Size([case.samples])
+    return [g.q().rsample(shape) for g in case.groups]
+
+
+def run_rdloss(case: Case) -> Any:
+    groups = case.groups
+    marg = {g.name: g.marginal for g in groups if g.marginal is not None}
+    if case.grouped:
+        marginal: Any = marg or None
+        posterior: Any = {g.name: g.posterior for g in groups}
+        prior: Any = {g.name: g.prior for g in groups if g.prior is not None} or None
+    else:
+        (g,) = groups
+        marginal, posterior, prior = g.marginal, g.posterior, g.prior
+    loss_fn = RateDistortionLoss(
+        marginal,
+        Beta(case.beta),
+        rate_estimator=case.estimator,  # type: ignore[arg-type]
+        kl_balance=case.balance,
+    )
+    torch.manual_seed(case.seed)
+    lead = 1 if case.samples == 3 else 0
+    if case.call == "decoder":
+
+        def decoder(z: Any) -> Distribution:
+            zs = [z[g.name] for g in groups] if case.grouped else [z]
+            h = case.bias
+            for zz, w in zip(zs, case.w, strict=True):
+                h = h + zz.flatten(1) @ w
+            return _likelihood(case, h, reference=False)
+
+        return loss_fn(
+            case.x,
+            posterior=posterior,
+            prior=prior,
+            decoder=decoder,
+            samples=case.samples,
+            weight=case.weight,
+        )
+    zs = _draw(case)
+    likelihood = _likelihood(case, _decode(case, zs, lead), reference=False)
+    z: Any = None
+    if case.estimator == "mc" or random.Random(case.seed + 1).random() < 0.5:
+        z = {g.name: zz for g, zz in zip(groups, zs, strict=True)} if case.grouped else zs[0]
+    return loss_fn(
+        case.x, posterior=posterior, prior=prior, likelihood=likelihood, z=z, weight=case.weight
+    )
+
+
+def _sg(d: Normal) -> Normal:
+    return Normal(d.loc.detach(), d.scale.detach())
+
+
+def reference(case: Case) -> dict[str, Any]:
+    """R, D (per example, group, step), the loss, and the scalar whose gradient is compared."""
+    torch.manual_seed(case.seed)
+    lead = 1 if case.samples == 3 else 0
+    zs = _draw(case)
+    likelihood = _likelihood(case, _decode(case, zs, lead), reference=True)
+    target = case.x.expand(case.samples, *case.x.shape) if lead else case.x
+    d_draws = -likelihood.log_prob(target)
+    distortion = d_draws.mean(0) if lead else d_draws
+    a = case.balance
+    per_group, per_step, for_grad = {}, {}, {}
+    for g, z in zip(case.groups, zs, strict=True):
+        q, p = g.q(), g.p()
+
+        def rate(q: Normal, p: Normal, z: Tensor, g: Group = g) -> Tensor:
+            if case.estimator == "analytic":
+                return _sum_event(kl_divergence(q, p), g, 0)
+            values = _sum_event(q.log_prob(z) - p.log_prob(z), g, lead)
+            return values.mean(0) if lead else values
+
+        value = rate(q, p, z)
+        if a is None:
+            grad_term = value
+        else:
+            grad_term = a * rate(_sg(q), p, z.detach()) + (1 - a) * rate(q, _sg(p), z)
+        if g.steps:
+            per_step[g.name] = value
+            value, grad_term = value.sum(-1), grad_term.sum(-1)
+        per_group[g.name] = value
+        for_grad[g.name] = grad_term
+    rate_total = torch.stack(list(per_group.values())).sum(0)
+    grad_total = torch.stack(list(for_grad.values())).sum(0)
+
+    def mean(v: Tensor) -> Tensor:
+        return v.mean() if case.weight is None else (case.weight * v).sum() / case.weight.sum()
+
+    return {
+        "rate": rate_total,
+        "distortion": distortion,
+        "per_group": per_group,
+        "per_step": per_step,
+        "loss": mean(distortion) + case.beta * mean(rate_total),
+        "loss_for_grad": mean(distortion) + case.beta * mean(grad_total),
+        "per_group_for_grad": for_grad,
+    }
+
+
+def _inputs(case: Case) -> list[Tensor]:
+    out = [t for g in case.groups for t in g.inputs] + [*case.w, case.bias]
+    out += [case.log_sigma_x] if not case.binary else []
+    return out + ([case.weight] if case.weight is not None else [])
+
+
+def _grads(scalar: Tensor, inputs: list[Tensor]) -> list[Tensor]:
+    grads = torch.autograd.grad(scalar, inputs, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads, strict=True)]
+
+
+@pytest.mark.parametrize("seed", range(N_FUZZ))
+def test_fuzz_against_reference(seed: int) -> None:
+    case = make_case(seed)
+    out = run_rdloss(case)
+    ref = reference(case)
+    assert_close(out.rate_per_example, ref["rate"], rtol=RTOL, atol=ATOL)
+    assert_close(out.distortion_per_example, ref["distortion"], rtol=RTOL, atol=ATOL)
+    assert_close(out.loss, ref["loss"], rtol=RTOL, atol=ATOL)
+    if case.grouped:
+        assert list(out.rate_per_group) == [g.name for g in case.groups]
+        for name, value in ref["per_group"].items():
+            assert_close(out.rate_per_group[name], value, rtol=RTOL, atol=ATOL)
+    else:
+        assert out.rate_per_group is None
+    steps = {("z" if not case.grouped else k): v for k, v in ref["per_step"].items()}
+    if steps:
+        assert out.rate_per_step is not None and set(out.rate_per_step) == set(steps)
+        for name, value in steps.items():
+            assert_close(out.rate_per_step[name], value, rtol=RTOL, atol=ATOL)
+    else:
+        assert out.rate_per_step is None
+    # Gradients of every input, of the loss and of random projections of the per-example
+    # outputs (so R and D are checked separately, not only through the objective).
+    gen = torch.Generator().manual_seed(seed + 10_000)
+    c_r, c_d = torch.randn(2, case.b, generator=gen, dtype=torch.float64)
+    inputs = _inputs(case)
+    ours = out.loss + (c_r * out.rate_per_example).sum() + (c_d * out.distortion_per_example).sum()
+    grad_rate = torch.stack(list(ref["per_group_for_grad"].values())).sum(0)
+    theirs = ref["loss_for_grad"] + (c_r * grad_rate).sum() + (c_d * ref["distortion"]).sum()
+    for mine, expected in zip(_grads(ours, inputs), _grads(theirs, inputs), strict=True):
+        assert_close(mine, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_fuzz_covers_the_grid() -> None:
+    """The generated cases reach every option the fuzz claims to cover."""
+    seen: dict[str, set[object]] = {}
+    for seed in range(N_FUZZ):
+        case = make_case(seed)
+        for key, value in {
+            "call": (case.call, case.samples),
+            "estimator": case.estimator,
+            "balance": case.balance,
+            "groups": len(case.groups),
+            "weight": case.weight is None,
+            "binary": case.binary,
+        }.items():
+            seen.setdefault(key, set()).add(value)
+        for g in case.groups:
+            seen.setdefault("style", set()).add(g.style)
+            seen.setdefault("against", set()).add((g.against, g.marginal_kind))
+            seen.setdefault("steps", set()).add((len(g.pshape), g.steps))
+    assert seen["call"] == {("likelihood", None), ("likelihood", 3), ("decoder", 1), ("decoder", 3)}
+    assert seen["estimator"] == {"analytic", "mc"} and seen["balance"] == {None, 0.3}
+    assert seen["groups"] == {1, 2, 3, 4}
+    assert seen["style"] == {"logvar", "log_scale", "scale", "scale_vec", "torch"}
+    assert {k for _, k in seen["against"]} == {"none", "standard", "diagonal", "fixed"}
+    assert {a for a, _ in seen["against"]} == {"prior_batch", "prior_shared", "marginal"}
+    assert (3, True) in seen["steps"] and (2, True) in seen["steps"]

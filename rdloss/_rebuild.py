@@ -24,7 +24,7 @@ from torch.distributions import (
 )
 
 from rdloss.distributions import DiagonalGaussianMixture
-from rdloss.families import CheckedBernoulli, CheckedLaplace, Gaussian, StandardGaussian
+from rdloss.families import CheckedBernoulli, CheckedLaplace, Gaussian, StandardGaussian, one_hot
 
 __all__ = ["describe", "parameters", "rebuild", "stop_gradient", "widened"]
 
@@ -107,8 +107,10 @@ def rebuild(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution 
         return Laplace(fn(dist.loc), fn(dist.scale), validate_args=False)
     if isinstance(dist, Bernoulli):
         return Bernoulli(logits=fn(dist.logits), validate_args=False)
-    if isinstance(dist, (Categorical, OneHotCategorical)):
-        return type(dist)(logits=fn(dist.logits), validate_args=False)
+    if isinstance(dist, OneHotCategorical):
+        return one_hot(Categorical(logits=fn(dist.logits), validate_args=False), type(dist))
+    if isinstance(dist, Categorical):
+        return Categorical(logits=fn(dist.logits), validate_args=False)
     if isinstance(dist, MixtureSameFamily):
         mixture = rebuild(dist.mixture_distribution, fn)
         components = rebuild(dist.component_distribution, fn)

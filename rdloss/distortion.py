@@ -23,6 +23,7 @@ from rdloss._checks import (
     should_validate,
     widen_half,
 )
+from rdloss._rebuild import widened
 from rdloss.families import binary_support_check, value_checks
 from rdloss.latents import LatentGroup
 
@@ -116,7 +117,8 @@ def _lead_dims(x: Tensor, likelihood: Distribution) -> int:
 def per_draw(x: Tensor, likelihood: Distribution) -> Tensor:
     """``(B,)`` or ``(S, B)`` distortion of checked types: shapes checked, no value checks."""
     n_lead = _lead_dims(x, likelihood)
-    per_element = widen_half(_negative_log_prob(likelihood, x))
+    # Half-precision parameters are widened before the log-density, not the result after.
+    per_element = widen_half(_negative_log_prob(widened(likelihood), x))
     data_dims = tuple(range(n_lead, per_element.ndim))
     return per_element.sum(data_dims) if data_dims else per_element
 

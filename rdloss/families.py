@@ -18,7 +18,15 @@ import math
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Distribution, Independent, Laplace, Normal
+from torch.distributions import (
+    Bernoulli,
+    Categorical,
+    Distribution,
+    Independent,
+    Laplace,
+    Normal,
+    OneHotCategorical,
+)
 from typing_extensions import override
 
 from rdloss._checks import ValueCheck, check_finite
@@ -31,6 +39,7 @@ __all__ = [
     "binary_support_check",
     "logvar_of",
     "normal_kl",
+    "one_hot",
     "standard_normal",
     "standard_normal_kl",
     "standard_normal_like",
@@ -131,23 +140,25 @@ def _positive(name: str, t: Tensor) -> ValueCheck:
 
 
 class StandardGaussian(Gaussian):
-    r"""$\mathcal N(0, 1)$ elementwise, as `rdloss.marginals.StandardNormal` returns it.
+    r"""$\mathcal N(0, 1)$ over ``shape``, as `rdloss.marginals.StandardNormal` returns it.
 
-    The rate against it takes the closed form of the KL to $\mathcal N(0, I)$, which reads
-    nothing of it (the same numbers as the loss's default marginal).
+    The rate against it takes the closed form of the KL to $\mathcal N(0, I)$ (the same
+    numbers as the loss's default marginal). It has no parameters to get wrong: zeros and
+    ones are made here.
 
     Args:
-        loc: zeros, the shape and dtype of the latent (also used as $\log\sigma^2 = 0$).
-        scale: ones of the same shape.
+        shape: the latent's shape (the distribution's batch shape; wrap it in
+            ``Independent`` for an event).
+        like: a tensor whose dtype and device it takes.
     """
 
-    def __init__(self, loc: Tensor, scale: Tensor) -> None:
-        super().__init__(loc, scale, logvar=loc, validate_args=False)
+    def __init__(self, shape: _Shape, *, like: Tensor) -> None:
+        zeros = like.new_zeros(shape)
+        super().__init__(zeros, torch.ones_like(zeros), logvar=zeros, validate_args=False)
 
     @override
     def expand(self, batch_shape: _Shape, _instance: Distribution | None = None) -> Gaussian:
-        shape = torch.Size(batch_shape)
-        return StandardGaussian(self.loc.expand(shape), self.scale.expand(shape))
+        return StandardGaussian(batch_shape, like=self.loc)
 
 
 class CheckedLaplace(Laplace):
@@ -265,6 +276,21 @@ def binary_support_check(x: Tensor) -> ValueCheck:
     # x (1 - x) is 0 exactly at 0 and 1, NaN or non-zero elsewhere (NaN counts as non-zero):
     # one fused pass and a count instead of three boolean passes over the pixels.
     return ValueCheck(torch.count_nonzero(torch.addcmul(t, t, t, value=-1)) == 0, explain)
+
+
+def one_hot(
+    weights: Categorical, kind: type[OneHotCategorical] = OneHotCategorical
+) -> Distribution:
+    """``OneHotCategorical`` (or ``kind``) over ``weights``, without checking them again.
+
+    torch's ``OneHotCategorical.__init__`` builds its inner ``Categorical`` with the global
+    default argument checks whatever ``validate_args`` says (torch 2.13): a host
+    synchronisation per object. This wraps the given ``Categorical`` instead.
+    """
+    dist = kind.__new__(kind)
+    dist._categorical = weights
+    Distribution.__init__(dist, weights.batch_shape, weights.param_shape[-1:], validate_args=False)
+    return dist
 
 
 def value_checks(dist: Distribution, value: Tensor | None = None) -> list[ValueCheck]:

@@ -128,7 +128,11 @@ def _scale(loc: Tensor, scale: Tensor | float | None) -> Tensor:
     """``scale`` as a tensor of ``loc``'s shape, from a float or a broadcastable tensor."""
     if isinstance(scale, Tensor):
         sigma = widen_half(_floating("scale", scale))
-        if torch.broadcast_shapes(loc.shape, sigma.shape) != loc.shape:
+        try:
+            shape = torch.broadcast_shapes(loc.shape, sigma.shape)
+        except RuntimeError:
+            shape = None
+        if shape != loc.shape:
             raise ValueError(
                 f"scale of shape {tuple(sigma.shape)} must broadcast to loc's shape "
                 f"{tuple(loc.shape)} without enlarging it"

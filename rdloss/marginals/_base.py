@@ -98,7 +98,7 @@ class StandardNormal(Marginal):
         The Normal is an `rdloss.distributions.StandardGaussian`: the rate against it is
         the closed form of the KL to N(0, I), as with the loss's default marginal.
         """
-        return Independent(StandardGaussian(self.loc, self.scale), 1, validate_args=False)
+        return Independent(StandardGaussian(self.loc.shape, like=self.loc), 1, validate_args=False)
 
     @override
     def extra_repr(self) -> str:

@@ -5,25 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical as TorchCategorical
-from torch.distributions import Distribution, OneHotCategorical
+from torch.distributions import Distribution
 from typing_extensions import override
 
 from rdloss._checks import check_positive_int
+from rdloss.families import one_hot
 from rdloss.marginals._base import Marginal
 
 __all__ = ["Categorical"]
-
-
-def _one_hot(weights: TorchCategorical) -> OneHotCategorical:
-    """``OneHotCategorical`` over ``weights``, without re-checking them.
-
-    Its ``__init__`` builds the inner ``Categorical`` with torch's default argument checks
-    whatever ``validate_args`` says (torch 2.13): a host synchronisation per call.
-    """
-    dist = OneHotCategorical.__new__(OneHotCategorical)
-    dist._categorical = weights
-    Distribution.__init__(dist, weights.batch_shape, weights.param_shape[-1:], validate_args=False)
-    return dist
 
 
 class Categorical(Marginal):
@@ -65,7 +54,7 @@ class Categorical(Marginal):
         """Return ``Categorical(logits)`` (or ``OneHotCategorical`` with ``one_hot=True``)."""
         # Its own logits, valid by construction: no argument checks (a host sync each).
         weights = TorchCategorical(logits=self.logits, validate_args=False)
-        return _one_hot(weights) if self.one_hot else weights
+        return one_hot(weights) if self.one_hot else weights
 
     @override
     def extra_repr(self) -> str:

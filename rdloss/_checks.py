@@ -35,8 +35,15 @@ __all__ = [
 ]
 
 
+def is_compiling() -> bool:
+    """Whether dynamo is tracing (``torch.compiler.is_compiling``, torch >= 2.3)."""
+    return torch.compiler.is_compiling()
+
+
 def in_functorch() -> bool:
     """Whether a ``torch.func`` transform (``grad``, ``vmap``, ...) is running."""
+    if is_compiling():  # dynamo cannot trace the query on older releases; nor can it vmap here
+        return False
     return torch._C._functorch.maybe_current_level() is not None
 
 
@@ -51,7 +58,7 @@ def should_validate(validate_args: bool) -> bool:
     Args:
         validate_args: the caller's flag.
     """
-    return validate_args and not torch.compiler.is_compiling() and not in_functorch()
+    return validate_args and not is_compiling() and not in_functorch()
 
 
 def check_tensor(name: str, value: object, *, min_ndim: int = 0) -> Tensor:
@@ -67,7 +74,7 @@ def check_tensor(name: str, value: object, *, min_ndim: int = 0) -> Tensor:
     """
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.is_complex():
+    if value.dtype.is_complex:  # the dtype's flag: dynamo traces it on every release
         raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
     if value.ndim < min_ndim:
         raise ValueError(

@@ -12,8 +12,6 @@ aggregate-posterior $I(n;z)$ and marginal gap (Hoffman & Johnson, 2016), and the
 from __future__ import annotations
 
 import math
-import sys
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -21,9 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 from torchmetrics import CatMetric, SumMetric
-from tqdm.auto import tqdm
 
 from rdloss._checks import check_nonnegative_number, check_positive_int
+from rdloss.diagnostics._progress import Progress
 from rdloss.diagnostics.aggregate import AggregatePosterior
 from rdloss.diagnostics.functional import ActiveUnitsResult
 from rdloss.diagnostics.iwae import importance_weighted_bound
@@ -36,7 +34,6 @@ __all__ = ["Evaluation", "evaluate"]
 
 _LN2 = math.log(2.0)
 _KEYS = ("x", "posterior", "prior", "likelihood", "decoder", "z", "samples")
-_LINES_UNSIZED = 25  # progress lines every this many batches when len(batches) is unknown
 
 
 class Evaluation(NamedTuple):
@@ -152,45 +149,6 @@ def _inputs(value: object) -> dict[str, Any]:
 def _is_diagonal_gaussian(posterior: object) -> bool:
     base = posterior.base_dist if isinstance(posterior, Independent) else posterior
     return isinstance(base, Normal) and len(base.batch_shape) >= 1
-
-
-class _Progress:
-    """A tqdm bar on a terminal, plain lines on stderr otherwise, nothing when disabled."""
-
-    def __init__(self, enabled: bool, total: int | None) -> None:
-        rank = torch.distributed.get_rank() if _distributed() else 0
-        self.enabled = enabled and rank == 0
-        self.total = total
-        self.every = _LINES_UNSIZED if not total else max(1, math.ceil(total / 10))
-        self.start = time.perf_counter()
-        tty = self.enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc="evaluate", unit="batch", leave=False) if tty else None
-
-    def step(self, batches: int, examples: int) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-        elif self.enabled and (batches % self.every == 0 or batches == self.total):
-            done = f"{batches} batches"
-            if self.total:
-                done = f"{batches}/{self.total} batches ({100 * batches // self.total}%)"
-            self.say(f"{done}, {examples} examples")
-
-    def say(self, text: str) -> None:
-        if self.enabled:
-            elapsed = time.perf_counter() - self.start
-            line = f"evaluate: {text}, {elapsed:.1f} s"
-            if self.bar is not None:
-                self.bar.write(line, file=sys.stderr)
-            else:
-                print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 class _Metrics:
@@ -328,7 +286,7 @@ def evaluate(
     for root in (loss, *modules):
         root.eval()
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
-    bar = _Progress(progress, total)
+    bar = Progress(progress, total)
     try:
         return _run(batches, fn, loss, iwae_samples, data_entropy, data_dims,
                     mutual_information, threshold, target, bar)  # fmt: skip
@@ -348,7 +306,7 @@ def _run(
     mutual_information: bool,
     threshold: float,
     device: torch.device | None,
-    bar: _Progress,
+    bar: Progress,
 ) -> Evaluation:
     notes: list[str] = []
     metrics: _Metrics | None = None
@@ -401,7 +359,7 @@ def _run(
 
 
 def _result(
-    metrics: _Metrics, k: int, data_entropy: float | None, notes: list[str], bar: _Progress
+    metrics: _Metrics, k: int, data_entropy: float | None, notes: list[str], bar: Progress
 ) -> Evaluation:
     rd = metrics.rd.compute()
     bounds = metrics.bounds.compute()

@@ -279,3 +279,19 @@ def test_two_processes_equal_one_process_on_the_union(tmp_path: Any, free_port: 
         assert_close(synced["active_units"].variances, single["active_units"].variances)
         assert_close(synced["aggregate"].mutual_information, single["aggregate"].mutual_information)
         assert_close(synced["aggregate"].marginal_gap, single["aggregate"].marginal_gap)
+
+
+def test_iwae_nll_with_the_exact_posterior_is_the_closed_form() -> None:
+    # x ~ N(0, 2 I) from z ~ N(0, I), x | z ~ N(z, I): the exact posterior is N(x/2, I/2),
+    # with which every importance weight equals p(x), whatever k and the draws.
+    x = torch.randn(30, 3, dtype=torch.float64)
+
+    def fn(x: torch.Tensor) -> dict[str, Any]:
+        q = helpers.normal(x / 2, scale=torch.full_like(x, 0.5**0.5))
+        return {"x": x, "posterior": q, "decoder": lambda z: helpers.normal(z, scale=1.0)}
+
+    ev = rdloss.evaluate(x.split(7), fn, iwae_samples=3, progress=False)
+    log_p = torch.distributions.Normal(0.0, 2.0**0.5).log_prob(x).sum(1)
+    assert_close(ev.nll, -log_p.mean())
+    assert_close(ev.nll_stderr, log_p.std() / math.sqrt(30))
+    assert_close(ev.mi_lower, -log_p.mean() - ev.distortion)

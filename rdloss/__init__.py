@@ -23,14 +23,17 @@ if TYPE_CHECKING:
         objectives,
         schedules,
     )
+    from rdloss.diagnostics import Evaluation, evaluate
     from rdloss.loss import RateDistortionLoss, RDOutput
 
 __all__ = [
+    "Evaluation",
     "RDOutput",
     "RateDistortionLoss",
     "__version__",
     "diagnostics",
     "distributions",
+    "evaluate",
     "functional",
     "helpers",
     "latents",
@@ -42,11 +45,14 @@ __all__ = [
 # Names are imported on first use (PEP 562) so that `rdloss --help` and `rdloss --version`
 # answer without importing torch, which takes seconds.
 _FROM_LOSS = ("RDOutput", "RateDistortionLoss")
+_FROM_DIAGNOSTICS = ("Evaluation", "evaluate")
 
 
 def __getattr__(name: str) -> Any:
     if name in _FROM_LOSS:
         return getattr(importlib.import_module("rdloss.loss"), name)
+    if name in _FROM_DIAGNOSTICS:
+        return getattr(importlib.import_module("rdloss.diagnostics"), name)
     if name in __all__:
         return importlib.import_module(f"rdloss.{name}")
     raise AttributeError(f"module 'rdloss' has no attribute {name!r}")

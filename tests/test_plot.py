@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
-from rdloss.plot import RDPoint, rd_plane, trajectory
+from rdloss.plot import CurvePoint, RDPoint, curve_table, rd_curve, rd_plane, trajectory
 
 
 def test_rd_plane_draws_points_lines_and_region() -> None:
@@ -148,3 +148,66 @@ def test_bad_input_raises_named_error(case: str) -> None:
         expect_named_error(BAD_INPUTS[case])
     finally:
         plt.close("all")
+
+
+CURVE = [
+    CurvePoint(1.0, 17.0, 73.5),
+    (0.1, 40.0, 53.8),
+    (10.0, torch.tensor(1.4, dtype=torch.float64), 81.6),
+]
+SEPARATE = [(0.1, 42.0, 57.0), (1.0, 18.0, 76.7)]
+
+
+def test_rd_curve_draws_the_line_in_beta_order_with_estimate_and_limits(tmp_path) -> None:
+    ax = rd_curve(CURVE, separate=SEPARATE, entropy=80.0, label="Multi-Rate (one run)")
+    curve = [ln for ln in ax.lines if ln.get_label() == "Multi-Rate (one run)"]
+    assert len(curve) == 1  # a line through the points sorted by beta, not by rate
+    assert curve[0].get_xydata().tolist() == [[40.0, 53.8], [17.0, 73.5], [1.4, 81.6]]
+    assert curve[0].get_marker() == "o"
+    labels = ax.get_legend_handles_labels()[1]
+    assert "D = Ĥ \u2212 R (Ĥ: an estimate of H)" in labels  # the estimate is labelled as one
+    assert "separately trained (one model per \u03b2)" in labels
+    assert not any("infeasible" in t for t in labels)  # nothing shaded for an estimate
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("\u03b2=0.1") == 2 and "\u03b2=10" in texts
+    assert any(t.startswith("auto-decoding") for t in texts)
+    assert any(t.startswith("auto-encoding") for t in texts)
+    assert ax.get_xlabel() == "rate R (nats)" and ax.get_ylabel() == "distortion D (nats)"
+    ax.figure.savefig(tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+    plt.close("all")
+
+
+def test_rd_curve_options() -> None:
+    fig, ax = plt.subplots()
+    assert rd_curve(CURVE, ax=ax, entropy=80.0, limits=False) is ax
+    assert not any(t.get_text().startswith("auto-") for t in ax.texts)
+    rd_curve(CURVE, ax=ax, entropy=80.0, entropy_is_estimate=False, title="t")
+    assert any("infeasible" in t for t in ax.get_legend_handles_labels()[1])
+    assert "curve (evaluated at each \u03b2)" in ax.get_legend_handles_labels()[1]
+    plt.close(fig)
+    ax = rd_curve(CURVE)  # no entropy: no diagonal, no limits
+    assert len(ax.lines) == 1 and not any(t.get_text().startswith("auto-") for t in ax.texts)
+    plt.close("all")
+
+
+def test_rd_curve_rejects_bad_points() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        rd_curve([])
+    with pytest.raises(TypeError, match=r"points\[0\]"):
+        rd_curve([(1.0, 2.0)])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"points\[0\].beta must be positive"):
+        rd_curve([(0.0, 2.0, 3.0)])
+    with pytest.raises(ValueError, match=r"separate\[0\].rate must be finite"):
+        rd_curve(CURVE, separate=[(1.0, float("nan"), 3.0)])
+
+
+def test_curve_table_rows_match_the_plot() -> None:
+    rows = curve_table(CURVE, SEPARATE)
+    assert [r["kind"] for r in rows] == ["curve"] * 3 + ["separate"] * 2
+    assert [r["beta"] for r in rows] == [0.1, 1.0, 10.0, 0.1, 1.0]
+    assert rows[2] == {
+        "kind": "curve", "beta": 10.0, "rate": pytest.approx(1.4), "distortion": 81.6,
+        "elbo": pytest.approx(-83.0),
+    }  # fmt: skip
+    assert all(isinstance(v, (str, float)) for r in rows for v in r.values())  # JSON-ready

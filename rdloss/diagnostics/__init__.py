@@ -6,6 +6,7 @@ logs from Lightning (Alemi et al., 2018, "Fixing a Broken ELBO").
 """
 
 from rdloss.diagnostics import functional
+from rdloss.diagnostics.evaluate import Evaluation, evaluate
 from rdloss.diagnostics.iwae import importance_weighted_bound
 from rdloss.diagnostics.metrics import (
     ActiveUnits,
@@ -17,10 +18,12 @@ from rdloss.diagnostics.mutual_information import MutualInformation
 
 __all__ = [
     "ActiveUnits",
+    "Evaluation",
     "MutualInformation",
     "MutualInformationBounds",
     "RateDistortion",
     "RatePerDimension",
+    "evaluate",
     "functional",
     "importance_weighted_bound",
 ]

@@ -255,10 +255,7 @@ class RateDistortionCallback(_callback_base()):  # type: ignore[misc]
         for index in sorted(self.metrics):
             values = self._values(*self.metrics[index])
             pl_module.log_dict(
-                {
-                    _suffixed(f"{self.prefix}{k}", index, several): v
-                    for k, v in values.items()
-                },
+                {_suffixed(f"{self.prefix}{k}", index, several): v for k, v in values.items()},
                 sync_dist=False,  # the metrics synchronise themselves
                 add_dataloader_idx=False,
             )

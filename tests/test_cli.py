@@ -348,6 +348,8 @@ def test_a_quick_run_keeps_the_full_runs_results(
     assert "to rdloss-output/demo-quick/ in" in out
     assert [p.name for p in full.iterdir()] == ["results.json"]  # untouched
     assert (tmp_path / "rdloss-output" / "demo-quick" / "results.csv").exists()
+    # A smoke run's numbers mean nothing: another one replaces them without --overwrite.
+    assert main(["demo", "--quick", "--no-progress", "--no-plot", "--seed", "1"]) == 0
 
 
 def test_a_run_with_other_arguments_keeps_the_results_unless_overwrite(

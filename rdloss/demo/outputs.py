@@ -126,8 +126,8 @@ def replaced_run(report: Path, arguments: Mapping[str, object]) -> str | None:
         arguments: the new run's parsed arguments.
 
     Returns:
-        ``None`` when there is no such file or it holds a run of the same configuration
-        (same command and numbers-deciding arguments: rerunning it loses nothing); else
+        ``None`` when there is no such file, it holds a ``--quick`` run, or a run of the
+        same configuration (same command and numbers-deciding arguments); else
         what it holds, e.g. ``"the results of a run with other --quick, --seed"``.
     """
     if not report.exists():
@@ -140,6 +140,8 @@ def replaced_run(report: Path, arguments: Mapping[str, object]) -> str | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"a {report.name} that is not rdloss's"
     old, new = configuration(previous), configuration(arguments)
+    if old.get("quick") is True:  # a smoke run's numbers mean nothing: nothing is lost
+        return None
     if old.get("command") != new.get("command"):
         return f"the results of rdloss {old.get('command')}"
     differ = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))

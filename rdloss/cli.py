@@ -11,7 +11,9 @@ Subcommands:
 
 Run ``rdloss <command> --help`` for the options. Errors in the arguments exit with code 2,
 errors while running (e.g. an unwritable output folder) with code 1. Each command writes to
-its own folder, ``./rdloss-output/<command>`` unless ``--out`` is given.
+its own folder, ``./rdloss-output/<command>`` (``<command>-quick`` for ``--quick``) unless
+``--out`` is given, and keeps the results of a run with other arguments found there unless
+``--overwrite`` is given.
 
 torch is imported only once the arguments are parsed, so ``rdloss --help`` and
 ``rdloss --version`` answer at once.
@@ -23,7 +25,6 @@ import argparse
 import math
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +35,13 @@ __all__ = ["main"]
 DEFAULT_OUT = "rdloss-output"
 # Measured: `time rdloss demo --no-progress` on 2 shared CPU cores (docs/reproducing.md).
 DEMO_TIME = "about 2 minutes"
+# The file holding each command's arguments: a run with others does not replace it.
+_REPORTS = {
+    "demo": "results.json",
+    "toy": "results.json",
+    "sweep": "results.json",
+    "mnist": "mnist_results.json",
+}
 
 
 class _RunError(Exception):
@@ -86,27 +94,35 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, *, threads: int = 1, quick: bool = False) -> None:
+    """The options every command has; ``threads``: its default; ``quick``: it has --quick."""
+    command = parser.prog.split()[-1]
     parser.add_argument(
         "--out",
         default=None,
         type=Path,
         metavar="DIR",
-        help=f"output folder, created if needed (default: ./{DEFAULT_OUT}/<command>)",
+        help=f"output folder, created if needed (default: ./{DEFAULT_OUT}/{command}"
+        + (f", ./{DEFAULT_OUT}/{command}-quick for --quick)" if quick else ")"),
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of a run with other arguments in the output folder "
+        "(without it they are kept and the run stops before training)",
     )
     parser.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--threads",
         type=_positive_int,
-        default=1,
+        default=threads,
         metavar="N",
-        help="torch CPU threads, at most the CPU count (default: 1; the models are tiny "
-        "and gain nothing from more)",
+        help=f"torch CPU threads, at most the CPU count (default: {threads})",
     )
     parser.add_argument(
         "--no-progress",
         action="store_true",
-        help="hide the progress bars (they are shown only on a terminal)",
+        help="hide the progress (bars on a terminal, else one line per model)",
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
 
@@ -148,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
         "embedded 8x8 digits; print the table and the paper's findings; write "
         "results.csv, results.json, rd_plane.png and trajectory.png.",
     )
-    _common(demo)
+    _common(demo, quick=True)
     _digits_options(demo, epochs=100)
     demo.add_argument(
         "--toy-steps",
@@ -242,8 +258,22 @@ def _check_device(device: str) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> Path:
+    """The output folder, writable, and holding no other run's results unless --overwrite."""
     _check_device(getattr(args, "device", "cpu"))
-    folder: Path = args.out if args.out is not None else Path(DEFAULT_OUT) / args.command
+    from rdloss.demo import outputs
+
+    quick = getattr(args, "quick", False)
+    own = Path(DEFAULT_OUT) / (f"{args.command}-quick" if quick else args.command)
+    folder: Path = own if args.out is None else args.out
+    full = Path(DEFAULT_OUT) / args.command
+    if args.out is None and quick and (full / _REPORTS[args.command]).exists():
+        print(f"rdloss: note: --quick writes to {folder}/; the full run's results in {full}/ stay")
+    why = outputs.replaced_run(folder / _REPORTS[args.command], vars(args))
+    if why is not None and not args.overwrite:
+        raise _RunError(
+            f"kept {why} in {folder}/: pass --overwrite to replace them, "
+            "or --out DIR to write elsewhere"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".rdloss-write-test"
@@ -255,108 +285,14 @@ def _prepare(args: argparse.Namespace) -> Path:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from rdloss.demo import data, outputs, results, sweep, toy
-
     folder = _prepare(args)
     if args.command == "mnist":
         from rdloss.demo import mnist_cli
 
         return mnist_cli.run(args, folder, _RunError)
-    started, clock = time.time(), time.perf_counter()
-    # Outside a terminal tqdm cannot redraw nested bars: it would leave escape codes behind.
-    progress = not args.no_progress and sys.stderr.isatty()
-    quick = getattr(args, "quick", False)
-    toy_runs: list[toy.ToyResult] = []
-    digit_runs: list[sweep.DigitsResult] = []
-    specs: list[sweep.RunSpec] = []
-    toy_targets: list[float | None] = []
-    if args.command in ("demo", "toy"):
-        toy_targets = [None, args.target_rate if args.command == "toy" else 0.5]
-    if args.command == "demo":
-        specs = [sweep.RunSpec("factorized", "beta", b) for b in (0.1, 0.3, 1.0, 3.0)]
-        specs += [
-            sweep.RunSpec("autoregressive", "beta", 1.0),
-            sweep.RunSpec("autoregressive", "target_rate", args.target_rate),
-        ]
-    elif args.command == "sweep":
-        betas = args.beta if args.beta is not None else [] if args.target_rate else [0.1, 0.3, 1, 3]
-        if not betas and not args.target_rate:
-            raise _RunError("nothing to run: give at least one --beta or --target-rate value")
-        specs = [sweep.RunSpec(args.decoder, "beta", float(b)) for b in betas]
-        specs += [sweep.RunSpec(args.decoder, "target_rate", float(s)) for s in args.target_rate]
-    steps = 20 if quick else getattr(args, "toy_steps", getattr(args, "steps", 2000))
-    epochs = 1 if quick else getattr(args, "epochs", 1)
-    from tqdm.auto import tqdm
+    from rdloss.demo import demo_cli
 
-    bar = tqdm(total=len(toy_targets) + len(specs), desc="rdloss", disable=not progress)
-    if toy_targets:
-        distribution = data.toy_data()
-        for target in toy_targets:
-            try:
-                run = toy.train_toy(
-                    distribution,
-                    target_rate=target,
-                    steps=steps,
-                    lr=getattr(args, "lr", 0.01),
-                    seed=args.seed,
-                    progress=progress,
-                )
-            except FloatingPointError as error:
-                raise _RunError(f"{error}; try a smaller --lr") from None
-            toy_runs.append(run)
-            bar.update()
-    if specs:
-        digits = data.load_digits()
-        for spec in specs:
-            digit_runs.append(
-                sweep.train_digits(
-                    spec,
-                    digits,
-                    marginal=args.marginal,
-                    latent_dim=args.latent_dim,
-                    epochs=epochs,
-                    seed=args.seed,
-                    progress=progress,
-                    device=args.device,
-                )
-            )
-            bar.update()
-    bar.close()
-    rows = [results.from_toy(t) for t in toy_runs] + results.from_digits(digit_runs)
-    found = results.findings(rows)
-    elapsed = time.perf_counter() - clock
-    print(results.format_table(rows))
-    for t in toy_runs:
-        m0, m1 = t.cluster_masses
-        print(
-            f"toy {t.objective}: cluster masses (left, right) = ({m0:.3f}, {m1:.3f}), "
-            f"{t.used_states} latent states hold > 1% of the mass"
-        )
-    if found:
-        print("\nThe paper's findings at this scale" + (" (--quick: meaningless)" if quick else ""))
-        print(results.format_findings(found))
-    # Every file is staged under a temporary name and all are renamed at the end, so an
-    # interrupted run leaves the previous run's files as they were, and a run that draws no
-    # plots removes the previous run's plots instead of leaving them beside new numbers.
-    with outputs.Staging(folder) as staged:
-        results.write_csv(rows, staged.path("results.csv"))
-        results.write_json(
-            rows,
-            staged.path("results.json"),
-            command=args.command,
-            seconds=round(elapsed, 1),
-            provenance=outputs.provenance(vars(args), started),
-            findings=[f._asdict() for f in found],
-            attribution=data.DIGITS_ATTRIBUTION,
-        )
-        if not args.no_plot:
-            try:
-                from rdloss.demo.figures import save_figures
-
-                save_figures(rows, toy_runs, digit_runs, staged.path)
-            except ImportError:
-                print("(plots skipped: matplotlib is missing; pip install rdloss[plot])")
-    print(f"\nwrote {', '.join(staged.written)} to {folder}/ in {elapsed:.0f} s")
+    return demo_cli.run(args, folder, _RunError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

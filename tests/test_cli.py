@@ -270,7 +270,7 @@ def test_interrupted_plotting_leaves_the_previous_run_intact(
 
     monkeypatch.setattr(figures, "save_figures", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        _toy(tmp_path, "--seed", "1")
+        _toy(tmp_path, "--seed", "1", "--overwrite")
     # Not the new numbers beside the old plots: the old files, byte for byte, and no debris.
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
@@ -449,3 +449,124 @@ def test_bad_input_raises_named_error(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # the command's output folder, if it ever got that far
     expect_named_error(BAD_INPUTS[case])
+
+
+# --- outputs are never lost -----------------------------------------------------------------
+
+
+def test_a_quick_run_keeps_the_full_runs_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    full = tmp_path / "rdloss-output" / "demo"
+    full.mkdir(parents=True)
+    (full / "results.json").write_text('{"provenance": {"arguments": {"command": "demo"}}}')
+    assert main(["demo", "--quick", "--no-progress", "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "rdloss: note: --quick writes to rdloss-output/demo-quick/; the full run's results "
+        "in rdloss-output/demo/ stay\n"
+    )
+    assert "to rdloss-output/demo-quick/ in" in out
+    assert [p.name for p in full.iterdir()] == ["results.json"]  # untouched
+    assert (tmp_path / "rdloss-output" / "demo-quick" / "results.csv").exists()
+    # A smoke run's numbers mean nothing: another one replaces them without --overwrite.
+    assert main(["demo", "--quick", "--no-progress", "--no-plot", "--seed", "1"]) == 0
+
+
+def test_a_run_with_other_arguments_keeps_the_results_unless_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _toy(tmp_path, "--no-plot") == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    capsys.readouterr()
+    # Other numbers-deciding arguments (or another command): refused before any training.
+    for extra in (["--seed", "1"], ["--target-rate", "0.3", "--lr", "0.02"]):
+        assert _toy(tmp_path, *extra) == 1
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    argv = ["sweep", "--beta", "1", "--epochs", "1", "--no-progress", "--out", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    tail = f" in {tmp_path}/: pass --overwrite to replace them, or --out DIR to write elsewhere"
+    assert err == [
+        "rdloss: error: kept the results of a run with other --seed" + tail,
+        "rdloss: error: kept the results of a run with other --lr, --target-rate" + tail,
+        "rdloss: error: kept the results of rdloss toy" + tail,
+    ]
+    # What only changes how the run reports may differ; --overwrite replaces.
+    assert _toy(tmp_path, "--threads", "2") == 0
+    assert _toy(tmp_path, "--seed", "1", "--overwrite") == 0
+    saved = json.loads((tmp_path / "results.json").read_text())["provenance"]["arguments"]
+    assert saved["seed"] == 1
+    (tmp_path / "results.json").write_text("not json")
+    assert _toy(tmp_path) == 1
+    assert "kept a results.json that is not rdloss's in" in capsys.readouterr().err
+
+
+# --- progress everywhere --------------------------------------------------------------------
+
+
+class _Stream:
+    """A text stream that is not a terminal (a log file, a pipe)."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_modes() -> None:
+    from rdloss.demo.progress import modes
+
+    term, log = _Stream(True), _Stream(False)
+    assert modes(False, stdout=term, stderr=term) == (True, False)  # bars only
+    assert modes(False, stdout=log, stderr=term) == (True, True)  # rdloss mnist > log
+    assert modes(False, stdout=log, stderr=log) == (False, True)  # nohup, CI
+    assert modes(True, stdout=log, stderr=log) == (False, False)  # --no-progress
+
+
+def test_off_a_terminal_each_model_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # capsys' streams are not terminals, as in `rdloss demo > log`.
+    assert not sys.stdout.isatty() and not sys.stderr.isatty()
+    assert main(["demo", "--quick", "--no-plot", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.startswith("rdloss demo [")]
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert len(lines) == len(rows) == 8
+    names = [
+        "toy elbo",
+        "toy target_rate sigma=0.5",
+        *[f"digits factorized beta={b}" for b in ("0.1", "0.3", "1", "3")],
+        "digits autoregressive beta=1",
+        "digits autoregressive target_rate=6",
+    ]
+    for index, (line, name, row) in enumerate(zip(lines, names, rows, strict=True), 1):
+        head, numbers = line.split(": ", 1)
+        assert head == f"rdloss demo [{index}/8] {name}"
+        seconds, rate, distortion = numbers.split(", ")
+        assert seconds.endswith(" s") and int(seconds[:-2]) >= 0
+        assert float(rate.removeprefix("R = ")) == pytest.approx(float(row["rate"]), rel=1e-3)
+        assert distortion.endswith(" nats")
+        got = float(distortion.removeprefix("D = ").removesuffix(" nats"))
+        assert got == pytest.approx(float(row["distortion"]), rel=1e-3)
+    assert "\x1b[" not in captured.err and "\r" not in captured.err  # and no bars
+    assert main(["demo", "--quick", "--no-plot", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert "rdloss demo [" not in capsys.readouterr().out
+
+
+def test_mnist_help_agrees_on_threads_and_hints_are_quoted() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "rdloss", "mnist", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert "Uses 2 threads" in done.stdout and "(default: 2)" in done.stdout
+    from rdloss.demo import demo_cli, mnist_cli
+
+    for module in (demo_cli, mnist_cli):
+        source = Path(module.__file__ or "").read_text()
+        assert "pip install rdloss[" not in source and 'pip install "rdloss[' in source

@@ -35,8 +35,16 @@ FAMILIES = [
 @pytest.mark.slow
 def test_quick_run_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    assert main(["mnist", "--quick", "--no-progress", "--seed", "3", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    # No --no-progress: capsys' streams are not terminals, so one line per model, no bars.
+    assert main(["mnist", "--quick", "--seed", "3", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out
+    lines = [line for line in printed.splitlines() if line.startswith("rdloss mnist [")]
+    names = [MNISTSpec(*family).name for family in FAMILIES]
+    assert [line.split(": ")[0] for line in lines] == [
+        f"rdloss mnist [{i}/11] {name}" for i, name in enumerate(names, 1)
+    ]
+    assert "\x1b[" not in captured.err
     assert "The paper's findings at this scale (--quick: meaningless)" in printed
     assert printed.count("[yes]") + printed.count("[NO]") == 6
     assert {p.name for p in out.iterdir()} == {
@@ -62,6 +70,9 @@ def test_quick_run_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFix
     assert len(iwae) == 1 and iwae[0]["elbo"] == max(r["elbo"] for r in report["rows"])
     assert report["entropy_estimate"] <= iwae[0]["iwae_nll"]
     assert (out / "mnist_rd_plane.png").read_bytes()[:4] == b"\x89PNG"
+    # Each line's R and D are the held-out ones of the table.
+    for line, row in zip(lines, report["rows"], strict=True):
+        assert f"R = {row['rate']:.4g}, D = {row['distortion']:.4g} nats" in line
 
 
 def _idx_folder(root: Path, n_train: int, n_test: int) -> None:
@@ -159,3 +170,19 @@ def test_findings_thresholds() -> None:
     rows[2] = _row("pixelcnn", "normal", "target_rate", 10.0, 11.1, 96.0)  # off target
     rows[5] = _row("deconv", "normal", "beta", 3.0, 5.0, 90.0)  # D falls: not monotone
     assert [f.holds for f in mnist_report.findings(rows)] == [False, False, True, False]
+
+
+def test_a_run_keeps_a_longer_runs_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    full = tmp_path / "rdloss-output" / "mnist"
+    full.mkdir(parents=True)
+    saved = {"command": "mnist", "epochs": 8, "quick": False, "seed": 0, "data": None}
+    (full / "mnist_results.json").write_text(json.dumps({"arguments": saved}))
+    # Into the full run's folder: refused at once, before any training.
+    assert main(["mnist", "--quick", "--out", str(full)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("rdloss: error: kept the results of a run with other --iwae-samples")
+    assert "--quick" in err and "--overwrite" in err and err.count("\n") == 1
+    assert [p.name for p in full.iterdir()] == ["mnist_results.json"]

@@ -11,7 +11,6 @@ import argparse
 import importlib.util
 import math
 import platform
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,9 +43,8 @@ def add_parser(sub: Any, common: Any, positive_int: Any, nonnegative: Any) -> No
         "model and the paper's findings; write mnist_results.csv/json and two PNGs. Uses 2 threads "
         "unless --threads says otherwise.",
     )
-    common(parser)
     # The PixelCNN's convolutions do gain from a second thread (~1.4x), unlike the toy models.
-    parser.set_defaults(threads=2)
+    common(parser, threads=2, quick=True)
     parser.add_argument(
         "--epochs",
         type=positive_int,
@@ -111,7 +109,7 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
     import torch
     from tqdm.auto import tqdm
 
-    from rdloss.demo import mnist, mnist_report, outputs
+    from rdloss.demo import mnist, mnist_report, outputs, progress
     from rdloss.demo import results as report
     from rdloss.demo.mnist_data import MNIST_ATTRIBUTION, MNISTSplit, load_mnist
 
@@ -126,23 +124,28 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
         epochs, iwae_k = 1, 20
     specs = mnist.default_specs(target_rate=args.target_rate, betas=BETAS)
     if importlib.util.find_spec("zuko") is None:
-        print("(MAF marginal skipped: zuko is missing; pip install rdloss[flows])")
+        print('(MAF marginal skipped: zuko is missing; pip install "rdloss[flows]")')
         specs = [s for s in specs if s.marginal != "maf"]
-    # Outside a terminal tqdm cannot redraw its bars: it would leave escape codes behind.
-    progress = not args.no_progress and sys.stderr.isatty()
+    # Bars on a terminal; elsewhere (a log file, nohup, CI) one line per model.
+    bars, lines = progress.modes(args.no_progress)
     runs: list[mnist.MNISTRun] = []
-    for spec in tqdm(specs, desc="rdloss mnist", disable=not progress):
-        runs.append(
-            mnist.train_mnist(
-                spec,
-                data,
-                latent_dim=args.latent_dim,
-                epochs=epochs,
-                seed=args.seed,
-                progress=progress,
-                device=args.device,
-            )
+    for index, spec in enumerate(tqdm(specs, desc="rdloss mnist", disable=not bars), 1):
+        run = mnist.train_mnist(
+            spec,
+            data,
+            latent_dim=args.latent_dim,
+            epochs=epochs,
+            seed=args.seed,
+            progress=bars,
+            device=args.device,
         )
+        runs.append(run)
+        if lines:
+            r = run.result
+            line = progress.model_line(
+                "mnist", index, len(specs), spec.name, r.seconds, r.rate, r.distortion
+            )
+            print(line, flush=True)
     results = [r.result for r in runs]
     best = max(range(len(runs)), key=lambda i: results[i].elbo)
     iwae = {best: mnist.iwae_nll(runs[best], data.test.to(args.device), k=iwae_k)}
@@ -186,5 +189,5 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
             try:
                 mnist_report.save_figures(rows, results, entropy, staged.path)
             except ImportError:
-                print("(plots skipped: matplotlib is missing; pip install rdloss[plot])")
+                print('(plots skipped: matplotlib is missing; pip install "rdloss[plot]")')
     print(f"\nwrote {', '.join(staged.written)} to {folder}/ in {elapsed:.0f} s")

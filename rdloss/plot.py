@@ -1,6 +1,6 @@
 r"""Plots of the rate-distortion plane (Alemi et al., 2018, Fig. 1) from your own numbers.
 
-matplotlib is an optional extra (``pip install rdloss[plot]``); it is imported inside the
+matplotlib is an optional extra (``pip install "rdloss[plot]"``); it is imported inside the
 functions, so ``import rdloss.plot`` works without it.
 
 * `rd_plane`: models as points in the (R, D) plane, labelled and coloured by
@@ -72,7 +72,7 @@ def _pyplot() -> Any:
         import matplotlib.pyplot as plt
     except ImportError as error:
         raise ImportError(
-            "rdloss.plot needs matplotlib: pip install rdloss[plot] (or pip install matplotlib)"
+            'rdloss.plot needs matplotlib: pip install "rdloss[plot]" (or pip install matplotlib)'
         ) from error
     return plt
 

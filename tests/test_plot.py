@@ -81,7 +81,7 @@ def test_import_without_matplotlib_is_lazy() -> None:
         "try:\n    p.rd_plane([(0.0, 1.0)])\nexcept ImportError as e:\n    print(e)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "pip install rdloss[plot]" in proc.stdout
+    assert 'pip install "rdloss[plot]"' in proc.stdout
 
 
 # --- bad inputs: plots --------------------------------------------------------------------

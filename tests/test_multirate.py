@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -436,3 +438,15 @@ def test_one_multirate_run_traces_the_optimal_curve() -> None:
         with torch.no_grad():
             rate, distortion = model.rd(1)
         assert_close((rate.item(), distortion.item()), optimal_rd(beta), rtol=0.04, atol=0.0)
+
+
+def test_docs_training_loop_runs() -> None:
+    """The loop of docs/rd_curve.md (not yet in the mkdocs nav, so run here too)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "rd_curve.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert len(blocks) == 2
+    namespace: dict[str, object] = {}
+    for block in blocks:
+        exec(compile(block, "docs/rd_curve.md", "exec"), namespace)
+    objective = namespace["objective"]
+    assert isinstance(objective, MultiRate) and objective.step.item() == 4

@@ -18,11 +18,13 @@ takes a number also takes a `Schedule` of the step.
 * `Capacity`: $\bar D + \gamma|\bar R - C(t)|$ (Burgess et al., 2018).
 * `GECO`: $\min \bar R$ s.t. $\bar D \le \kappa$ (Rezende & Viola, 2018).
 * `RateController`: PI control of β to hold a rate (Shao et al., 2020).
+* `MultiRate`: a log-uniform β per example, for one run over the whole RD curve.
 """
 
 from rdloss.objectives._base import Objective, ObjectiveOutput
 from rdloss.objectives._controllers import GECO, RateController
 from rdloss.objectives._hyperparameters import Hyperparameter
+from rdloss.objectives._multirate import MultiRate
 from rdloss.objectives._penalties import Beta, Capacity, TargetDistortion, TargetRate
 from rdloss.objectives._structured import FreeBits, nvae_balanced_rate
 
@@ -32,6 +34,7 @@ __all__ = [
     "Capacity",
     "FreeBits",
     "Hyperparameter",
+    "MultiRate",
     "Objective",
     "ObjectiveOutput",
     "RateController",

@@ -293,10 +293,19 @@ class RateDistortionLoss(nn.Module):
 
         # 4. One value check: everything the call saw, one host synchronisation.
         if should_validate(self.validate_args) and x.device.type != "meta":
+            # The objective's own checks first: it asks whether it is training (with grad).
+            own = self.objective.value_checks(terms.per_example)
             with torch.no_grad():  # screens of values, never part of the graph
                 run_checks(
                     self._value_checks(
-                        x, likelihood, groups, weight, terms.per_example, distortion, elbo
+                        x,
+                        likelihood,
+                        groups,
+                        weight,
+                        terms.per_example,
+                        distortion,
+                        elbo,
+                        own,
                     )
                 )
 
@@ -352,6 +361,7 @@ class RateDistortionLoss(nn.Module):
         rate: Tensor,
         distortion: Tensor,
         elbo: Tensor,
+        own: list[ValueCheck],
     ) -> list[ValueCheck]:
         """Every value check of a call, in the order their errors are reported."""
         checks: list[ValueCheck] = []
@@ -371,6 +381,7 @@ class RateDistortionLoss(nn.Module):
         checks += data
         if not data and x.is_floating_point():  # a support check of x covers NaN/inf too
             checks.append(finite_check("x", x))
+        checks += own  # the objective's (`Objective.value_checks`)
         # The ELBO is finite exactly when both means are: no extra pass over R and D.
         checks.append(ValueCheck(finite_number(elbo), lambda: check_outputs(rate, distortion)))
         return checks

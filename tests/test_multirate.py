@@ -104,9 +104,15 @@ def test_stale_or_missing_draw_is_refused() -> None:
         objective(rate, distortion)
     objective.sample_beta(4)
     objective(rate, distortion)
+    # The same draw twice: called on its own, the objective's loss is NaN (no host sync);
+    # a RateDistortionLoss refuses it in its one value check.
+    assert torch.isnan(objective(rate, distortion).loss)
+    loss_fn = rdloss.RateDistortionLoss(objective=objective)
+    x = torch.zeros(4, 3)
+    q = rdloss.helpers.normal(torch.zeros(4, 2), logvar=torch.zeros(4, 2))
     with pytest.raises(RuntimeError, match="already used"):
-        objective(rate, distortion)  # the same draw twice
-    assert objective.step.item() == 1
+        loss_fn(x, posterior=q, likelihood=rdloss.helpers.bernoulli(logits=x))
+    assert objective.step.item() == 2
     with torch.no_grad():  # evaluation needs no draw
         objective(rate, distortion)
 

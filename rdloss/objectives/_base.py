@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from rdloss._checks import in_functorch
+from rdloss._checks import ValueCheck, in_functorch
 from rdloss._means import batch_mean, global_batch_mean
 from rdloss.latents import RateTerms
 from rdloss.objectives._hyperparameters import (
@@ -217,6 +217,17 @@ class Objective(nn.Module, ABC):
             ValueError: a setting differs, naming the saved and the current value.
         """
         check_config_state(type(self).__name__, state, self.get_extra_state())
+
+    def value_checks(self, rate: Tensor) -> list[ValueCheck]:
+        """Checks of the objective's own state for the coming call, as device flags.
+
+        A `RateDistortionLoss` runs them in its one value check (one host synchronisation
+        for the whole call); the default has none.
+
+        Args:
+            rate: ``(B,)`` the call's per-example rate (for its batch size and device).
+        """
+        return []
 
     def state_ranges(self) -> dict[str, tuple[float, float]]:
         """The range of each state buffer that `load_state_dict` accepts.

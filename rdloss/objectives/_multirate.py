@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from rdloss._checks import check_nonnegative_number, check_positive_int
+from rdloss._checks import ValueCheck, check_nonnegative_number, check_positive_int
 from rdloss.objectives._base import Objective, ObjectiveOutput, numbers_repr
 from rdloss.objectives._hyperparameters import Hyperparameter
 
@@ -153,7 +153,10 @@ class MultiRate(Objective):
         return beta
 
     def _drawn(self, rate: Tensor) -> Tensor:
-        """The drawn β for this training call, checked against the batch."""
+        """The drawn β for this training call, checked against the batch.
+
+        Whether it was used already is `value_checks`' (in the loss's one value check).
+        """
         if self.drawn_beta.shape != rate.shape:
             if self.drawn_beta.numel() == 0:
                 raise RuntimeError(
@@ -166,14 +169,25 @@ class MultiRate(Objective):
                 f"batch's rate has shape {tuple(rate.shape)}: draw with "
                 "objective.sample_beta(batch_size) for this batch"
             )
-        if not torch.compiler.is_compiling() and bool(torch.isnan(self.drawn_beta).any()):
-            raise RuntimeError(
-                "MultiRate: the drawn β was already used by a training call; draw a new "
-                "one with objective.sample_beta(batch_size) (and gates.set_beta(beta)) "
-                "before each training call of the loss"
-            )
         dtype = rate.dtype if rate.dtype in (torch.float32, torch.float64) else torch.float32
         return self.drawn_beta.to(device=rate.device, dtype=dtype, copy=True)
+
+    @override
+    def value_checks(self, rate: Tensor) -> list[ValueCheck]:
+        """In training: the drawn β is one no training call has used yet (not NaN)."""
+        if not self.advancing or self.drawn_beta.shape != rate.shape:
+            return []  # nothing to check, or `_drawn` raises the shape error
+
+        def explain() -> None:
+            if bool(torch.isnan(self.drawn_beta).any()):
+                raise RuntimeError(
+                    "MultiRate: the drawn β was already used by a training call; draw a "
+                    "new one with objective.sample_beta(batch_size) (and "
+                    "gates.set_beta(beta)) before each training call of the loss"
+                )
+
+        # A used draw is NaN; without the loss's checks the loss itself comes out NaN.
+        return [ValueCheck(~torch.isnan(self.drawn_beta.sum()), explain)]
 
     def compute(
         self,

@@ -125,7 +125,7 @@ def test_readme_pypi_path_from_a_built_wheel(tmp_path: Path) -> None:
     )
     demo = run(rdloss_cmd, "demo", "--quick", "--no-plot", cwd=elsewhere)
     assert "wrote results.csv, results.json" in demo.stdout
-    assert (elsewhere / "rdloss-output" / "demo" / "results.json").exists()
+    assert (elsewhere / "rdloss-output" / "demo-quick" / "results.json").exists()
     quickstart = re.search(
         r"## Quickstart\n.*?```python\n(.+?)\n```", (ROOT / "README.md").read_text(), re.DOTALL
     )

@@ -18,6 +18,7 @@ from torch.distributions import Distribution
 
 __all__ = [
     "ValueCheck",
+    "check_beta_range",
     "check_distribution",
     "check_finite",
     "finite_number",
@@ -184,6 +185,15 @@ def check_positive_int(name: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
+
+
+def check_beta_range(beta_min: object, beta_max: object) -> tuple[float, float]:
+    """``(beta_min, beta_max)`` as floats with ``0 < beta_min < beta_max``, else raise."""
+    low = check_nonnegative_number("beta_min", beta_min, positive=True)
+    high = check_nonnegative_number("beta_max", beta_max, positive=True)
+    if not high > low:
+        raise ValueError(f"beta_max must be > beta_min = {low}, got {high}")
+    return low, high
 
 
 def check_fraction(name: str, value: object) -> float:

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from rdloss._checks import check_nonnegative_number
+from rdloss._checks import check_beta_range
 from rdloss.schedules import check_config_state, config_state
 
 __all__ = ["DEFAULT_LAYERS", "Gates", "install_gates"]
@@ -141,11 +141,7 @@ class Gates(nn.Module):
         self, layers: Iterable[tuple[str, nn.Module]], *, beta_min: float, beta_max: float
     ) -> None:
         super().__init__()
-        low = check_nonnegative_number("beta_min", beta_min, positive=True)
-        high = check_nonnegative_number("beta_max", beta_max, positive=True)
-        if not high > low:
-            raise ValueError(f"beta_max must be > beta_min = {low}, got {high}")
-        self.beta_min, self.beta_max = low, high
+        self.beta_min, self.beta_max = check_beta_range(beta_min, beta_max)
         named = [(name.replace(".", "/") or "/", layer) for name, layer in layers]
         # Every gate first: a layer that cannot be gated raises before any hook is placed.
         self.gates = nn.ModuleDict({key: Gate(*_channels(layer)) for key, layer in named})

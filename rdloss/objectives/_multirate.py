@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from rdloss._checks import ValueCheck, check_nonnegative_number, check_positive_int
+from rdloss._checks import ValueCheck, check_beta_range, check_positive_int
 from rdloss.objectives._base import Objective, ObjectiveOutput, numbers_repr
 from rdloss.objectives._hyperparameters import Hyperparameter
 
@@ -108,12 +108,7 @@ class MultiRate(Objective):
         generator_seed: int | None = None,
     ) -> None:
         super().__init__()
-        low = check_nonnegative_number("beta_min", beta_min, positive=True)
-        high = check_nonnegative_number("beta_max", beta_max, positive=True)
-        if not high > low:
-            raise ValueError(f"beta_max must be > beta_min = {low}, got {high}")
-        self.beta_min = low
-        self.beta_max = high
+        self.beta_min, self.beta_max = check_beta_range(beta_min, beta_max)
         self.beta = beta
         generator = torch.Generator().manual_seed(_seed(generator_seed))
         with torch.inference_mode(False):

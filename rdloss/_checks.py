@@ -90,8 +90,11 @@ def check_tensor(name: str, value: object, *, min_ndim: int = 0) -> Tensor:
 def check_distribution(name: str, value: object) -> Distribution:
     """Raise ``TypeError`` unless ``value`` is a ``torch.distributions.Distribution``."""
     if not isinstance(value, Distribution):
+        # A wrapper that holds one (DreamerV3's ContDist keeps it as ``_dist``): name it.
+        held = [k for k, v in getattr(value, "__dict__", {}).items() if isinstance(v, Distribution)]
+        hint = f"; it holds one as .{held[0]}: pass that" if held else ""
         raise TypeError(
-            f"{name} must be a torch.distributions.Distribution, got {type(value).__name__}"
+            f"{name} must be a torch.distributions.Distribution, got {type(value).__name__}{hint}"
         )
     return value
 

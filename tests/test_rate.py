@@ -244,3 +244,15 @@ def test_independent_one_hot_kl_equals_torch_to_the_bit() -> None:
     got = F.rate(q, prior=p).per_step
     assert got is not None
     assert torch.equal(got, kl_divergence(q, p))
+
+
+def test_a_wrapper_that_holds_a_distribution_is_named() -> None:
+    # DreamerV3 (a PyTorch port) wraps its continuous latent as ContDist(dist) in ``_dist``.
+    class ContDist:
+        def __init__(self, dist: object) -> None:
+            self._dist = dist
+
+    q = ContDist(helpers.normal(torch.zeros(2, 3), logvar=torch.zeros(2, 3)))
+    x = torch.zeros(2, 4)
+    with pytest.raises(TypeError, match=r"got ContDist; it holds one as \._dist: pass that"):
+        rdloss.RateDistortionLoss()(x, posterior=q, likelihood=helpers.bernoulli(logits=x))

@@ -79,7 +79,10 @@ class Gaussian(Normal):
 
     Args:
         loc: means.
-        scale: standard deviations, ``loc``'s shape ($\exp(\tfrac12\,\mathrm{logvar})$).
+        scale: standard deviations, ``loc``'s shape; ``None`` with ``logvar`` given: then
+            ``scale`` is $\exp(\tfrac12 \mathrm{logvar})$ computed where it is read
+            (``rsample``, ``log_prob``), never stored, so the rate's closed form, which
+            reads ``logvar`` only, costs no ``exp``.
         logvar: $\log\sigma^2$ exactly as the caller has it, or ``None``.
         checked: whether the loss checks the parameters' values (see above).
         validate_args: passed to ``Normal``.
@@ -88,15 +91,44 @@ class Gaussian(Normal):
     def __init__(
         self,
         loc: Tensor,
-        scale: Tensor,
+        scale: Tensor | None = None,
         *,
         logvar: Tensor | None = None,
         checked: bool = False,
         validate_args: bool | None = None,
     ) -> None:
-        super().__init__(loc, scale, validate_args=validate_args)
         self.logvar = logvar
         self.checked = checked
+        if scale is not None:
+            super().__init__(loc, scale, validate_args=validate_args)
+            return
+        if logvar is None or logvar.shape != loc.shape:
+            raise ValueError(
+                "Gaussian without scale needs logvar of loc's shape "
+                f"{tuple(loc.shape)}, got {None if logvar is None else tuple(logvar.shape)}"
+            )
+        self.loc = loc
+        self._scale: Tensor | None = None
+        # Normal's own __init__ would broadcast a scale it has not got: the shapes are known.
+        Distribution.__init__(self, loc.shape, validate_args=validate_args)
+
+    # ``scale`` is an attribute of ``Normal``; here it may be derived from ``logvar``.
+    @property
+    def scale(self) -> Tensor:
+        r"""Standard deviations: as given, else $\exp(\tfrac12\mathrm{logvar})$ (recomputed)."""
+        if self._scale is not None:
+            return self._scale
+        assert self.logvar is not None  # __init__: no scale means a logvar
+        return torch.exp(0.5 * self.logvar)
+
+    @scale.setter
+    def scale(self, value: Tensor) -> None:
+        self._scale = value
+
+    @property
+    def derived_scale(self) -> bool:
+        """Whether ``scale`` is computed from ``logvar`` (built without a scale)."""
+        return self._scale is None
 
     @override
     def expand(self, batch_shape: _Shape, _instance: Distribution | None = None) -> Gaussian:
@@ -104,7 +136,7 @@ class Gaussian(Normal):
         logvar = None if self.logvar is None else self.logvar.expand(shape)
         return Gaussian(
             self.loc.expand(shape),
-            self.scale.expand(shape),
+            None if self._scale is None else self._scale.expand(shape),
             logvar=logvar,
             checked=self.checked,
             validate_args=False,
@@ -115,11 +147,11 @@ class Gaussian(Normal):
         if not self.checked or self.loc.numel() == 0:
             return []
         if self.logvar is not None:
-            finfo = torch.finfo(self.scale.dtype)
+            finfo = torch.finfo(self.logvar.dtype)
             low, high = math.log(finfo.tiny), math.log(finfo.max)
             message = (
                 "logvar must lie in [{low:.1f}, {high:.1f}] for "
-                f"{self.scale.dtype} (the variance exp(logvar) must be a finite normal "
+                f"{self.logvar.dtype} (the variance exp(logvar) must be a finite normal "
                 "number), got values in [{smallest}, {largest}]; clamp the encoder's "
                 "log-variance"
             )
@@ -309,7 +341,7 @@ def logvar_of(dist: Normal) -> Tensor:
     return 2.0 * dist.scale.log()
 
 
-def standard_normal_kl(loc: Tensor, scale: Tensor, logvar: Tensor | None) -> Tensor:
+def standard_normal_kl(loc: Tensor, scale: Tensor | None, logvar: Tensor | None) -> Tensor:
     r"""Elementwise $\mathrm{KL}(\mathcal N(\mu, \sigma^2) \,\|\, \mathcal N(0, 1))$.
 
     With $v = \log\sigma^2$ known (a `Gaussian`): $\tfrac12(\mu^2 + \operatorname{expm1}(v) -
@@ -319,6 +351,8 @@ def standard_normal_kl(loc: Tensor, scale: Tensor, logvar: Tensor | None) -> Ten
     """
     if logvar is not None:
         return 0.5 * torch.addcmul(torch.expm1(logvar) - logvar, loc, loc)
+    if scale is None:
+        raise ValueError("standard_normal_kl needs scale or logvar")
     per_element = torch.addcmul(-0.5 - scale.log(), loc, loc, value=0.5)
     return torch.addcmul(per_element, scale, scale, value=0.5)
 

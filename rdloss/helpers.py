@@ -98,12 +98,10 @@ def normal(
             raise ValueError(
                 f"{name} must have loc's shape {tuple(loc.shape)}, got {tuple(given.shape)}"
             )
-        if logvar is not None:
-            logvar = widen_half(logvar)
-            sigma = torch.exp(0.5 * logvar)
-        else:
-            log_scale = widen_half(given)
-            sigma, logvar = torch.exp(log_scale), 2.0 * log_scale
+        # sigma = exp(logvar / 2) is derived where it is read (`Gaussian`): the rate's
+        # closed form reads logvar only.
+        sigma: Tensor | None = None
+        logvar = widen_half(logvar) if logvar is not None else 2.0 * widen_half(given)
     else:
         sigma = _scale(loc, scale)
     dims = _event_dims("loc", loc, event_dims)

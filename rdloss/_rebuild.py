@@ -39,8 +39,8 @@ def describe(dist: Distribution) -> str:
 def parameters(dist: Distribution) -> list[Tensor] | None:
     """The tensors `rebuild` would map, or ``None`` where it cannot rebuild ``dist``.
 
-    Reads them without building anything (categoricals' ``logits`` are computed once and
-    kept by torch, as their KL needs them anyway).
+    Reads them without building anything (a categorical's ``logits`` or ``probs`` are
+    computed once and kept by torch, as its KL needs both anyway).
     """
     if type(dist) not in _REBUILT:
         return None
@@ -50,7 +50,7 @@ def parameters(dist: Distribution) -> list[Tensor] | None:
         extra = [dist.logvar] if isinstance(dist, Gaussian) and dist.logvar is not None else []
         return [dist.loc, dist.scale, *extra]
     if isinstance(dist, (Bernoulli, Categorical, OneHotCategorical)):
-        return [dist.logits]
+        return [dist.probs if _built_from_probs(dist) else dist.logits]
     if isinstance(dist, MultivariateNormal):
         return [dist.loc, dist.scale_tril]
     if isinstance(dist, MixtureSameFamily):
@@ -86,8 +86,9 @@ def rebuild(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution 
     ``Categorical``, ``OneHotCategorical`` and its straight-through variant,
     ``MixtureSameFamily``, `DiagonalGaussianMixture`, ``Independent`` over those); ``None``
     for any other (a subclass included), whose parameters (e.g. a flow's transforms) rdloss
-    cannot reach. Categoricals are rebuilt from their logits, which they normalise again (to
-    the last bit or so); the rdloss subclasses come back without their value checks.
+    cannot reach. Categoricals and Bernoullis are rebuilt from the parameter they were given
+    (``probs`` or ``logits``), which they normalise again (to the last bit or so); the rdloss
+    subclasses come back without their value checks.
     """
     if type(dist) not in _REBUILT:
         return None
@@ -100,17 +101,22 @@ def rebuild(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution 
         return MultivariateNormal(fn(dist.loc), scale_tril=fn(dist.scale_tril), validate_args=False)
     if type(dist) is Gaussian:
         lv = None if dist.logvar is None else fn(dist.logvar)
-        return Gaussian(fn(dist.loc), fn(dist.scale), logvar=lv, validate_args=False)
+        scale = None if dist.derived_scale else fn(dist.scale)
+        return Gaussian(fn(dist.loc), scale, logvar=lv, validate_args=False)
     if isinstance(dist, Normal):
         return Normal(fn(dist.loc), fn(dist.scale), validate_args=False)
     if isinstance(dist, Laplace):
         return Laplace(fn(dist.loc), fn(dist.scale), validate_args=False)
     if isinstance(dist, Bernoulli):
+        if _built_from_probs(dist):
+            return Bernoulli(probs=fn(dist.probs), validate_args=False)
         return Bernoulli(logits=fn(dist.logits), validate_args=False)
-    if isinstance(dist, OneHotCategorical):
-        return one_hot(Categorical(logits=fn(dist.logits), validate_args=False), type(dist))
-    if isinstance(dist, Categorical):
-        return Categorical(logits=fn(dist.logits), validate_args=False)
+    if isinstance(dist, (Categorical, OneHotCategorical)):
+        if _built_from_probs(dist):
+            categorical = Categorical(probs=fn(dist.probs), validate_args=False)
+        else:
+            categorical = Categorical(logits=fn(dist.logits), validate_args=False)
+        return categorical if isinstance(dist, Categorical) else one_hot(categorical, type(dist))
     if isinstance(dist, MixtureSameFamily):
         mixture = rebuild(dist.mixture_distribution, fn)
         components = rebuild(dist.component_distribution, fn)
@@ -121,6 +127,16 @@ def rebuild(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution 
     return DiagonalGaussianMixture(
         fn(dist.logits), fn(dist.loc), fn(dist.scale), validate_args=False
     )
+
+
+def _built_from_probs(dist: Distribution) -> bool:
+    """Whether a Bernoulli or categorical was given ``probs`` (torch keeps it as ``_param``).
+
+    Such a one is rebuilt from its probabilities: its ``logits`` are clamped (an exact zero
+    probability becomes log(eps), about -16 in float32), so a rebuild from them would turn an
+    impossible outcome into a possible one and an infinite KL into a finite one.
+    """
+    return getattr(dist, "_param", None) is getattr(dist, "probs", None)
 
 
 def stop_gradient(dist: Distribution) -> Distribution:

@@ -190,10 +190,13 @@ def _standard_normal_rate(posterior: Distribution) -> Rate | None:
     base = _elementwise(posterior)
     if not isinstance(base, Normal):
         return None
-    loc, scale = widen_half(base.loc), widen_half(base.scale)
     # Widened before use: a log taken in half precision loses digits.
     held = base.logvar if isinstance(base, Gaussian) else None
-    per_element = standard_normal_kl(loc, scale, None if held is None else widen_half(held))
+    loc = widen_half(base.loc)
+    if held is not None:  # the scale is not read (a helper's Gaussian derives it)
+        per_element = standard_normal_kl(loc, None, widen_half(held))
+    else:
+        per_element = standard_normal_kl(loc, widen_half(base.scale), None)
     return _reduce(per_element, posterior.batch_shape, "analytic", per_dim=True)
 
 
@@ -257,8 +260,13 @@ def balanced(
     def mix(a: Tensor | None, b: Tensor | None) -> Tensor | None:
         if a is None or b is None:
             return None
-        # a - a.detach() is exactly 0: the value is b's, the gradients are split.
-        return b.detach() + alpha * (a - a.detach()) + (1.0 - alpha) * (b - b.detach())
+
+        # a - a.detach() is exactly 0 (NaN where a is infinite: made 0, so an infinite KL
+        # stays infinite): the value is b's, the gradients are split.
+        def zero(t: Tensor) -> Tensor:
+            return (t - t.detach()).nan_to_num(nan=0.0)
+
+        return b.detach() + alpha * zero(a) + (1.0 - alpha) * zero(b)
 
     per_example = mix(to_prior.per_example, to_posterior.per_example)
     assert per_example is not None  # both are tensors

@@ -14,6 +14,11 @@ Every objective hyperparameter that takes a number also takes a schedule, e.g.
 `Schedule.value_range` as well if objectives should check its values when they are built
 (the built-in schedules do, so ``Beta(Linear(-1.0, 1.0, steps=T))`` is rejected at once).
 
+Two pieces build a schedule from another: `Shifted` moves it in time and `Clamp` bounds its
+values. NVAE's KL coefficient over a run of ``n`` steps is
+``Clamp(Shifted(Linear(0.0, 1.0, steps=0.3 * n), steps=0.0001 * n), min=1e-4)``; Pyro's
+deep Markov model anneals with ``Shifted(Linear(0.2, 1.0, steps=T), steps=-1)``.
+
 The step is evaluated in float64 (float32 cannot count past 2**24) and the output takes the
 step's dtype if it is floating, else the default dtype (objectives pass a float64 step).
 """
@@ -21,6 +26,7 @@ step's dtype if it is floating, else the default dtype (objectives pass a float6
 from rdloss.schedules._base import Schedule
 from rdloss.schedules._base import check_config_state as check_config_state
 from rdloss.schedules._base import config_state as config_state
+from rdloss.schedules._pieces import Clamp, Shifted
 from rdloss.schedules._ramps import Constant, Cosine, Cyclical, Linear, Sigmoid
 
-__all__ = ["Constant", "Cosine", "Cyclical", "Linear", "Schedule", "Sigmoid"]
+__all__ = ["Clamp", "Constant", "Cosine", "Cyclical", "Linear", "Schedule", "Shifted", "Sigmoid"]

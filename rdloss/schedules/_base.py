@@ -54,7 +54,9 @@ def check_config_state(owner: str, saved: object, current: Tensor) -> None:
             f"{owner}: the checkpoint's _extra_state is not a record of its settings "
             f"(a uint8 tensor of JSON), got {type(saved).__name__}"
         )
-    for key in sorted(set(then) | set(now)):
+    # A schedule's class first: a Clamp of a Linear loaded into a Clamp of a Shifted is told
+    # so, rather than that the Linear has no ``end``.
+    for key in sorted(set(then) | set(now), key=lambda key: (key != "schedule", key)):
         if then.get(key) != now.get(key):
             raise ValueError(
                 f"{owner} was saved with {key}={then.get(key)!r} but this one has "

@@ -1,148 +1,28 @@
-r"""Schedules: hyperparameters as pure functions of the training step.
-
-A schedule maps the step ``t`` (a 0-dim tensor) to a 0-dim floating tensor. Schedules are
-stateless ``nn.Module`` subclasses: they have no parameters and no buffers; their
-``state_dict`` records only their settings (``_extra_state``), so that a checkpoint of a
-differently configured schedule is refused on load. The step itself is a buffer of the
-objective that uses them (`rdloss.objectives.Objective.step`), which is what makes
-checkpoint and resume exact. Because the step enters as a tensor, a compiled loss
-does not recompile as it changes.
-
-Every objective hyperparameter that takes a number also takes a schedule, e.g.
-``Beta(Linear(0.0, 1.0, steps=10_000))`` for KL warm-up. Write your own by subclassing
-`Schedule` and implementing `Schedule.forward` with tensor operations only; implement
-`Schedule.value_range` as well if objectives should check its values when they are built
-(the built-in schedules do, so ``Beta(Linear(-1.0, 1.0, steps=T))`` is rejected at once).
-
-The step is evaluated in float64 (float32 cannot count past 2**24) and the output takes the
-step's dtype if it is floating, else the default dtype (objectives pass a float64 step).
-"""
+"""The ramps and the constant: `Constant`, `Linear`, `Cyclical`, `Sigmoid`, `Cosine`."""
 
 from __future__ import annotations
 
-import json
 import math
-import numbers
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from typing_extensions import override
 
 from rdloss._checks import check_positive_int
+from rdloss.schedules._base import (
+    Schedule,
+    check_real,
+    check_steps,
+    float64_step,
+    in_step_dtype,
+)
 
-__all__ = ["Constant", "Cosine", "Cyclical", "Linear", "Schedule", "Sigmoid"]
-
-
-def config_state(config: dict[str, Any]) -> Tensor:
-    """Settings as a module's ``_extra_state``: JSON in a uint8 tensor.
-
-    A tensor keeps every ``state_dict`` value a tensor (safetensors, ``torch.testing``,
-    utilities that ``.clone()`` or ``.to()`` every entry); JSON keeps it loadable with
-    ``torch.load(weights_only=True)`` and readable by `check_config_state`.
-    """
-    text = json.dumps(config, sort_keys=True).encode()
-    return torch.tensor(list(text), dtype=torch.uint8)
-
-
-def check_config_state(owner: str, saved: object, current: Tensor) -> None:
-    """Refuse a saved ``_extra_state`` whose settings differ from ``current``'s.
-
-    Raises:
-        ValueError: a setting differs (naming it, the saved and the current value), or
-            ``saved`` is not a `config_state`.
-    """
-    now = json.loads(bytes(current.tolist()))
-    then: object = None
-    if isinstance(saved, Tensor) and saved.dtype == torch.uint8 and saved.ndim == 1:
-        try:
-            then = json.loads(bytes(saved.tolist()))
-        except ValueError:
-            then = None
-    if not isinstance(then, dict):
-        raise ValueError(
-            f"{owner}: the checkpoint's _extra_state is not a record of its settings "
-            f"(a uint8 tensor of JSON), got {type(saved).__name__}"
-        )
-    for key in sorted(set(then) | set(now)):
-        if then.get(key) != now.get(key):
-            raise ValueError(
-                f"{owner} was saved with {key}={then.get(key)!r} but this one has "
-                f"{key}={now.get(key)!r}: build it with the checkpoint's settings"
-            )
-
-
-def _real(name: str, value: object) -> float:
-    """Return ``value`` as a finite float or raise naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {number}")
-    return number
-
-
-def _as_float(step: Tensor) -> Tensor:
-    """``step`` in float64: float32 cannot count past 2**24."""
-    # A type check is free at trace time, so it also runs under torch.compile.
-    if not isinstance(step, Tensor):
-        raise TypeError(
-            f"step must be a torch.Tensor (0-dim, the objective's step), got {type(step).__name__}"
-        )
-    return step.to(torch.float64)
-
-
-def _out(value: Tensor, step: Tensor) -> Tensor:
-    """``value`` in the step's floating dtype, else the default dtype."""
-    return value.to(step.dtype if step.is_floating_point() else torch.get_default_dtype())
+__all__ = ["Constant", "Cosine", "Cyclical", "Linear", "Sigmoid"]
 
 
 def _lerp(start: float, end: float, weight: Tensor) -> Tensor:
     # torch.lerp is exact at both ends (weight 0 gives start, weight 1 gives end).
     return torch.lerp(torch.full_like(weight, start), torch.full_like(weight, end), weight)
-
-
-class Schedule(nn.Module, ABC):
-    """Base class: a hyperparameter as a pure function of the step.
-
-    The settings named in ``_config`` (and the class name) are recorded in ``state_dict``;
-    loading a checkpoint whose settings differ raises ``ValueError``.
-    """
-
-    _config: ClassVar[tuple[str, ...]] = ()
-
-    def get_extra_state(self) -> Tensor:
-        """The class name and ``_config`` settings (see `config_state`)."""
-        config = {name: getattr(self, name) for name in self._config}
-        return config_state({"schedule": type(self).__name__, **config})
-
-    def set_extra_state(self, state: Any) -> None:
-        """Refuse a checkpoint of a different schedule; see `check_config_state`."""
-        check_config_state(type(self).__name__, state, self.get_extra_state())
-
-    @abstractmethod
-    def forward(self, step: Tensor) -> Tensor:
-        """Value at ``step``.
-
-        Args:
-            step: 0-dim integer or floating tensor, the number of training steps taken.
-
-        Returns:
-            0-dim floating tensor.
-        """
-
-    def value_range(self) -> tuple[float, float] | None:
-        """Smallest and largest value taken over the steps ``t >= 0``, if known.
-
-        Objectives use it to reject, when they are built, a schedule that would give a
-        hyperparameter a forbidden value (e.g. a negative ``beta``) at some step.
-
-        Returns:
-            ``(low, high)``, or ``None`` for a schedule that does not know its range (the
-            default for subclasses written by users).
-        """
-        return None
 
 
 class Constant(Schedule):
@@ -161,11 +41,11 @@ class Constant(Schedule):
 
     def __init__(self, value: float) -> None:
         super().__init__()
-        self.value = _real("value", value)
+        self.value = check_real("value", value)
 
     def forward(self, step: Tensor) -> Tensor:
         """``value``; see `Schedule.forward`."""
-        return _out(torch.full_like(_as_float(step), self.value), step)
+        return in_step_dtype(torch.full_like(float64_step(step), self.value), step)
 
     @override
     def value_range(self) -> tuple[float, float]:
@@ -176,17 +56,6 @@ class Constant(Schedule):
         return f"value={self.value}"
 
 
-def _steps(value: object) -> int:
-    """A step count; a float with an integer value (``1e5`` in a YAML config) is accepted."""
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise TypeError(
-                f"steps must be an int (or a float with an integer value, e.g. 1e5), got {value}"
-            )
-        value = int(value)
-    return check_positive_int("steps", value)
-
-
 class _Ramp(Schedule):
     """Shared by ramps from ``start`` to ``end`` over ``steps`` steps."""
 
@@ -194,13 +63,13 @@ class _Ramp(Schedule):
 
     def __init__(self, start: float, end: float, *, steps: int | float) -> None:
         super().__init__()
-        self.start = _real("start", start)
-        self.end = _real("end", end)
-        self.steps = _steps(steps)
+        self.start = check_real("start", start)
+        self.end = check_real("end", end)
+        self.steps = check_steps(steps)
 
     def _progress(self, step: Tensor) -> Tensor:
         """Fraction of the ramp done at ``step``, in ``[0, 1]``."""
-        return (_as_float(step) / self.steps).clamp(0.0, 1.0)
+        return (float64_step(step) / self.steps).clamp(0.0, 1.0)
 
     @override
     def value_range(self) -> tuple[float, float]:
@@ -236,7 +105,7 @@ class Linear(_Ramp):
 
     def forward(self, step: Tensor) -> Tensor:
         """Linear ramp; see `Schedule.forward`."""
-        return _out(_lerp(self.start, self.end, self._progress(step)), step)
+        return in_step_dtype(_lerp(self.start, self.end, self._progress(step)), step)
 
 
 class Cyclical(Schedule):
@@ -279,11 +148,11 @@ class Cyclical(Schedule):
         ratio: float = 0.5,
     ) -> None:
         super().__init__()
-        self.start = _real("start", start)
-        self.end = _real("end", end)
-        self.steps = _steps(steps)
+        self.start = check_real("start", start)
+        self.end = check_real("end", end)
+        self.steps = check_steps(steps)
         self.cycles = check_positive_int("cycles", cycles)
-        self.ratio = _real("ratio", ratio)
+        self.ratio = check_real("ratio", ratio)
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
         if self.cycles > self.steps:
@@ -294,12 +163,12 @@ class Cyclical(Schedule):
 
     def forward(self, step: Tensor) -> Tensor:
         """Cyclical ramp; see `Schedule.forward`."""
-        t = _as_float(step)
+        t = float64_step(step)
         period = self.steps / self.cycles
         tau = torch.remainder(t, period) / period
         weight = (tau / self.ratio).clamp(max=1.0)
         weight = torch.where(t >= self.steps, torch.ones_like(weight), weight)
-        return _out(_lerp(self.start, self.end, weight), step)
+        return in_step_dtype(_lerp(self.start, self.end, weight), step)
 
     @override
     def value_range(self) -> tuple[float, float]:
@@ -344,17 +213,17 @@ class Sigmoid(Schedule):
         self, start: float, end: float, *, steps: int | float, steepness: float = 10.0
     ) -> None:
         super().__init__()
-        self.start = _real("start", start)
-        self.end = _real("end", end)
-        self.steps = _steps(steps)
-        self.steepness = _real("steepness", steepness)
+        self.start = check_real("start", start)
+        self.end = check_real("end", end)
+        self.steps = check_steps(steps)
+        self.steepness = check_real("steepness", steepness)
         if self.steepness <= 0:
             raise ValueError(f"steepness must be > 0, got {self.steepness}")
 
     def forward(self, step: Tensor) -> Tensor:
         """Logistic ramp; see `Schedule.forward`."""
-        weight = torch.sigmoid(self.steepness * (_as_float(step) / self.steps - 0.5))
-        return _out(_lerp(self.start, self.end, weight), step)
+        weight = torch.sigmoid(self.steepness * (float64_step(step) / self.steps - 0.5))
+        return in_step_dtype(_lerp(self.start, self.end, weight), step)
 
     @override
     def value_range(self) -> tuple[float, float]:
@@ -391,4 +260,6 @@ class Cosine(_Ramp):
     def forward(self, step: Tensor) -> Tensor:
         """Half-cosine ramp; see `Schedule.forward`."""
         progress = self._progress(step)
-        return _out(_lerp(self.start, self.end, 0.5 * (1.0 - torch.cos(math.pi * progress))), step)
+        return in_step_dtype(
+            _lerp(self.start, self.end, 0.5 * (1.0 - torch.cos(math.pi * progress))), step
+        )

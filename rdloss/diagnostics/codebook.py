@@ -57,8 +57,8 @@ class CodebookReport(NamedTuple):
         nominal_rate: 0-dim, $G \log K$ nats per position.
         nominal_rate_bits: 0-dim, $G \log_2 K$ bits per position.
         nominal_bits_per_dim: 0-dim, the nominal bits per data dimension,
-            $\bar L\, G \log_2 K / \text{data\_dims}$ with $\bar L$ the mean positions per
-            example; ``None`` without ``data_dims``.
+            $\bar L\, G \log_2 K / d$ with $\bar L$ the mean positions per example and
+            $d$ = ``data_dims``; ``None`` without ``data_dims``.
         positions: 0-dim int64 $N$, the positions counted (each holds one code per codebook).
         examples: 0-dim int64, the examples counted (the first dimension of the indices).
         counts: ``(G, K)`` int64 $n_{g,k}$.

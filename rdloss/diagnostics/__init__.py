@@ -1,4 +1,4 @@
-"""Diagnostics: rate, distortion, mutual-information bounds, active units, ELBO surgery.
+"""Diagnostics: rate, distortion, MI bounds, active units, ELBO surgery, codebook usage.
 
 Each diagnostic exists as a pure function in `rdloss.diagnostics.functional` and as a
 `torchmetrics.Metric` that streams over batches, synchronises across processes and
@@ -6,6 +6,7 @@ logs from Lightning (Alemi et al., 2018, "Fixing a Broken ELBO").
 """
 
 from rdloss.diagnostics import functional
+from rdloss.diagnostics.codebook import CodebookUsage
 from rdloss.diagnostics.evaluate import Evaluation, evaluate
 from rdloss.diagnostics.iwae import importance_weighted_bound
 from rdloss.diagnostics.metrics import (
@@ -18,6 +19,7 @@ from rdloss.diagnostics.mutual_information import MutualInformation
 
 __all__ = [
     "ActiveUnits",
+    "CodebookUsage",
     "Evaluation",
     "MutualInformation",
     "MutualInformationBounds",

@@ -31,16 +31,19 @@ from rdloss.diagnostics.aggregate import (
     minibatch_aggregate_posterior,
     pairwise_gaussian_log_prob,
 )
+from rdloss.diagnostics.codebook import CodebookReport, codebook_usage
 from rdloss.diagnostics.iwae import importance_weighted_bound
 
 __all__ = [
     "ActiveUnitsResult",
     "AggregatePosterior",
+    "CodebookReport",
     "DiscreteAggregate",
     "MIBounds",
     "RateDistortionResult",
     "active_units",
     "aggregate_posterior",
+    "codebook_usage",
     "discrete_mutual_information",
     "importance_weighted_bound",
     "minibatch_aggregate_posterior",

@@ -8,6 +8,8 @@ Subcommands:
 * ``rdloss sweep``: a β / target-rate sweep on the digits with your choice of decoder and
   marginal.
 * ``rdloss mnist``: the paper's MNIST findings on 5,000 shipped binarised MNIST digits.
+* ``rdloss multirate``: the Multi-Rate VAE (Bae et al., 2023) on the same digits: one run
+  for the whole rate-distortion curve against separately trained β-VAEs.
 
 Run ``rdloss <command> --help`` for the options. Errors in the arguments exit with code 2,
 errors while running (e.g. an unwritable output folder) with code 1. Each command writes to
@@ -41,6 +43,7 @@ _REPORTS = {
     "toy": "results.json",
     "sweep": "results.json",
     "mnist": "mnist_results.json",
+    "multirate": "multirate_results.json",
 }
 
 
@@ -233,9 +236,10 @@ def _parser() -> argparse.ArgumentParser:
         default="factorized",
         help="factorised Bernoulli or autoregressive MADE (default: factorized)",
     )
-    from rdloss.demo import mnist_cli
+    from rdloss.demo import mnist_cli, mnist_multirate_cli
 
     mnist_cli.add_parser(sub, _common, _positive_int, _nonnegative)
+    mnist_multirate_cli.add_parser(sub, _common, _positive_int)
     return parser
 
 
@@ -290,6 +294,10 @@ def _run(args: argparse.Namespace) -> None:
         from rdloss.demo import mnist_cli
 
         return mnist_cli.run(args, folder, _RunError)
+    if args.command == "multirate":
+        from rdloss.demo import mnist_multirate_cli
+
+        return mnist_multirate_cli.run(args, folder, _RunError)
     from rdloss.demo import demo_cli
 
     return demo_cli.run(args, folder, _RunError)

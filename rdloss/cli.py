@@ -311,9 +311,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit code: 0 on success (and for ``--help``, ``--version`` or no command,
-        which print the help), 1 on a runtime error (one line on stderr), 2 on bad arguments
-        (the usage of the command concerned and argparse's message on stderr).
+        which print the help), 1 on a runtime error (one line on stderr) or when the reader
+        of stdout has gone (``rdloss demo | head -3``: the run stops without a traceback),
+        2 on bad arguments (the usage of the command concerned and argparse's message on
+        stderr).
     """
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        _silence_stdout()
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -341,6 +351,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:  # callers of main() in the same process keep their thread count
         torch.set_num_threads(threads)
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device after a broken pipe, as the Python docs advise.
+
+    Python flushes stdout once more at exit; into the closed pipe that flush would fail
+    again and print a second error. Where stdout is no file (an in-process caller's
+    capture), there is nothing to redirect.
+    """
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        pass
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -8,6 +8,8 @@ Subcommands:
 * ``rdloss sweep``: a β / target-rate sweep on the digits with your choice of decoder and
   marginal.
 * ``rdloss mnist``: the paper's MNIST findings on 5,000 shipped binarised MNIST digits.
+* ``rdloss multirate``: the Multi-Rate VAE (Bae et al., 2023) on the same digits: one run
+  for the whole rate-distortion curve against separately trained β-VAEs.
 
 Run ``rdloss <command> --help`` for the options. Errors in the arguments exit with code 2,
 errors while running (e.g. an unwritable output folder) with code 1. Each command writes to
@@ -41,6 +43,7 @@ _REPORTS = {
     "toy": "results.json",
     "sweep": "results.json",
     "mnist": "mnist_results.json",
+    "multirate": "multirate_results.json",
 }
 
 
@@ -233,9 +236,10 @@ def _parser() -> argparse.ArgumentParser:
         default="factorized",
         help="factorised Bernoulli or autoregressive MADE (default: factorized)",
     )
-    from rdloss.demo import mnist_cli
+    from rdloss.demo import mnist_cli, mnist_multirate_cli
 
     mnist_cli.add_parser(sub, _common, _positive_int, _nonnegative)
+    mnist_multirate_cli.add_parser(sub, _common, _positive_int)
     return parser
 
 
@@ -290,6 +294,10 @@ def _run(args: argparse.Namespace) -> None:
         from rdloss.demo import mnist_cli
 
         return mnist_cli.run(args, folder, _RunError)
+    if args.command == "multirate":
+        from rdloss.demo import mnist_multirate_cli
+
+        return mnist_multirate_cli.run(args, folder, _RunError)
     from rdloss.demo import demo_cli
 
     return demo_cli.run(args, folder, _RunError)
@@ -303,9 +311,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit code: 0 on success (and for ``--help``, ``--version`` or no command,
-        which print the help), 1 on a runtime error (one line on stderr), 2 on bad arguments
-        (the usage of the command concerned and argparse's message on stderr).
+        which print the help), 1 on a runtime error (one line on stderr) or when the reader
+        of stdout has gone (``rdloss demo | head -3``: the run stops without a traceback),
+        2 on bad arguments (the usage of the command concerned and argparse's message on
+        stderr).
     """
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        _silence_stdout()
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -333,6 +351,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:  # callers of main() in the same process keep their thread count
         torch.set_num_threads(threads)
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device after a broken pipe, as the Python docs advise.
+
+    Python flushes stdout once more at exit; into the closed pipe that flush would fail
+    again and print a second error. Where stdout is no file (an in-process caller's
+    capture), there is nothing to redirect.
+    """
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        pass
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

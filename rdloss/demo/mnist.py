@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "MNISTRun",
     "MNISTSpec",
     "default_specs",
+    "fit",
     "iwae_nll",
     "train_mnist",
 ]
@@ -137,6 +139,64 @@ def _decoder(kind: DecoderKind, latent_dim: int) -> nn.Module:
     return DeconvDecoder(latent_dim) if kind == "deconv" else PixelCNNDecoder(latent_dim)
 
 
+def fit(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    loss_fn: RateDistortionLoss,
+    train: Tensor,
+    parameters: list[nn.Parameter],
+    *,
+    epochs: int,
+    batch_size: int = 50,
+    lr: float = 2e-3,
+    before_step: Callable[[Tensor], None] | None = None,
+    desc: str | None = None,
+) -> Tensor:
+    """The training loop of every ``rdloss mnist`` model: Adam over shuffled batches.
+
+    Each step encodes a batch, draws one ``z``, decodes with teacher forcing and steps on
+    ``loss_fn``'s loss. The shuffling draws from torch's global generator.
+
+    Args:
+        encoder: ``x -> e(z|x)``.
+        decoder: ``(z, x) -> d(x|z)``.
+        loss_fn: the loss (its objective decides the training objective).
+        train: ``(N, 1, 28, 28)`` images, on the models' device.
+        parameters: what Adam trains.
+        epochs: passes over ``train``.
+        batch_size: images per Adam step.
+        lr: Adam learning rate.
+        before_step: called with each batch before its forward pass (e.g. a Multi-Rate
+            run draws the batch's β and sets the gates).
+        desc: a tqdm bar over the epochs with this label; ``None``: no bar.
+
+    Returns:
+        ``(epochs, 2)`` training (R, D) per epoch (batch means weighted by batch size).
+    """
+    from tqdm.auto import tqdm
+
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    device = train.device
+    history = torch.zeros(epochs, 2)
+    loss_fn.train()
+    bar = tqdm(range(epochs), desc=desc, disable=desc is None, leave=False)
+    for epoch in bar:
+        sums = torch.zeros(2, device=device)
+        for batch in train[torch.randperm(len(train), device=device)].split(batch_size):
+            if before_step is not None:
+                before_step(batch)
+            q = encoder(batch)
+            z = q.rsample()
+            out = loss_fn(batch, posterior=q, likelihood=decoder(z, batch), z=z)
+            optimizer.zero_grad()
+            out.loss.backward()
+            optimizer.step()
+            sums += torch.stack([out.rate, out.distortion]).detach() * len(batch)
+        history[epoch] = (sums / len(train)).cpu()
+        bar.set_postfix(R=f"{history[epoch, 0]:.1f}", D=f"{history[epoch, 1]:.1f}")
+    return history
+
+
 def train_mnist(
     spec: MNISTSpec,
     data: MNISTSplit,
@@ -167,8 +227,6 @@ def train_mnist(
     Returns:
         `MNISTRun`.
     """
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
     torch.manual_seed(seed)
     train, test = data.train.to(device), data.test.to(device)
@@ -181,21 +239,17 @@ def train_mnist(
     )
     loss_fn = RateDistortionLoss(_marginal(spec.marginal, encoder, train, latent_dim), objective)
     model = nn.ModuleDict({"encoder": encoder, "decoder": decoder, "loss": loss_fn}).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history = torch.zeros(epochs, 2)
-    bar = tqdm(range(epochs), desc=spec.name, disable=not progress, leave=False)
-    for epoch in bar:
-        sums = torch.zeros(2, device=device)
-        for batch in train[torch.randperm(len(train), device=device)].split(batch_size):
-            q = encoder(batch)
-            z = q.rsample()
-            out = loss_fn(batch, posterior=q, likelihood=decoder(z, batch), z=z)
-            optimizer.zero_grad()
-            out.loss.backward()
-            optimizer.step()
-            sums += torch.stack([out.rate, out.distortion]).detach() * len(batch)
-        history[epoch] = (sums / len(train)).cpu()
-        bar.set_postfix(R=f"{history[epoch, 0]:.1f}", D=f"{history[epoch, 1]:.1f}")
+    history = fit(
+        encoder,
+        decoder,
+        loss_fn,
+        train,
+        list(model.parameters()),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        desc=spec.name if progress else None,
+    )
     model.eval()
     rate, distortion, units = _evaluate(encoder, decoder, loss_fn, test, eval_samples)
     result = MNISTResult(

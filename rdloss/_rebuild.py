@@ -136,7 +136,10 @@ def _built_from_probs(dist: Distribution) -> bool:
     probability becomes log(eps), about -16 in float32), so a rebuild from them would turn an
     impossible outcome into a possible one and an infinite KL into a finite one.
     """
-    return getattr(dist, "_param", None) is getattr(dist, "probs", None)
+    # Compared with ``logits``, not ``probs``: a logits-built one (the helpers' case) then
+    # computes nothing here, a probs-built one computes the logits its KL reads anyway.
+    param = getattr(dist, "_param", None)
+    return param is not None and param is not getattr(dist, "logits", None)
 
 
 def stop_gradient(dist: Distribution) -> Distribution:

@@ -93,3 +93,20 @@ def test_loss_without_checks_runs_none_of_the_helpers_deferred_checks(style: str
         return loss_fn(x, posterior=q, likelihood=helpers.bernoulli(logits=z @ weights), z=z)
 
     assert count(call).n_syncs == 0
+
+
+def test_unchecked_call_does_no_more_work_than_torch_distributions() -> None:
+    # The per-call benchmark's case: rdloss without checks runs no more forward ops than
+    # the same loss written with torch.distributions objects, and never turns the
+    # helpers' Bernoulli logits into probabilities (nothing in the call reads them).
+    from benchmarks.per_call import make_distributions, make_rdloss
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 2, (8, 64)).float()
+    mu, logvar, logits = torch.randn(8, 16), torch.randn(8, 16), torch.randn(8, 64)
+    ours, theirs = make_rdloss(False), make_distributions(16)
+    ours(x, mu, logvar, logits)  # a first call may build lazily
+    mine = count(lambda: ours(x, mu, logvar, logits))
+    reference = count(lambda: theirs(x, mu, logvar, logits))
+    assert mine.n_ops <= reference.n_ops, (mine.ops, reference.ops)
+    assert mine.ops["sigmoid"] == 0, mine.ops

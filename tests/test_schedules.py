@@ -380,11 +380,11 @@ def test_composed_schedule_resumes_in_an_objective() -> None:
         ),
         (
             Clamp(Shifted(Cosine(0.0, 1.0, steps=300), steps=0.1), min=1e-4),
-            r"Cosine was saved with schedule='Linear' but this one has schedule='Cosine'",
+            r"the checkpoint holds a Linear schedule where this one has a Cosine",
         ),
         (
             Clamp(Linear(0.0, 1.0, steps=300), min=1e-4),
-            r"Linear was saved with schedule='Shifted' but this one has schedule='Linear'",
+            r"the checkpoint holds a Shifted schedule where this one has a Linear",
         ),
     ],
 )
@@ -561,6 +561,28 @@ BAD_INPUTS: dict[str, Entry] = {
         lambda: schedules.Linear(0.0, 1.0, steps=10)(5),
         TypeError,
         r"step must be a torch.Tensor .*got int",
+    ),
+    "schedule: Clamp without bounds": (
+        lambda: schedules.Clamp(schedules.Linear(0.0, 1.0, steps=10)),
+        ValueError,
+        r"Clamp needs min or max \(or both\), got neither",
+    ),
+    "schedule: Clamp min above max": (
+        lambda: schedules.Clamp(schedules.Linear(0.0, 1.0, steps=10), min=0.5, max=0.1),
+        ValueError,
+        r"min must be <= max, got min=0.5 and max=0.1",
+    ),
+    "schedule: Shifted of a number": (
+        lambda: schedules.Shifted(0.5, steps=3),  # type: ignore[arg-type]
+        TypeError,
+        r"schedule must be an rdloss.schedules.Schedule .*got float",
+    ),
+    "schedule: checkpoint of another schedule": (
+        lambda: Beta(schedules.Linear(0.0, 1.0, steps=10)).load_state_dict(
+            Beta(schedules.Cosine(0.0, 1.0, steps=10)).state_dict()
+        ),
+        ValueError,
+        r"the checkpoint holds a Cosine schedule where this one has a Linear",
     ),
 }
 

@@ -58,6 +58,11 @@ def check_config_state(owner: str, saved: object, current: Tensor) -> None:
     # so, rather than that the Linear has no ``end``.
     for key in sorted(set(then) | set(now), key=lambda key: (key != "schedule", key)):
         if then.get(key) != now.get(key):
+            if key == "schedule":
+                raise ValueError(
+                    f"the checkpoint holds a {then.get(key)} schedule where this one has a "
+                    f"{now.get(key)}: build the schedule as the checkpoint's"
+                )
             raise ValueError(
                 f"{owner} was saved with {key}={then.get(key)!r} but this one has "
                 f"{key}={now.get(key)!r}: build it with the checkpoint's settings"

@@ -181,3 +181,30 @@ def test_update_without_checks_never_syncs(case) -> None:
     metric.update(*inputs(data, slice(0, 10)))  # the first update may size a lazy state
     counts = count(lambda: metric.update(*inputs(data, slice(10, N))))
     assert counts.n_syncs == 0, counts.syncs
+
+
+def test_compute_after_load_state_dict_is_of_the_loaded_state(case) -> None:
+    # torchmetrics caches compute(); a value cached before load_state_dict would be the
+    # replaced state's, a silent wrong number.
+    build, inputs = case
+    data = _data()
+    source = build()
+    source.update(*inputs(data, slice(0, N)))
+    expected = _values(source.compute())
+    metric = build()
+    metric.update(*inputs(data, slice(0, 9)))
+    metric.compute()  # cached
+    metric.load_state_dict(source.state_dict())
+    assert_close(_values(metric.compute()), expected)
+
+
+def test_compute_after_merge_state_is_of_the_merged_state(case) -> None:
+    build, inputs = case
+    data = _data()
+    expected = _stream(build(), inputs, [N])
+    metric, other = build(), build()
+    metric.update(*inputs(data, slice(0, 9)))
+    other.update(*inputs(data, slice(9, N)))
+    metric.compute()  # cached
+    metric.merge_state(other)
+    assert_close(_values(metric.compute()), expected)

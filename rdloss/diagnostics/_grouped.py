@@ -103,6 +103,10 @@ class _Grouped(_Diagnostic):
         The result equals one metric updated with both streams. Lazily sized states take
         the incoming size; sizes that differ raise ``ValueError``.
         """
+        super().merge_state(incoming_state)
+
+    @override
+    def _merge_incoming(self, incoming_state: dict[str, Any] | Metric) -> None:
         if not isinstance(incoming_state, (dict, Metric)):
             raise ValueError(
                 "merge_state expects a dict of states or a metric, got "

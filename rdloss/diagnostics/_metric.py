@@ -86,6 +86,30 @@ class _Diagnostic(Metric):
             raise ValueError("weight must be non-negative")
 
     @override
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Merge another metric of this class (or its states) into this one.
+
+        ``compute`` then returns the merged value: torchmetrics caches ``compute`` and
+        would otherwise keep returning the value cached before the merge.
+        """
+        self._merge_incoming(incoming_state)
+        self._invalidate()
+
+    def _merge_incoming(self, incoming_state: dict[str, Any] | Metric) -> None:
+        super().merge_state(incoming_state)
+
+    @override
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        """Drop torchmetrics' cached ``compute`` after the states were replaced or merged."""
+        self._computed = None
+        # The states hold data now: compute() must not warn that no update came first.
+        self._update_count += 1
+
+    @override
     def _wrap_compute(self, compute: Callable[..., Any]) -> Callable[..., Any]:
         # torchmetrics squeezes every one-element tensor that compute returns, which would
         # turn a (D,) per-unit result into a 0-dim tensor when D = 1.

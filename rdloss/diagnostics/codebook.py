@@ -344,17 +344,12 @@ class CodebookUsage(_Diagnostic):
         elif isinstance(incoming_state, dict):
             self._check_counts(incoming_state.get("counts"), "incoming_state")
         super().merge_state(incoming_state)  # torchmetrics refuses anything else
-        # torchmetrics keeps the value of an earlier compute() cached across a merge, and
-        # warns that compute() comes before any update on a merged-only metric.
-        self._computed = None
-        self._update_count += 1
 
     @override
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         if prefix + "counts" in state_dict:
             self._check_counts(state_dict[prefix + "counts"], "the state dict")
         super()._load_from_state_dict(state_dict, prefix, *args)
-        self._computed = None  # a cached compute() is of the replaced counts
 
     @override
     def _restore_shapes(self, value: Any) -> Any:

@@ -380,3 +380,17 @@ def test_mask_without_steps_and_steps_without_a_step_axis_are_refused() -> None:
     b.update(torch.rand(3, 8))
     with pytest.raises(ValueError, match="steps=True"):
         a.merge_state(b)
+
+
+def test_step_rate_forward_returns_the_batch_and_accumulates_the_epoch() -> None:
+    g = _gen(12)
+    first = torch.rand(3, 4, generator=g, dtype=F64) * 2
+    second = torch.rand(5, 4, generator=g, dtype=F64) * 2 + 10  # another level: shifts differ
+    metric = StepRate(free_bits=1.0).set_dtype(F64)
+    assert_close(metric(first).mean, first.mean())
+    assert_close(metric(second).std, second.std(correction=0))
+    epoch = torch.cat([first, second])
+    result = metric.compute()
+    assert_close(result.mean, epoch.mean())
+    assert_close(result.std, epoch.std(correction=0))
+    assert_close(result.clamped_fraction, (epoch < 1.0).to(F64).mean())

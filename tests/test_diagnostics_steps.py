@@ -394,3 +394,21 @@ def test_step_rate_forward_returns_the_batch_and_accumulates_the_epoch() -> None
     assert_close(result.mean, epoch.mean())
     assert_close(result.std, epoch.std(correction=0))
     assert_close(result.clamped_fraction, (epoch < 1.0).to(F64).mean())
+
+
+def test_grouped_steps_are_counted_per_group_over_the_same_real_steps() -> None:
+    g = _gen(13)
+    means = {
+        "stoch": torch.randn(N, T, 2, 3, generator=g, dtype=F64),
+        "deter": 5 + torch.randn(N, T, 4, generator=g, dtype=F64),
+    }
+    mask = _mask(seed=5)
+    metric = ActiveUnits(groups=["stoch", "deter"], steps=True).set_dtype(F64)
+    for s in _batches([7, 7, 7, 2]):
+        metric.update({k: _padded(v, mask)[s] for k, v in means.items()}, mask=mask[s])
+    per_group = metric.compute().per_group
+    assert_close(per_group["stoch"].variances, means["stoch"][mask].flatten(1).var(0))
+    assert_close(per_group["deter"].variances, means["deter"][mask].var(0))
+    other = {"stoch": means["stoch"][:, :3], "deter": means["deter"]}  # T differs
+    with pytest.raises(ValueError, match=r"different batch and step sizes \(B, T\)"):
+        metric.update(other)

@@ -114,6 +114,64 @@ def test_batch_sizes_one_seven_and_the_whole_epoch_agree_bit_for_bit() -> None:
     _assert_same(codebook_usage(codes, K, codebooks=G, data_dims=20), whole)
 
 
+def _lengths_mask(seed: int = 1) -> torch.Tensor:
+    """``(N, L)``: sequences padded after a random length in 0..L (0: padding only)."""
+    lengths = torch.randint(0, L + 1, (N, 1), generator=torch.Generator().manual_seed(seed))
+    mask = torch.arange(L) < lengths
+    assert mask.any() and (~mask).any()
+    return mask
+
+
+def test_masked_positions_are_not_counted_for_any_batching() -> None:
+    codes, mask = _epoch(), _lengths_mask()
+    padded = torch.where(mask[..., None], codes, torch.full_like(codes, -1))  # pad id -1
+    want = _direct(codes[mask], K)  # (real positions, G): only the real positions
+    reports = []
+    for batch in (1, 7, N):
+        metric = CodebookUsage(K, codebooks=G, data_dims=20)
+        for chunk, m in zip(padded.split(batch), mask.split(batch), strict=True):
+            metric.update(chunk, mask=m)
+        reports.append(metric.compute())
+    reports.append(codebook_usage(padded, K, codebooks=G, data_dims=20, mask=mask))
+    for got in reports:
+        _assert_same(got, reports[0])
+    got = reports[0]
+    assert_close(got.counts, want["counts"], **EXACT)
+    assert_close(got.entropy, want["entropy"])
+    assert_close(got.dead_codes, want["dead_codes"], **EXACT)
+    assert int(got.positions) == int(mask.sum()) and int(got.examples) == N
+    # mean real positions per example x 3 codes x 4 bits over 20 data dimensions
+    expected_bpd = mask.sum().double() / N * G * 4.0 / 20
+    assert_close(got.nominal_bits_per_dim, expected_bpd)
+
+
+def test_a_mask_of_one_codebooks_positions_has_the_indices_shape() -> None:
+    codes = _epoch()[..., 0]  # (N, L) tokens of one codebook
+    mask = _lengths_mask(2)
+    metric = CodebookUsage(K)
+    metric.update(torch.where(mask, codes, torch.full_like(codes, K + 3)), mask=mask)
+    assert_close(metric.compute().counts[0], torch.bincount(codes[mask], minlength=K), **EXACT)
+
+
+def test_bad_masks_are_refused() -> None:
+    codes = _epoch()
+    metric = CodebookUsage(K, codebooks=G)
+    with pytest.raises(TypeError, match=r"mask\.bool\(\)"):
+        metric.update(codes, mask=torch.ones(N, L))
+    with pytest.raises(ValueError, match=r"positions' shape \(B, \.\.\.\) = \(45, 5\)"):
+        metric.update(codes, mask=torch.ones(N, L, G, dtype=torch.bool))
+    with pytest.raises(TypeError, match="mask must be a bool tensor"):
+        metric.update(codes, mask=[True] * N)
+    assert int(metric.counts.sum()) == 0  # nothing was counted
+
+
+def test_masked_update_without_validation_never_syncs() -> None:
+    codes, mask = _epoch(), _lengths_mask()
+    metric = CodebookUsage(K, codebooks=G, validate_args=False)
+    metric.update(codes, mask=mask)
+    assert count(lambda: metric.update(codes, mask=mask)).n_syncs == 0
+
+
 def test_per_batch_perplexity_depends_on_the_batch_size_and_the_epoch_report_does_not() -> None:
     # The motivating bug (vector-quantize-pytorch #63): exp(H) of each batch's histogram.
     codes = _epoch()[..., 2:]  # the uniform codebook: epoch perplexity close to K

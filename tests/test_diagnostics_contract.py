@@ -21,7 +21,7 @@ from benchmarks._counting import count
 from rdloss import diagnostics
 from rdloss.marginals import StandardNormal
 
-N, D = 23, 3
+N, D, T = 23, 3, 4
 F64 = torch.float64
 
 
@@ -33,7 +33,24 @@ def _data() -> dict[str, torch.Tensor]:
         "loc": 3.0 + torch.randn(N, D, generator=g) * torch.tensor([1.0, 0.3, 0.001]),
         "scale": 0.2 + torch.rand(N, D, generator=g),
         "per_dim": torch.rand(N, D, generator=g),
+        "weight": torch.rand(N, generator=g) + 0.5,
+        # sequences of T steps, padded after a random length (0: an all-padding row)
+        "step_rate": torch.rand(N, T, generator=g) * 3,
+        "step_loc": 3.0 + torch.randn(N, T, D, generator=g),
+        "step_per_dim": torch.rand(N, T, D, generator=g),
+        "step_mask": torch.arange(T) < torch.randint(0, T + 1, (N, 1), generator=g),
     }
+
+
+class Kw(dict):  # type: ignore[type-arg]
+    """Keyword arguments of an update, as the last entry of an input tuple."""
+
+
+def _update(metric: Metric, args: tuple) -> None:
+    if args and isinstance(args[-1], Kw):
+        metric.update(*args[:-1], **args[-1])
+    else:
+        metric.update(*args)
 
 
 # name -> (build(**kwargs), inputs of an update from the data rows [lo:hi])
@@ -52,6 +69,18 @@ CASES: dict[str, tuple[Callable[..., Metric], Callable[[dict, slice], tuple]]] =
         lambda d, s: (d["loc"][s],),
     ),
     "RatePerDimension": (diagnostics.RatePerDimension, lambda d, s: (d["per_dim"][s],)),
+    "RatePerDimension(steps)": (
+        lambda **kw: diagnostics.RatePerDimension(steps=True, **kw),
+        lambda d, s: (d["step_per_dim"][s], Kw(weight=d["weight"][s], mask=d["step_mask"][s])),
+    ),
+    "ActiveUnits(steps)": (
+        lambda **kw: diagnostics.ActiveUnits(steps=True, **kw),
+        lambda d, s: (d["step_loc"][s], Kw(mask=d["step_mask"][s])),
+    ),
+    "StepRate": (
+        lambda **kw: diagnostics.StepRate(free_bits=1.5, **kw),
+        lambda d, s: (d["step_rate"][s], Kw(weight=d["weight"][s], mask=d["step_mask"][s])),
+    ),
     "MutualInformation": (
         lambda **kw: diagnostics.MutualInformation(StandardNormal(D), tc_samples=10, **kw),
         lambda d, s: (d["loc"][s], d["scale"][s]),
@@ -86,7 +115,7 @@ def _values(result: Any) -> list[torch.Tensor]:
 def _stream(metric: Metric, inputs: Callable, sizes: list[int]) -> list[torch.Tensor]:
     data, start = _data(), 0
     for size in sizes:
-        metric.update(*inputs(data, slice(start, start + size)))
+        _update(metric, inputs(data, slice(start, start + size)))
         start += size
     assert start == N
     return _values(metric.compute())
@@ -117,11 +146,11 @@ def test_state_dict_round_trip(case) -> None:
     build, inputs = case
     data = _data()
     first = build()
-    first.update(*inputs(data, slice(0, 9)))
+    _update(first, inputs(data, slice(0, 9)))
     restored = build()
     restored.load_state_dict(first.state_dict())
     for m in (first, restored):
-        m.update(*inputs(data, slice(9, N)))
+        _update(m, inputs(data, slice(9, N)))
     assert_close(_values(restored.compute()), _values(first.compute()))
 
 
@@ -154,13 +183,13 @@ def test_nan_batch_is_refused_and_leaves_the_state(case) -> None:
         )
     data = _data()
     metric = build()
-    metric.update(*inputs(data, slice(0, 10)))
+    _update(metric, inputs(data, slice(0, 10)))
     before = _snapshot(metric.state_dict())
     bad = {k: v.clone() for k, v in data.items()}
     for v in bad.values():
         v[12] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        metric.update(*inputs(bad, slice(10, 15)))
+        _update(metric, inputs(bad, slice(10, 15)))
     after = _snapshot(metric.state_dict())
     assert after.keys() == before.keys()
     for key, value in before.items():
@@ -178,6 +207,33 @@ def test_update_without_checks_never_syncs(case) -> None:
     build, inputs = case
     data = _data()
     metric = build(validate_args=False)
-    metric.update(*inputs(data, slice(0, 10)))  # the first update may size a lazy state
-    counts = count(lambda: metric.update(*inputs(data, slice(10, N))))
+    _update(metric, inputs(data, slice(0, 10)))  # the first update may size a lazy state
+    counts = count(lambda: _update(metric, inputs(data, slice(10, N))))
     assert counts.n_syncs == 0, counts.syncs
+
+
+def test_compute_after_load_state_dict_is_of_the_loaded_state(case) -> None:
+    # torchmetrics caches compute(); a value cached before load_state_dict would be the
+    # replaced state's, a silent wrong number.
+    build, inputs = case
+    data = _data()
+    source = build()
+    _update(source, inputs(data, slice(0, N)))
+    expected = _values(source.compute())
+    metric = build()
+    _update(metric, inputs(data, slice(0, 9)))
+    metric.compute()  # cached
+    metric.load_state_dict(source.state_dict())
+    assert_close(_values(metric.compute()), expected)
+
+
+def test_compute_after_merge_state_is_of_the_merged_state(case) -> None:
+    build, inputs = case
+    data = _data()
+    expected = _stream(build(), inputs, [N])
+    metric, other = build(), build()
+    _update(metric, inputs(data, slice(0, 9)))
+    _update(other, inputs(data, slice(9, N)))
+    metric.compute()  # cached
+    metric.merge_state(other)
+    assert_close(_values(metric.compute()), expected)

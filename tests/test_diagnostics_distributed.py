@@ -17,6 +17,7 @@ from rdloss.diagnostics import (
     MutualInformationBounds,
     RateDistortion,
     RatePerDimension,
+    StepRate,
 )
 from rdloss.marginals import StandardNormal
 
@@ -35,6 +36,10 @@ def _dataset() -> dict[str, torch.Tensor]:
         "loc": 1e3 + torch.randn(N, D, generator=g) * torch.tensor([1.0, 0.3, 0.05, 0.001]),
         "scale": 0.1 + torch.rand(N, D, generator=g),
         "per_dim": torch.rand(N, D, generator=g),
+        # sequences of 5 steps padded after a random length: steps are the samples
+        "step_rate": torch.rand(N, 5, generator=g) * 3,
+        "step_loc": 50.0 + torch.randn(N, 5, D, generator=g),
+        "step_mask": torch.arange(5) < torch.randint(0, 6, (N, 1), generator=g),
     }
 
 
@@ -45,6 +50,9 @@ def _metrics() -> dict[str, torch.nn.Module]:
         "active": ActiveUnits(),
         "per_dim": RatePerDimension(),
         "mi": MutualInformation(StandardNormal(D), tc_samples=30),
+        "step_rate": StepRate(free_bits=1.0),
+        "step_active": ActiveUnits(steps=True),
+        "step_per_dim": RatePerDimension(steps=True),
     }
 
 
@@ -56,6 +64,10 @@ def _run(batches: list[tuple[int, int]]) -> dict[str, list[torch.Tensor]]:
         metrics["active"].update(data["loc"][lo:hi])
         metrics["per_dim"].update(data["per_dim"][lo:hi])
         metrics["mi"].update(helpers.normal(data["loc"][lo:hi], scale=data["scale"][lo:hi]))
+        mask = data["step_mask"][lo:hi]
+        metrics["step_rate"].update(data["step_rate"][lo:hi], mask=mask)
+        metrics["step_active"].update(data["step_loc"][lo:hi], mask=mask)
+        metrics["step_per_dim"].update(data["step_loc"][lo:hi], mask=mask)
     results = {}
     for name, metric in metrics.items():
         value = metric.compute()
@@ -87,3 +99,5 @@ def test_two_process_metrics_equal_single_process_union(tmp_path, free_port):
     half = _run(RANK_BATCHES[0])
     assert not torch.allclose(half["rd"][0], single["rd"][0])
     assert not torch.allclose(half["mi"][0], single["mi"][0])
+    assert not torch.allclose(half["step_rate"][1], single["step_rate"][1])
+    assert not torch.allclose(half["step_active"][1], single["step_active"][1])

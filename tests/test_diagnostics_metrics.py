@@ -483,3 +483,28 @@ BAD_INPUTS: dict[str, Entry] = {
 @pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
 def test_bad_input_raises_named_error(case: str) -> None:
     expect_named_error(BAD_INPUTS[case])
+
+
+def test_bits_per_dim_is_vdvaes_elbo_per_dimension_over_ln2() -> None:
+    # openai/vdvae, vae.py, VAE.forward (commit ea35b490313bc33e7f8ac63dd8132f3cc1a729b4):
+    #   distortion_per_pixel = out_net.nll(px_z, x)          # already per dimension
+    #   rate_per_pixel = sum over layers of kl.sum(dim=(1, 2, 3)), then /= prod(x.shape[1:])
+    #   elbo = (distortion_per_pixel + rate_per_pixel).mean()   # nats per dimension
+    # so bits per dimension = elbo / ln 2.
+    g = torch.Generator().manual_seed(3)
+    n, shape = 12, (3, 8, 8)
+    ndims = math.prod(shape)
+    kl_layers = [torch.rand(n, 4, 4, 4, generator=g, dtype=F64) for _ in range(3)]
+    distortion_per_pixel = torch.rand(n, generator=g, dtype=F64) * 3
+    rate_per_pixel = torch.zeros(n, dtype=F64)
+    for kl in kl_layers:
+        rate_per_pixel += kl.sum(dim=(1, 2, 3))
+    rate_per_pixel /= ndims
+    elbo = (distortion_per_pixel + rate_per_pixel).mean()
+    # rdloss' per-example sums in nats: R = sum of the layers' KL, D = the NLL summed
+    rate = sum(kl.flatten(1).sum(1) for kl in kl_layers)
+    distortion = distortion_per_pixel * ndims
+    result = _stream(RateDistortion(data_dims=ndims).set_dtype(F64), [5, 7], rate, distortion)
+    assert_close(result.bits_per_dim, elbo / math.log(2))
+    assert_close(result.rate / ndims, rate_per_pixel.mean())
+    assert_close(result.distortion / ndims, distortion_per_pixel.mean())

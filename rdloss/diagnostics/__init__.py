@@ -1,4 +1,4 @@
-"""Diagnostics: rate, distortion, MI bounds, active units, ELBO surgery, codebook usage.
+"""Diagnostics: rate, distortion, MI bounds, active units, ELBO surgery, codebooks, steps.
 
 Each diagnostic exists as a pure function in `rdloss.diagnostics.functional` and as a
 `torchmetrics.Metric` that streams over batches, synchronises across processes and
@@ -16,6 +16,7 @@ from rdloss.diagnostics.metrics import (
     RatePerDimension,
 )
 from rdloss.diagnostics.mutual_information import MutualInformation
+from rdloss.diagnostics.steps import StepRate
 
 __all__ = [
     "ActiveUnits",
@@ -25,6 +26,7 @@ __all__ = [
     "MutualInformationBounds",
     "RateDistortion",
     "RatePerDimension",
+    "StepRate",
     "evaluate",
     "functional",
     "importance_weighted_bound",

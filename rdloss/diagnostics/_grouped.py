@@ -22,19 +22,74 @@ from rdloss._checks import check_tensor
 from rdloss.diagnostics._metric import _Diagnostic, check_groups, match_groups
 from rdloss.latents import as_latent
 
-__all__ = ["_Grouped", "flat_units", "mean_units"]
+__all__ = ["_Grouped", "check_mask", "flat_units", "mean_units", "step_rows"]
 
 
-def flat_units(name: str, value: Tensor) -> Tensor:
-    """``(B, ...)`` per-unit values as ``(B, units)``: ``b ... -> b (...)``."""
+def flat_units(name: str, value: Tensor, steps: bool = False) -> Tensor:
+    """``(B, ...)`` per-unit values as ``(B, units)``: ``b ... -> b (...)``.
+
+    With ``steps``, ``(B, T, ...)`` values as ``(B, T, units)``: a step's latent is the
+    unit set.
+    """
+    if steps:
+        check_tensor(name, value)
+        if value.ndim < 3:
+            raise ValueError(
+                f"{name} must have shape (B, T, ...) with a step axis T (steps=True), got "
+                f"{tuple(value.shape)}"
+            )
+        if value.shape[2:].numel() == 0:
+            raise ValueError(f"{name} has no latent units per step (shape {tuple(value.shape)})")
+        return einops.rearrange(value, "b t ... -> b t (...)")
     check_tensor(name, value, min_ndim=2)
     if value[0].numel() == 0:
         raise ValueError(f"{name} has no latent units (shape {tuple(value.shape)})")
     return einops.rearrange(value, "b ... -> b (...)")
 
 
-def mean_units(name: str, value: object) -> Tensor:
-    """A posterior's mean (event dims flattened) or a tensor of means, as ``(B, units)``."""
+def check_mask(mask: object, shape: tuple[int, ...]) -> Tensor:
+    """A ``(B, T)`` bool step mask (``True``: a real step, ``False``: padding)."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask must be a (B, T) bool tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"mask must be a bool tensor (True for real steps), got dtype {mask.dtype}; "
+            "pass mask.bool() for a 0/1 mask"
+        )
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"mask must have shape (B, T) = {shape}, got {tuple(mask.shape)}")
+    return mask
+
+
+def step_rows(
+    name: str, values: Tensor, mask: Tensor | None, steps: bool
+) -> tuple[Tensor, Tensor | None]:
+    """``(B, units)`` as is, or ``(B, T, units)`` steps as ``(B*T, units)`` rows.
+
+    Returns the rows and the ``(B*T,)`` float mask of real steps (``None``: every row
+    counts). Padded rows are zeroed, so whatever they held (NaN included) counts nothing.
+    """
+    if not steps:
+        if mask is not None:
+            raise ValueError(
+                f"mask= masks steps: build the metric with steps=True to read {name} as "
+                "(B, T, ...) steps"
+            )
+        return values, None
+    if mask is None:
+        return values.flatten(0, 1), None
+    keep = check_mask(mask, tuple(values.shape[:2])).reshape(-1)
+    rows = values.flatten(0, 1)
+    rows = torch.where(keep[:, None], rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
+    return rows, keep.to(rows.dtype)
+
+
+def mean_units(name: str, value: object, steps: bool = False) -> Tensor:
+    """A posterior's mean (event dims flattened) or a tensor of means, as ``(B, units)``.
+
+    With ``steps``, ``(B, T, units)`` from ``(B, T, ...)`` means or a posterior of batch
+    shape ``(B, T)``.
+    """
     if isinstance(value, Distribution):
         latent = as_latent(value, name)
         if not latent.event_shape:
@@ -50,8 +105,8 @@ def mean_units(name: str, value: object) -> Tensor:
                 f"{name} ({type(value).__name__}) has no closed-form mean: pass its mean "
                 "estimated by sampling, e.g. posterior.sample((64,)).mean(0)"
             ) from None
-        return flat_units(name, mean)
-    return flat_units(name, check_tensor(name, value))
+        return flat_units(name, mean, steps)
+    return flat_units(name, check_tensor(name, value), steps)
 
 
 class _Grouped(_Diagnostic):
@@ -59,7 +114,10 @@ class _Grouped(_Diagnostic):
 
     group_sizes: Tensor
 
-    def _add_group_sizes(self, groups: Sequence[str] | None) -> None:
+    def _add_group_sizes(self, groups: Sequence[str] | None, steps: bool = False) -> None:
+        if not isinstance(steps, bool):
+            raise TypeError(f"steps must be a bool, got {type(steps).__name__}")
+        self.steps = steps
         self.groups = check_groups(groups)
         size = len(self.groups or ())
         self.add_state(
@@ -83,10 +141,11 @@ class _Grouped(_Diagnostic):
             to_units(f"{name}[{g!r}]", v)
             for g, v in zip(self.groups, match_groups(name, values, self.groups), strict=True)
         ]
-        batch = {p.shape[0] for p in parts}
+        batch = {tuple(p.shape[:-1]) for p in parts}
         if len(batch) != 1:
-            raise ValueError(f"{name}'s groups have different batch sizes {sorted(batch)}")
-        sizes = torch.tensor([p.shape[1] for p in parts])
+            what = "batch and step sizes (B, T)" if self.steps else "batch sizes"
+            raise ValueError(f"{name}'s groups have different {what} {sorted(batch)}")
+        sizes = torch.tensor([p.shape[-1] for p in parts])
         known = self.group_sizes
         if bool((known > 0).any()) and not torch.equal(known.cpu().long(), sizes):
             raise ValueError(
@@ -94,7 +153,7 @@ class _Grouped(_Diagnostic):
                 f"{[int(n) for n in known.tolist()]}"
             )
         self.group_sizes.copy_(sizes)
-        return torch.cat(parts, dim=1)
+        return torch.cat(parts, dim=-1)
 
     @override
     def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
@@ -103,6 +162,10 @@ class _Grouped(_Diagnostic):
         The result equals one metric updated with both streams. Lazily sized states take
         the incoming size; sizes that differ raise ``ValueError``.
         """
+        super().merge_state(incoming_state)
+
+    @override
+    def _merge_incoming(self, incoming_state: dict[str, Any] | Metric) -> None:
         if not isinstance(incoming_state, (dict, Metric)):
             raise ValueError(
                 "merge_state expects a dict of states or a metric, got "
@@ -118,6 +181,11 @@ class _Grouped(_Diagnostic):
                 raise ValueError(
                     f"merge_state: the incoming metric has groups "
                     f"{incoming_state.groups}, this one {self.groups}"
+                )
+            if incoming_state.steps != self.steps:
+                raise ValueError(
+                    f"merge_state: the incoming metric has steps={incoming_state.steps}, "
+                    f"this one steps={self.steps}"
                 )
             incoming_state = incoming_state.metric_state
         missing = [k for k in self._defaults if k not in incoming_state]

@@ -14,7 +14,7 @@ from typing_extensions import override
 from rdloss._checks import check_tensor, should_validate
 from rdloss.output import RDOutput
 
-__all__ = ["check_groups", "match_groups"]
+__all__ = ["check_groups", "match_groups", "merge_moments"]
 
 
 def check_groups(groups: object) -> tuple[str, ...] | None:
@@ -45,6 +45,30 @@ def match_groups(name: str, values: object, groups: tuple[str, ...]) -> list[Any
             f"{list(groups)} (same names, same order)"
         )
     return [values[g] for g in groups]
+
+
+def merge_moments(stacked: Tensor) -> Tensor:
+    """Merge packed ``[count, sum(x - shift), sum((x - shift)^2), shift]`` rows.
+
+    Sums are kept around a reference point (``shift``, a data row), so they hold small
+    numbers and the variance ``(S2 - S1^2 / n) / (n - 1)`` does not cancel a large common
+    offset, even in float32. Rows with different shifts are moved exactly to the shift of
+    the first non-empty row (Chan, Golub & LeVeque's pairwise update).
+
+    Args:
+        stacked: ``(W, 1 + 3D)`` summaries, e.g. one per process.
+
+    Returns:
+        ``(1 + 3D,)`` the summary of the union.
+    """
+    dim = (stacked.shape[1] - 1) // 3
+    count, s1, s2, shift = stacked.split([1, dim, dim, dim], dim=1)
+    ref = shift[(count[:, 0] > 0).int().argmax()]
+    # Empty rows have all-zero sums; mask their (arbitrary) shifts out.
+    delta = torch.where(count > 0, shift - ref, torch.zeros_like(shift))
+    s2 = s2 + 2 * delta * s1 + count * delta.square()
+    s1 = s1 + count * delta
+    return torch.cat([count.sum(0), s1.sum(0), s2.sum(0), ref])
 
 
 class _Diagnostic(Metric):
@@ -84,6 +108,30 @@ class _Diagnostic(Metric):
             raise ValueError(f"non-finite values (NaN or inf) in {', '.join(bad)}")
         if not ok[-1]:
             raise ValueError("weight must be non-negative")
+
+    @override
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Merge another metric of this class (or its states) into this one.
+
+        ``compute`` then returns the merged value: torchmetrics caches ``compute`` and
+        would otherwise keep returning the value cached before the merge.
+        """
+        self._merge_incoming(incoming_state)
+        self._invalidate()
+
+    def _merge_incoming(self, incoming_state: dict[str, Any] | Metric) -> None:
+        super().merge_state(incoming_state)
+
+    @override
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        """Drop torchmetrics' cached ``compute`` after the states were replaced or merged."""
+        self._computed = None
+        # The states hold data now: compute() must not warn that no update came first.
+        self._update_count += 1
 
     @override
     def _wrap_compute(self, compute: Callable[..., Any]) -> Callable[..., Any]:

@@ -19,35 +19,17 @@ from torch.distributions import Distribution
 from typing_extensions import override
 
 from rdloss._checks import check_nonnegative_number, check_positive_int, check_tensor
-from rdloss.diagnostics._grouped import _Grouped, flat_units, mean_units
+from rdloss.diagnostics._grouped import _Grouped, flat_units, mean_units, step_rows
+from rdloss.diagnostics._metric import merge_moments
 from rdloss.diagnostics.functional import ActiveUnitsResult
 from rdloss.output import RDOutput
 
 __all__ = ["ActiveUnits", "RatePerDimension"]
 
-
-def _merge_moments(stacked: Tensor) -> Tensor:
-    """Merge packed ``[count, sum(x - shift), sum((x - shift)^2), shift]`` rows.
-
-    Sums are kept around a reference point (``shift``, a data row), so they hold small
-    numbers and the variance ``(S2 - S1^2 / n) / (n - 1)`` does not cancel a large common
-    offset, even in float32. Rows with different shifts are moved exactly to the shift of
-    the first non-empty row (Chan, Golub & LeVeque's pairwise update).
-
-    Args:
-        stacked: ``(W, 1 + 3D)`` summaries, e.g. one per process.
-
-    Returns:
-        ``(1 + 3D,)`` the summary of the union.
-    """
-    dim = (stacked.shape[1] - 1) // 3
-    count, s1, s2, shift = stacked.split([1, dim, dim, dim], dim=1)
-    ref = shift[(count[:, 0] > 0).int().argmax()]
-    # Empty rows have all-zero sums; mask their (arbitrary) shifts out.
-    delta = torch.where(count > 0, shift - ref, torch.zeros_like(shift))
-    s2 = s2 + 2 * delta * s1 + count * delta.square()
-    s1 = s1 + count * delta
-    return torch.cat([count.sum(0), s1.sum(0), s2.sum(0), ref])
+_VARIABLES_HINT = (
+    "; for Independent(OneHotCategorical) latents pass "
+    "rdloss.diagnostics.functional.rate_per_variable(posterior, prior) instead"
+)
 
 
 class ActiveUnits(_Grouped):
@@ -68,6 +50,10 @@ class ActiveUnits(_Grouped):
         groups: names of the latent groups (the loss's posterior keys, in order), or
             ``None``; updates then take a mapping with these keys and ``compute`` adds
             ``per_group``.
+        steps: read ``(B, T, ...)`` means (or posteriors of batch shape ``(B, T)``) of a
+            sequence model as ``B*T`` samples of one step's latent: units are counted per
+            step (DreamerV3's 32 x 32 one-hot latent has 1,024 units, not ``T * 1,024``),
+            and ``update`` takes ``mask=``.
         output: return only this field, e.g. ``"num_active"``.
         **kwargs: ``validate_args`` (default ``True``: NaN/inf in an update raise
             ``ValueError``, at one host synchronisation per update) and the options of
@@ -92,54 +78,66 @@ class ActiveUnits(_Grouped):
         *,
         latent_dim: int | None = None,
         groups: Sequence[str] | None = None,
+        steps: bool = False,
         output: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(output=output, **kwargs)
-        self._add_group_sizes(groups)
+        self._add_group_sizes(groups, steps)
         self.threshold = check_nonnegative_number("threshold", threshold)
         if latent_dim is not None:
             check_positive_int("latent_dim", latent_dim)
         self.latent_dim = latent_dim
         size = 0 if latent_dim is None else 1 + 3 * latent_dim
-        self.add_state("moments", torch.zeros(size), dist_reduce_fx=_merge_moments, persistent=True)
+        self.add_state("moments", torch.zeros(size), dist_reduce_fx=merge_moments, persistent=True)
 
     @override
     def update(
         self,
         posterior_mean: Tensor | Distribution | Mapping[str, Tensor | Distribution],
+        *,
+        mask: Tensor | None = None,
     ) -> None:
         """Add a batch of posterior means ``(B, ...)`` (or the posterior, whose mean is used).
 
         Units are the flattened non-batch dimensions (``(B, C, H, W)`` conv means give
         ``C*H*W`` units); with ``groups=``, a mapping from group name to means or posterior.
+        With ``steps=True``, means are ``(B, T, ...)`` and ``mask`` (``(B, T)`` bool,
+        ``False`` for padded steps) leaves padded steps out.
         """
-        posterior_mean = self._join("posterior_mean", posterior_mean, mean_units)
-        self._check_finite(posterior_mean=posterior_mean)
-        values = posterior_mean.detach().to(self.moments.dtype)
+        joined = self._join(
+            "posterior_mean", posterior_mean, lambda n, v: mean_units(n, v, self.steps)
+        )
+        rows, keep = step_rows("posterior_mean", joined, mask, self.steps)
+        self._check_finite(posterior_mean=rows)
+        values = rows.detach().to(self.moments.dtype)
         dim = values.shape[1]
         if self.moments.numel() not in (0, 1 + 3 * dim):
             raise ValueError(
                 f"posterior_mean has {dim} units but earlier batches had "
                 f"{(self.moments.numel() - 1) // 3}"
             )
-        # The first batch's first row becomes the reference; later batches use the state's.
+        # The first (real) row seen becomes the reference; later batches use the state's.
+        # index_select, not values[tensor]: a tensor index would be read on the host.
+        first = values[0] if keep is None else values.index_select(0, keep.argmax()[None])[0]
         if self.moments.numel() == 0:  # lazily sized, first update since reset
-            self.moments = torch.cat([values.new_zeros(1 + 2 * dim), values[0]])
+            self.moments = torch.cat([values.new_zeros(1 + 2 * dim), first])
         state = self.moments
         shift = state[1 + 2 * dim :]
-        if self.latent_dim is not None:  # pre-sized state: is it still empty? (no host sync)
-            shift.copy_(torch.where(state[0] == 0, values[0], shift))
+        # Still empty (pre-sized, or every step so far was padding)? No host sync.
+        shift.copy_(torch.where(state[0] == 0, first, shift))
         centred = values - shift
-        ones = torch.ones_like(centred[:, :1])
+        w = torch.ones_like(centred[:, :1]) if keep is None else keep[:, None].to(centred)
+        if keep is not None:
+            centred = centred * w  # padded rows add nothing to the sums
         # In place (no attribute assignment): one add of [count, S1, S2] per batch.
-        state[: 1 + 2 * dim].add_(torch.cat([ones, centred, centred.square()], dim=1).sum(0))
+        state[: 1 + 2 * dim].add_(torch.cat([w, centred, centred.square()], dim=1).sum(0))
 
     @override
     def _merge_units(self, incoming: dict[str, Any]) -> None:
         other = incoming["moments"].to(self.moments)
         if self._merged_size(self.moments[1:], other[1:], 3):
-            self.moments = _merge_moments(torch.stack([self.moments, other]))
+            self.moments = merge_moments(torch.stack([self.moments, other]))
         elif other.numel():
             self.moments = other.clone()
 
@@ -202,6 +200,12 @@ class RatePerDimension(_Grouped):
             at the first update.
         groups: names of the latent groups (the loss's posterior keys, in order), or
             ``None``.
+        steps: read ``(B, T, ...)`` rates of a sequence model as ``B*T`` samples of one
+            step's latent: ``compute`` gives the mean rate per unit of a step (summing to the
+            mean rate per step), and ``update`` takes ``mask=``. For
+            ``Independent(OneHotCategorical)`` latents, whose KL the loss cannot split per
+            dimension, pass `rate_per_variable` (DreamerV3's 32 x 32 latent: 32
+            categorical variables per step).
         **kwargs: ``validate_args`` (default ``True``: NaN/inf in an update raise
             ``ValueError``, at one host synchronisation per update) and the options of
             `torchmetrics.Metric`.
@@ -223,10 +227,11 @@ class RatePerDimension(_Grouped):
         *,
         latent_dim: int | None = None,
         groups: Sequence[str] | None = None,
+        steps: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self._add_group_sizes(groups)
+        self._add_group_sizes(groups, steps)
         if latent_dim is not None:
             check_positive_int("latent_dim", latent_dim)
         self.latent_dim = latent_dim
@@ -240,11 +245,14 @@ class RatePerDimension(_Grouped):
         rate_per_dimension: Tensor | RDOutput | Mapping[str, Tensor],
         *,
         weight: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> None:
         """Add ``(B, ...)`` per-unit rates, or an `RDOutput` that has them.
 
         With ``groups=``, a mapping from group name to rates; an `RDOutput`'s ``weight``
-        weights the mean.
+        weights the mean. With ``steps=True``, ``(B, T, ...)`` rates (an `RDOutput`'s are
+        split into steps by its ``rate_per_step``), and ``mask`` (``(B, T)`` bool,
+        ``False`` for padded steps) leaves padded steps out.
         """
         if isinstance(rate_per_dimension, RDOutput):
             if weight is not None:
@@ -262,27 +270,38 @@ class RatePerDimension(_Grouped):
                 if missing:
                     raise ValueError(
                         f"the KL of group(s) {missing} does not factorise over latent "
-                        "dimensions: no per-dimension rate to report"
+                        f"dimensions: no per-dimension rate to report{_VARIABLES_HINT}"
                     )
-                rate_per_dimension = {g: v for g, v in per_group.items() if v is not None}
+                rate_per_dimension = {
+                    g: self._output_steps(output, g, v)
+                    for g, v in per_group.items()
+                    if v is not None
+                }
             elif output.rate_per_dimension is None:
                 raise ValueError(
                     "this RDOutput has no rate_per_dimension (the KL does not factorise over "
-                    "latent dimensions for this posterior/marginal pair)"
+                    f"latent dimensions for this posterior/marginal pair){_VARIABLES_HINT}"
                 )
             else:
-                rate_per_dimension = output.rate_per_dimension
-        values = self._join(
-            "rate_per_dimension", rate_per_dimension, lambda n, v: flat_units(n, check_tensor(n, v))
+                rate_per_dimension = self._output_steps(output, "z", output.rate_per_dimension)
+        joined = self._join(
+            "rate_per_dimension",
+            rate_per_dimension,
+            lambda n, v: flat_units(n, check_tensor(n, v), self.steps),
         )
         if weight is not None:
             check_tensor("weight", weight)
-            if tuple(weight.shape) != (values.shape[0],):
+            if tuple(weight.shape) != (joined.shape[0],):
                 raise ValueError(
-                    f"weight must have shape (B,) = ({values.shape[0]},), got {tuple(weight.shape)}"
+                    f"weight must have shape (B,) = ({joined.shape[0]},), got {tuple(weight.shape)}"
                 )
-        self._check_finite(weight, rate_per_dimension=values)
-        values = values.detach().to(self.rate_sum.dtype)
+        rows, keep = step_rows("rate_per_dimension", joined, mask, self.steps)
+        self._check_finite(weight, rate_per_dimension=rows)
+        if weight is not None and self.steps:  # each step of an example has its weight
+            weight = weight[:, None].expand(joined.shape[:2]).reshape(-1)
+        if keep is not None:
+            weight = keep if weight is None else weight.to(keep) * keep
+        values = rows.detach().to(self.rate_sum.dtype)
         if self.rate_sum.numel() == 0:
             self.rate_sum = values.new_zeros(values.shape[1])
         if self.rate_sum.numel() != values.shape[1]:
@@ -293,6 +312,18 @@ class RatePerDimension(_Grouped):
         w = values.new_ones(values.shape[0]) if weight is None else weight.detach().to(values)
         self.rate_sum.add_(w @ values)
         self.count.add_(w.sum())
+
+    def _output_steps(self, output: RDOutput, group: str, value: Tensor) -> Tensor:
+        """An `RDOutput`'s ``(B, T*D)`` rates as ``(B, T, D)`` when ``steps=True``."""
+        if not self.steps:
+            return value
+        per_step = (output.rate_per_step or {}).get(group)
+        if per_step is None:
+            raise ValueError(
+                f"steps=True but the latent {group!r} of this RDOutput has no step axis "
+                "(no rate_per_step)"
+            )
+        return value.reshape(*per_step.shape, -1)
 
     @override
     def _merge_units(self, incoming: dict[str, Any]) -> None:

@@ -109,7 +109,9 @@ def check_count(name: str, value: object) -> int:
     return int(value)
 
 
-def flat_codes(indices: object, codebook_size: int, codebooks: int, validate: bool) -> Tensor:
+def flat_codes(
+    indices: object, codebook_size: int, codebooks: int, validate: bool, mask: object = None
+) -> tuple[Tensor, Tensor | None]:
     """Check code indices; return them as ``(N, G)`` int64, one row per position.
 
     Args:
@@ -117,9 +119,14 @@ def flat_codes(indices: object, codebook_size: int, codebooks: int, validate: bo
         codebook_size: ``K``; every index must lie in ``[0, K)``.
         codebooks: ``G``.
         validate: check the range (one host synchronisation; skipped while compiling).
+        mask: ``None``, or a bool tensor of the positions' shape ``(B, ...)``, ``False``
+            for padded positions (whose indices, e.g. a pad id of -1, are not read).
+
+    Returns:
+        The codes (padded positions as code 0) and the ``(N,)`` mask, or ``None``.
 
     Raises:
-        TypeError: ``indices`` is not an integer tensor.
+        TypeError: ``indices`` is not an integer tensor, or ``mask`` not a bool tensor.
         ValueError: a wrong shape, or (if ``validate``) an index outside ``[0, K)``.
     """
     indices = check_tensor("indices", indices, min_ndim=1)
@@ -133,6 +140,23 @@ def flat_codes(indices: object, codebook_size: int, codebooks: int, validate: bo
             f"indices must have shape (B, ..., codebooks) = (B, ..., {codebooks}), batch first "
             f"and one code per codebook last, got {tuple(indices.shape)}"
         )
+    keep = None
+    if mask is not None:
+        positions = tuple(indices.shape[:-1] if codebooks > 1 else indices.shape)
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            got = f"dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
+            raise TypeError(
+                f"mask must be a bool tensor (True for real positions), got {got}; pass "
+                "mask.bool() for a 0/1 mask"
+            )
+        if tuple(mask.shape) != positions:
+            raise ValueError(
+                f"mask must have the positions' shape (B, ...) = {positions}, got "
+                f"{tuple(mask.shape)}"
+            )
+        keep = mask.to(indices.device)
+        where = keep[..., None] if codebooks > 1 else keep
+        indices = torch.where(where, indices, torch.zeros((), dtype=indices.dtype))
     if should_validate(validate) and indices.numel():
         low, high = torch.aminmax(indices)
         if not bool((low >= 0) & (high < codebook_size)):
@@ -140,20 +164,23 @@ def flat_codes(indices: object, codebook_size: int, codebooks: int, validate: bo
                 f"indices must lie in [0, codebook_size) = [0, {codebook_size}), got values "
                 f"from {int(low)} to {int(high)}"
             )
-    return indices.detach().reshape(-1, codebooks).long()
+    codes = indices.detach().reshape(-1, codebooks).long()
+    return codes, None if keep is None else keep.reshape(-1)
 
 
-def count_codes(codes: Tensor, codebook_size: int) -> Tensor:
+def count_codes(codes: Tensor, codebook_size: int, keep: Tensor | None = None) -> Tensor:
     """``(G * K,)`` int64 histogram of ``(N, G)`` codes, codebook ``g`` at ``g * K``.
 
     ``index_add_`` rather than ``bincount``: its output size is fixed, so it never reads
-    the largest index back to the host.
+    the largest index back to the host. Rows where the ``(N,)`` bool ``keep`` is
+    ``False`` add 0.
     """
     codebooks = codes.shape[1]
     offsets = torch.arange(codebooks, device=codes.device) * codebook_size
     flat = (codes + offsets).reshape(-1)
     hist = torch.zeros(codebooks * codebook_size, dtype=torch.long, device=codes.device)
-    return hist.index_add_(0, flat, torch.ones_like(flat))
+    ones = torch.ones_like(codes) if keep is None else keep[:, None].long().expand_as(codes)
+    return hist.index_add_(0, flat, ones.reshape(-1))
 
 
 def usage_report(
@@ -197,6 +224,7 @@ def codebook_usage(
     codebooks: int = 1,
     dead_threshold: int = 0,
     data_dims: int | None = None,
+    mask: Tensor | None = None,
 ) -> CodebookReport:
     r"""Codebook usage of a whole set of code indices: entropy against $\log K$, dead codes.
 
@@ -214,6 +242,9 @@ def codebook_usage(
         dead_threshold: a code used at most this many times is dead (0: never used).
         data_dims: data dimensions per example (784 for MNIST) for
             ``nominal_bits_per_dim``.
+        mask: bool, the positions' shape (``indices.shape`` without the codebook
+            dimension), ``False`` for padded positions: they are not counted and their
+            indices are not read.
 
     Returns:
         `CodebookReport`.
@@ -232,8 +263,8 @@ def codebook_usage(
     groups = check_positive_int("codebooks", codebooks)
     threshold = check_count("dead_threshold", dead_threshold)
     dims = None if data_dims is None else check_positive_int("data_dims", data_dims)
-    codes = flat_codes(indices, size, groups, validate=True)
-    counts = count_codes(codes, size).reshape(groups, size)
+    codes, keep = flat_codes(indices, size, groups, validate=True, mask=mask)
+    counts = count_codes(codes, size, keep).reshape(groups, size)
     examples = torch.tensor(indices.shape[0], device=counts.device)
     return usage_report(counts, examples, threshold, dims)
 
@@ -305,14 +336,21 @@ class CodebookUsage(_Diagnostic):
         )
 
     @override
-    def update(self, indices: Tensor) -> None:
+    def update(self, indices: Tensor, *, mask: Tensor | None = None) -> None:
         """Count a batch of code indices: ``(B, ..., G)``, or ``(B, ...)`` for one codebook.
 
         The first dimension is the batch (examples); the last is the codebook when
-        ``codebooks > 1``; every other dimension is positions.
+        ``codebooks > 1``; every other dimension is positions. ``mask`` (bool, the
+        positions' shape ``(B, ...)``, ``False`` for padding) leaves padded positions
+        uncounted; their indices (e.g. a pad id) are not read.
         """
-        codes = flat_codes(indices, self.codebook_size, self.codebooks, self.validate_args)
-        hist = count_codes(codes.to(self.counts.device), self.codebook_size)
+        codes, keep = flat_codes(
+            indices, self.codebook_size, self.codebooks, self.validate_args, mask
+        )
+        device = self.counts.device
+        hist = count_codes(
+            codes.to(device), self.codebook_size, None if keep is None else keep.to(device)
+        )
         self.counts.add_(hist.view_as(self.counts))
         self.examples.add_(indices.shape[0])
 
@@ -344,17 +382,12 @@ class CodebookUsage(_Diagnostic):
         elif isinstance(incoming_state, dict):
             self._check_counts(incoming_state.get("counts"), "incoming_state")
         super().merge_state(incoming_state)  # torchmetrics refuses anything else
-        # torchmetrics keeps the value of an earlier compute() cached across a merge, and
-        # warns that compute() comes before any update on a merged-only metric.
-        self._computed = None
-        self._update_count += 1
 
     @override
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         if prefix + "counts" in state_dict:
             self._check_counts(state_dict[prefix + "counts"], "the state dict")
         super()._load_from_state_dict(state_dict, prefix, *args)
-        self._computed = None  # a cached compute() is of the replaced counts
 
     @override
     def _restore_shapes(self, value: Any) -> Any:

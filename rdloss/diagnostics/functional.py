@@ -33,6 +33,7 @@ from rdloss.diagnostics.aggregate import (
 )
 from rdloss.diagnostics.codebook import CodebookReport, codebook_usage
 from rdloss.diagnostics.iwae import importance_weighted_bound
+from rdloss.diagnostics.steps import StepRateResult, rate_per_variable
 
 __all__ = [
     "ActiveUnitsResult",
@@ -41,6 +42,7 @@ __all__ = [
     "DiscreteAggregate",
     "MIBounds",
     "RateDistortionResult",
+    "StepRateResult",
     "active_units",
     "aggregate_posterior",
     "codebook_usage",
@@ -51,6 +53,7 @@ __all__ = [
     "pairwise_gaussian_log_prob",
     "rate_distortion",
     "rate_per_dimension",
+    "rate_per_variable",
 ]
 
 LN2 = math.log(2.0)

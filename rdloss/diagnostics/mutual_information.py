@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
+from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from typing_extensions import override
 
@@ -167,6 +168,19 @@ class MutualInformation(_Diagnostic):
             check_gaussian_parameters(loc, scale)
         self.loc.append(loc.detach())
         self.scale.append(scale.detach())
+
+    @override
+    def _merge_incoming(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Keep this metric's posteriors first, then the incoming ones.
+
+        torchmetrics puts the incoming rows first; the total-correlation draw depends on
+        the order of the rows, and one metric over both streams has this one's first.
+        """
+        own = {"loc": list(self.loc), "scale": list(self.scale)}
+        super()._merge_incoming(incoming_state)
+        incoming = len(self.loc) - len(own["loc"])
+        self.loc = own["loc"] + list(self.loc[:incoming])
+        self.scale = own["scale"] + list(self.scale[:incoming])
 
     @override
     def compute(self) -> Any:

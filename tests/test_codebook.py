@@ -401,6 +401,55 @@ def test_a_state_of_another_size_is_refused() -> None:
     assert metric.counts.shape == (G, K)
 
 
+@pytest.mark.parametrize(
+    ("counts", "error", "match"),
+    [
+        (torch.full((G, K), 1.5, dtype=torch.float64), TypeError, r"dtype torch.float64"),
+        (torch.ones(G, K, dtype=torch.int32), TypeError, r"dtype torch.int32, expected"),
+        (-torch.ones(G, K, dtype=torch.long), ValueError, r"negative counts \(smallest -1\)"),
+    ],
+)
+def test_counts_that_are_not_int64_sums_are_refused(
+    counts: torch.Tensor, error: type[Exception], match: str
+) -> None:
+    # A float or negative count would silently leave the exact int64 contract (and give
+    # entropy -inf for a negative one); merging and loading refuse it before any change.
+    metric = CodebookUsage(K, codebooks=G)
+    metric.update(_epoch()[:2])
+    before = metric.counts.clone()
+    state = {**metric.state_dict(), "counts": counts}
+    with pytest.raises(error, match=match):
+        metric.load_state_dict(state)
+    with pytest.raises(error, match=match):
+        metric.merge_state(state)
+    assert torch.equal(metric.counts, before) and metric.counts.dtype == torch.int64
+
+
+def test_a_state_dict_without_counts_is_refused() -> None:
+    metric = CodebookUsage(K, codebooks=G)
+    state = CodebookUsage(K, codebooks=G).state_dict()
+    del state["counts"]
+    with pytest.raises(ValueError, match=r"no counts beside this metric's other states"):
+        metric.load_state_dict(state)
+
+
+@pytest.mark.parametrize("where", ["construction", "reset", "forward"])
+def test_states_made_under_inference_mode_update_outside_it(where: str) -> None:
+    # An evaluation loop under torch.inference_mode() leaves inference tensors as states;
+    # the next update outside it must still count (torchmetrics' own metrics raise here).
+    codes = _epoch()
+    if where == "construction":
+        with torch.inference_mode():
+            metric = CodebookUsage(K, codebooks=G)
+    else:
+        metric = CodebookUsage(K, codebooks=G)
+        with torch.inference_mode():
+            metric.reset() if where == "reset" else metric(codes[:3])
+    metric.update(codes[3:])
+    first = codes[:3] if where == "forward" else codes[:0]
+    _assert_same(metric.compute(), codebook_usage(torch.cat([first, codes[3:]]), K, codebooks=G))
+
+
 @pytest.mark.parametrize("cast", ["double", "half", "float", "bfloat16", "set_dtype"])
 def test_module_casts_keep_exact_int64_counts(cast: str) -> None:
     # 3001 uses of one code: float16 would round the count (to 3000)

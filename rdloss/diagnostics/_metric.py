@@ -134,6 +134,30 @@ class _Diagnostic(Metric):
         self._update_count += 1
 
     @override
+    def _wrap_update(self, update: Callable[..., Any]) -> Callable[..., Any]:
+        wrapped = super()._wrap_update(update)
+
+        @functools.wraps(wrapped)
+        def with_normal_states(*args: Any, **kwargs: Any) -> Any:
+            if not torch.is_inference_mode_enabled():
+                self._leave_inference_mode()
+            return wrapped(*args, **kwargs)
+
+        return with_normal_states
+
+    def _leave_inference_mode(self) -> None:
+        """Copy states made under ``torch.inference_mode()`` into normal tensors.
+
+        A metric built, reset or run through ``forward`` under inference mode (an
+        evaluation loop) holds inference tensors, which an update outside it could not
+        change in place ("Inplace update to inference tensor outside InferenceMode").
+        """
+        for name in self._defaults:
+            value = getattr(self, name)
+            if isinstance(value, Tensor) and value.is_inference():
+                setattr(self, name, value.clone())
+
+    @override
     def _wrap_compute(self, compute: Callable[..., Any]) -> Callable[..., Any]:
         # torchmetrics squeezes every one-element tensor that compute returns, which would
         # turn a (D,) per-unit result into a 0-dim tensor when D = 1.

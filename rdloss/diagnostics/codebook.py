@@ -373,6 +373,11 @@ class CodebookUsage(_Diagnostic):
                 f"{source} has counts of shape {got}, but this metric counts "
                 f"(codebooks, codebook_size) = {shape}"
             )
+        # The counts stay exact int64 sums: a float or negative count is not one of ours.
+        if counts.dtype != torch.int64:
+            raise TypeError(f"{source} has counts of dtype {counts.dtype}, expected torch.int64")
+        if not counts.is_meta and bool((counts < 0).any()):
+            raise ValueError(f"{source} has negative counts (smallest {int(counts.min())})")
 
     @override
     def merge_state(self, incoming_state: Any) -> None:
@@ -387,6 +392,12 @@ class CodebookUsage(_Diagnostic):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         if prefix + "counts" in state_dict:
             self._check_counts(state_dict[prefix + "counts"], "the state dict")
+        elif any(key.startswith(prefix) for key in state_dict):
+            # torchmetrics loads whichever states are there: a partial one would leave the
+            # counts at zero beside the loaded rest.
+            raise ValueError(
+                f"the state dict has no {prefix}counts beside this metric's other states"
+            )
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     @override

@@ -141,7 +141,7 @@ def test_schedules_hold_no_state(schedule: Schedule) -> None:
     ("build", "error", "match"),
     [
         (lambda: Linear(0.0, 1.0, steps=0), ValueError, "steps must be >= 1, got 0"),
-        (lambda: Linear(0.0, 1.0, steps=2.5), TypeError, r"steps must be an int \(or a float"),
+        (lambda: Sigmoid(0.0, 1.0, steps=2.5), TypeError, r"steps must be an int \(or a float"),
         (lambda: Linear(0.0, 1.0, steps=True), TypeError, "steps must be an int, got bool"),
         (lambda: Linear("0", 1.0, steps=3), TypeError, "start must be a real number, got str"),
         (lambda: Cosine(0.0, math.nan, steps=3), ValueError, "end must be finite"),
@@ -279,6 +279,8 @@ def test_nvae_kl_coeff_every_step_of_a_short_run() -> None:
         (195, 400),  # CIFAR-10: 8 GPUs, batches of 32, drop_last
         (1271, 90),  # CelebA 64: 162 770 images, 8 GPUs, batches of 16
         (7, 10),
+        (1234, 1),  # 0.3 n = 370.2 steps: a fractional ramp length
+        (7, 1),  # 2.1 steps
     ],
 )
 def test_nvae_kl_coeff_whole_published_runs(batches: int, epochs: int) -> None:
@@ -292,6 +294,12 @@ def test_nvae_kl_coeff_whole_published_runs(batches: int, epochs: int) -> None:
     for t in (0, 1, round(0.0001 * n), round(0.3 * n), n - 1):
         assert schedule(torch.tensor(t, dtype=torch.float64)).item() == want[t].item()
     assert (want == NVAE_CONST_COEFF).sum() >= 1 and want[-1] == 1.0  # floor, then 1
+
+
+@pytest.mark.parametrize("steps", [0.0, -2.5, float("inf"), float("nan")])
+def test_a_ramp_length_must_be_positive_and_finite(steps: float) -> None:
+    with pytest.raises((ValueError, TypeError), match="steps must"):
+        Linear(0.0, 1.0, steps=steps)
 
 
 def test_pyro_dmm_annealing_every_mini_batch_of_a_short_run() -> None:
@@ -528,7 +536,7 @@ BAD_INPUTS: dict[str, Entry] = {
         r"steps must be >= 1, got 0",
     ),
     "schedule: fractional steps": (
-        lambda: schedules.Linear(0.0, 1.0, steps=2.5),  # type: ignore[arg-type]
+        lambda: schedules.Cyclical(steps=2.5),  # type: ignore[arg-type]
         TypeError,
         r"steps must be an int \(or a float with an integer value, e\.g\. 1e5\), got 2\.5",
     ),

@@ -136,6 +136,19 @@ class Schedule(nn.Module, ABC):
         return None
 
 
+def check_ramp_length(value: object) -> int | float:
+    """A ramp's length: a step count, or a real number ``> 0``.
+
+    A fractional length is a published schedule's own (NVAE ramps over ``0.3 n`` steps of an
+    ``n``-step run); an integer-valued float stays an int, as in `check_steps`.
+    """
+    if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+        if value <= 0:
+            raise ValueError(f"steps must be > 0, got {value}")
+        return value
+    return check_steps(value)
+
+
 def check_steps(value: object) -> int:
     """A step count; a float with an integer value (``1e5`` in a YAML config) is accepted."""
     if isinstance(value, float):

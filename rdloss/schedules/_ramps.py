@@ -11,6 +11,7 @@ from typing_extensions import override
 from rdloss._checks import check_positive_int
 from rdloss.schedules._base import (
     Schedule,
+    check_ramp_length,
     check_real,
     check_steps,
     float64_step,
@@ -65,7 +66,7 @@ class _Ramp(Schedule):
         super().__init__()
         self.start = check_real("start", start)
         self.end = check_real("end", end)
-        self.steps = check_steps(steps)
+        self.steps = check_ramp_length(steps)
 
     def _progress(self, step: Tensor) -> Tensor:
         """Fraction of the ramp done at ``step``, in ``[0, 1]``."""
@@ -94,8 +95,9 @@ class Linear(_Ramp):
     Args:
         start: value at step 0.
         end: value from step ``steps`` on.
-        steps: length ``T`` of the ramp, ``>= 1``; an integer-valued float such as ``1e5``
-            (as configs written for AntixK's PyTorch-VAE give it) is accepted.
+        steps: length ``T`` of the ramp: a step count ``>= 1`` (an integer-valued float such
+            as ``1e5``, as configs written for AntixK's PyTorch-VAE give it, is one), or a
+            fractional length ``> 0`` (NVAE ramps over ``0.3 n`` steps).
 
     Examples:
         >>> import torch
@@ -248,8 +250,9 @@ class Cosine(_Ramp):
     Args:
         start: value at step 0.
         end: value from step ``steps`` on.
-        steps: length ``T`` of the ramp, ``>= 1``; an integer-valued float such as ``1e5``
-            (as configs written for AntixK's PyTorch-VAE give it) is accepted.
+        steps: length ``T`` of the ramp: a step count ``>= 1`` (an integer-valued float such
+            as ``1e5``, as configs written for AntixK's PyTorch-VAE give it, is one), or a
+            fractional length ``> 0`` (NVAE ramps over ``0.3 n`` steps).
 
     Examples:
         >>> import torch

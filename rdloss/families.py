@@ -82,7 +82,10 @@ class Gaussian(Normal):
         scale: standard deviations, ``loc``'s shape; ``None`` with ``logvar`` given: then
             ``scale`` is $\exp(\tfrac12 \mathrm{logvar})$ computed where it is read
             (``rsample``, ``log_prob``), never stored, so the rate's closed form, which
-            reads ``logvar`` only, costs no ``exp``.
+            reads ``logvar`` only, costs no ``exp``. Like ``loc``, it then follows
+            ``logvar``: an in-place change of ``logvar`` after building reaches it, and a
+            distribution built under ``torch.no_grad()`` still differentiates through the
+            scale it derives where it is read with gradients on.
         logvar: $\log\sigma^2$ exactly as the caller has it, or ``None``.
         checked: whether the loss checks the parameters' values (see above).
         validate_args: passed to ``Normal``.
@@ -124,6 +127,13 @@ class Gaussian(Normal):
     @scale.setter
     def scale(self, value: Tensor) -> None:
         self._scale = value
+
+    @override
+    def __repr__(self) -> str:
+        # torch's repr lists the parameters stored in __dict__: a derived scale is not.
+        shown = {"loc": self.loc, "scale": self.scale}
+        args = ", ".join(f"{k}: {v if v.numel() == 1 else v.size()}" for k, v in shown.items())
+        return f"{type(self).__name__}({args})"
 
     @property
     def derived_scale(self) -> bool:

@@ -258,3 +258,38 @@ def test_quick_findings_do_not_give_full_run_advice() -> None:
     assert quick.count(results.QUICK_WHY) == 1
     # A bound holds for any model: a quick run still reports its violation as a bug.
     assert "please report it" in quick and "please report it" in full
+
+
+def _png_size(path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (bytes 16-24, big-endian)."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_figures_stack_their_panels_for_the_docs_column(tmp_path) -> None:
+    """The docs show each PNG about 700 pixels wide: panels one above the other, 6.4 in each."""
+    pytest.importorskip("matplotlib")
+    from rdloss.demo.figures import save_figures
+
+    toy_runs = [
+        toy.train_toy(data.toy_data(), steps=5),
+        toy.train_toy(data.toy_data(), target_rate=0.5, steps=5),
+    ]
+    digit_runs = [
+        train_digits(
+            RunSpec("factorized", "beta", 1.0), data.load_digits(), epochs=1, eval_samples=1
+        )
+    ]
+    rows = [results.from_toy(t) for t in toy_runs] + results.from_digits(digit_runs)
+    written = save_figures(rows, toy_runs, digit_runs, tmp_path.joinpath)
+    assert [p.name for p in written] == ["rd_plane.png", "trajectory.png"]
+    for path in written:
+        width, height = _png_size(path)
+        assert width == 960 and height > width  # 6.4 in at 150 dpi; two panels stacked
+    # One panel only (no toy runs): as wide, no longer taller than wide.
+    alone = tmp_path / "digits-only"
+    alone.mkdir()
+    save_figures(rows[2:], [], digit_runs, alone.joinpath)
+    width, height = _png_size(alone / "rd_plane.png")
+    assert width == 960 and height < width

@@ -137,5 +137,5 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
 
                 save_figures(rows, toy_runs, digit_runs, staged.path)
             except ImportError:
-                print('(plots skipped: matplotlib is missing; pip install "rdloss[plot]")')
+                print('(plots skipped: matplotlib is missing; pip install "rdloss[demo]")')
     print(f"\nwrote {', '.join(staged.written)} to {folder}/ in {elapsed:.0f} s")

@@ -186,6 +186,7 @@ def rd_plane(
             labelled = c
     if entropy is not None:
         _landmarks(ax, entropy, estimate=entropy_is_estimate)
+    from matplotlib.collections import PathCollection
     from matplotlib.colors import to_rgba
 
     xmax = max(reach, max(p.rate for p in pts) * 1.1)
@@ -240,7 +241,7 @@ def rd_plane(
     if ax.get_legend_handles_labels()[0]:
         legend = ax.legend(fontsize=7, loc="upper right")
         for handle in legend.legend_handles:  # one size in the legend, whatever the points'
-            if hasattr(handle, "set_sizes"):
+            if isinstance(handle, PathCollection):
                 handle.set_sizes([36.0])
     return ax
 

@@ -86,8 +86,8 @@ def save_figures(
         if d.spec.decoder == "autoregressive" or d.spec.value == 1.0
     ]
     if runs:
-        panels = 2 if digits and toy else 1
-        fig, axes = plt.subplots(panels, 1, figsize=(6.4, 4.0 * panels), squeeze=False)
+        stacked = 2 if digits and toy else 1
+        fig, axes = plt.subplots(stacked, 1, figsize=(6.4, 4.0 * stacked), squeeze=False)
         for label, history in runs:
             ax = axes[-1][0] if not label.startswith("toy") else axes[0][0]
             trajectory(history[:, 0].tolist(), history[:, 1].tolist(), label=label, ax=ax)

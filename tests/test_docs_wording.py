@@ -83,3 +83,17 @@ def test_install_hints_quote_their_extras() -> None:
         if re.search(r"pip install (-e )?[^\"'\s]*\[", line)
     }
     assert unquoted == set()
+
+
+def test_every_results_csv_key_is_documented_once() -> None:
+    from rdloss.demo.results import COLUMNS
+
+    text = (ROOT / "docs" / "reproducing.md").read_text(encoding="utf-8")
+    section = text.split("## The table and the files", 1)[1].split("\n## ", 1)[0]
+    documented = [
+        key
+        for line in section.splitlines()
+        if line.startswith("| `")
+        for key in re.findall(r"`(\w+)`", line.split("|")[1])
+    ]
+    assert sorted(documented) == sorted(COLUMNS)

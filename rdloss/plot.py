@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["CurvePoint", "RDPoint", "curve_table", "rd_curve", "rd_plane", "trajectory"]
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-_LABEL_OFFSETS = ((5, 4, "left"), (-5, 4, "right"), (5, -11, "left"), (-5, -11, "right"))
+# Sides of a point's label: right/left (x sign) and above/below (y sign), per group in turn.
+_LABEL_SIDES = ((1, 1), (-1, 1), (1, -1), (-1, -1))
 
 
 class RDPoint(NamedTuple):
@@ -185,32 +186,95 @@ def rd_plane(
             labelled = c
     if entropy is not None:
         _landmarks(ax, entropy, estimate=entropy_is_estimate)
+    from matplotlib.collections import PathCollection
+    from matplotlib.colors import to_rgba
+
+    xmax = max(reach, max(p.rate for p in pts) * 1.1)
+    ymax = max(reach, max(p.distortion for p in pts) * 1.1)
     groups = list(dict.fromkeys(p.group for p in pts))
+    rank = {group: index for index, group in enumerate(groups)}
     for index, group in enumerate(groups):
         members = [p for p in pts if p.group == group]
+        colour = f"C{index % 10}"
+        # Points of several groups can coincide (models that all collapse to R = 0): a point
+        # is drawn larger the more later groups' points lie on it, and faces are translucent
+        # under solid edges, so they show as nested outlines instead of one hiding the rest.
+        covering = {
+            p: sum(
+                rank[q.group] > index
+                and abs(q.rate - p.rate) < 0.015 * xmax
+                and abs(q.distortion - p.distortion) < 0.015 * ymax
+                for q in pts
+            )
+            for p in members
+        }
+        size = {p: 36.0 * (1.0 + 0.7 * k) ** 2 for p, k in covering.items()}
         ax.scatter(
             [p.rate for p in members],
             [p.distortion for p in members],
-            s=36,
-            zorder=3,
+            s=[size[p] for p in members],
+            zorder=3 + 0.01 * index,
             marker=_MARKERS[index % len(_MARKERS)],
+            facecolors=to_rgba(colour, 0.3),
+            edgecolors=colour,
+            linewidths=1.3,
             label=group or None,
+            clip_on=False,
         )
-        # Each group writes its labels on another side, so coinciding points stay legible.
-        dx, dy, ha = _LABEL_OFFSETS[index % len(_LABEL_OFFSETS)]
-        for p in members:
-            if p.label:
-                ax.annotate(p.label, (p.rate, p.distortion), xytext=(dx, dy), ha=ha,
-                            fontsize=8, textcoords="offset points")  # fmt: skip
-    ax.set_xlim(0, max(reach, max(p.rate for p in pts) * 1.1))
-    ax.set_ylim(0, max(reach, max(p.distortion for p in pts) * 1.1))
+        # Each group writes its labels on another side, so coinciding points stay legible,
+        # clear of the marker and above-right near the left edge (inside the axes); labels
+        # of one group's points closer than 4% of the axes are joined into one.
+        side = _LABEL_SIDES[index % len(_LABEL_SIDES)]
+        for first, text in _merged_labels(members, xmax, ymax):
+            sx, sy = (1, 1) if first.rate < 0.1 * xmax else side
+            radius = math.sqrt(size[first]) / 2
+            offset = (sx * (2 + radius), 1 + 0.6 * radius if sy > 0 else -(8 + 0.6 * radius))
+            ax.annotate(text, (first.rate, first.distortion), xytext=offset, fontsize=8,
+                        ha="left" if sx > 0 else "right", textcoords="offset points",
+                        zorder=20)  # fmt: skip
+    ax.set_xlim(0, xmax)
+    ax.set_ylim(0, ymax)
     ax.set_xlabel("rate R (nats)")
     ax.set_ylabel("distortion D (nats)")
     if title:
         ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="upper right")
+        legend = ax.legend(fontsize=7, loc="upper right")
+        for handle in legend.legend_handles:  # one size in the legend, whatever the points'
+            if isinstance(handle, PathCollection):
+                handle.set_sizes([36.0])
     return ax
+
+
+def _merged_labels(
+    points: Sequence[RDPoint], xmax: float, ymax: float
+) -> list[tuple[RDPoint, str]]:
+    """``(point, text)`` per label, nearby points' labels joined with commas.
+
+    Two points are nearby when both coordinates differ by less than 4% of the axis; the
+    joined label goes with the first point of the cluster, in the order given.
+
+    Examples:
+        >>> pts = [RDPoint(0.5, 98.7, "β=1"), RDPoint(1.7, 97.5, "β=0.5"), RDPoint(33, 83, "β=1")]
+        >>> [(p.rate, text) for p, text in _merged_labels(pts, 150.0, 150.0)]
+        [(0.5, 'β=1, β=0.5'), (33, 'β=1')]
+    """
+    clusters: list[list[RDPoint]] = []
+    for p in (p for p in points if p.label):
+        near = next(
+            (
+                c
+                for c in clusters
+                if abs(c[0].rate - p.rate) < 0.04 * xmax
+                and abs(c[0].distortion - p.distortion) < 0.04 * ymax
+            ),
+            None,
+        )
+        if near is None:
+            clusters.append([p])
+        else:
+            near.append(p)
+    return [(c[0], ", ".join(p.label for p in c)) for c in clusters]
 
 
 def _landmarks(ax: Axes, entropy: float, *, estimate: bool, limits: bool = True) -> None:

@@ -316,11 +316,15 @@ def _all_rows() -> list:
 
     nan = math.nan
     toy = [
-        results.Row("toy", "table", "elbo", 1.0, 0.0, 3.0, -3.0, 0.0, 0.0, 3.0, nan, 1),
-        results.Row("toy", "table", "target_rate", 0.5, 0.5, 2.5, -3.0, 0.5, 0.5, 3.0, nan, 2),
+        results.Row(
+            "toy", "table", "elbo", 1.0, 0.0, 3.0, -3.0, 0.0, 0.0, 3.0, nan, 1, 1.0, nan, 1
+        ),
+        results.Row(
+            "toy", "table", "target_rate", 0.5, 0.5, 2.5, -3.0, 0.5, 0.5, 3.0, nan, 2, nan, 0.5, 2
+        ),
     ]
     digits = [
-        results.Row("digits", m, o, v, 1.0, 9.0, -10.0, nan, nan, nan, 10.0, 4)
+        results.Row("digits", m, o, v, 1.0, 9.0, -10.0, nan, nan, nan, 10.0, 4, nan, nan, None)
         for m, o, v in [
             ("factorized", "beta", 1.0),
             ("factorized", "beta", 0.1),

@@ -142,54 +142,60 @@ def test_train_digits_runs_with_every_marginal(marginal: str) -> None:
     assert res.rate >= -1e-3 or marginal != "normal"
 
 
-def test_findings_and_files(tmp_path) -> None:
-    rows = [
-        results.Row("toy", "table", "elbo", 1.0, 0.0, 3.0, -3.0, 0.0, 0.0, 3.0, math.nan, 1),
-        results.Row("toy", "table", "target_rate", 0.5, 0.5, 2.5, -3.0, 0.5, 0.5, 3.0, math.nan, 2),
-        results.Row(
+def _rows() -> list[results.Row]:
+    """Hand-made rows of a demo whose every finding holds."""
+    nan = math.nan
+
+    def digits(model: str, objective: str, value: float, r: float, d: float, units: int):
+        beta, target = (nan, value) if objective == "target_rate" else (value, nan)
+        return results.Row(
             "digits",
-            "factorized",
-            "beta",
-            0.1,
-            9.0,
-            5.0,
-            -14.0,
-            math.nan,
-            math.nan,
-            math.nan,
+            model,
+            objective,
+            value,
+            r,
+            d,
+            -(r + d),
+            nan,
+            nan,
+            nan,
             12.0,
-            8,
+            units,
+            beta,
+            target,
+            None,
+        )
+
+    return [
+        results.Row(
+            "toy", "table", "elbo", 1.0, 0.0, 3.0, -3.0, 0.0, 0.0, 3.0, nan, 1, 1.0, nan, 1
         ),
         results.Row(
-            "digits",
-            "factorized",
-            "beta",
-            1.0,
-            4.0,
-            8.0,
-            -12.0,
-            math.nan,
-            math.nan,
-            math.nan,
-            12.0,
-            8,
-        ),
-        results.Row(
-            "digits", "autoregressive", "beta", 1.0, 0.5, 11.6, -12.1, *[math.nan] * 3, 12.0, 0
-        ),
-        results.Row(
-            "digits",
-            "autoregressive",
+            "toy",
+            "table",
             "target_rate",
-            4.0,
-            4.1,
-            8.2,
-            -12.3,
-            *[math.nan] * 3,
-            12.0,
-            5,
+            0.5,
+            0.5,
+            2.5,
+            -3.0,
+            0.5,
+            0.5,
+            3.0,
+            nan,
+            2,
+            nan,
+            0.5,
+            2,
         ),
+        digits("factorized", "beta", 0.1, 9.0, 5.0, 8),
+        digits("factorized", "beta", 1.0, 4.0, 8.0, 8),
+        digits("autoregressive", "beta", 1.0, 0.5, 11.6, 0),
+        digits("autoregressive", "target_rate", 4.0, 4.1, 8.2, 5),
     ]
+
+
+def test_findings_and_files(tmp_path) -> None:
+    rows = _rows()
     found = results.findings(rows)
     assert [f.holds for f in found] == [True, True, True, True, True, True]
     broken = [*rows[:3], rows[3]._replace(distortion=4.0)]
@@ -203,3 +209,87 @@ def test_findings_and_files(tmp_path) -> None:
     assert float(table[1]["rate"]) == 0.5 and table[2]["mi_lower"] == ""
     loaded = json.loads((tmp_path / "r.json").read_text())
     assert loaded["rows"][2]["mi_lower"] is None and loaded["command"] == "test"
+
+
+def test_csv_and_json_split_the_objective_setting(tmp_path) -> None:
+    import csv
+    import json
+
+    rows = _rows()
+    results.write_csv(rows, tmp_path / "r.csv")
+    results.write_json(rows, tmp_path / "r.json")
+    table = list(csv.DictReader((tmp_path / "r.csv").open()))
+    # value keeps its old meaning (β or sigma); beta / target_rate hold one of them each.
+    assert [r["value"] for r in table] == ["1.0", "0.5", "0.1", "1.0", "1.0", "4.0"]
+    assert [r["beta"] for r in table] == ["1.0", "", "0.1", "1.0", "1.0", ""]
+    assert [r["target_rate"] for r in table] == ["", "0.5", "", "", "", "4.0"]
+    assert [r["latent_states"] for r in table] == ["1", "2", "", "", "", ""]
+    loaded = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["latent_states"] for r in loaded] == [1, 2, None, None, None, None]
+    assert [r["target_rate"] for r in loaded] == [None, 0.5, None, None, None, 4.0]
+
+
+def test_printed_table_has_one_meaning_per_column() -> None:
+    text = results.format_results(_rows())
+    head, table = text.split("\n\n")
+    lines = table.splitlines()
+    assert lines[0].split() == list(results.TABLE_COLUMNS)
+    assert "entropy" not in lines[0] and "value" not in lines[0]
+    cells = [dict(zip(results.TABLE_COLUMNS, line.split(), strict=True)) for line in lines[1:]]
+    assert [c["beta"] for c in cells] == ["1.0000", "-", "0.1000", "1.0000", "1.0000", "-"]
+    assert [c["target_rate"] for c in cells] == ["-", "0.5000", "-", "-", "-", "4.0000"]
+    # The toy latent is one 30-state variable: no units to count.
+    assert [c["active_units"] for c in cells] == ["-", "-", "8", "8", "0", "5"]
+    # The entropy is stated once per dataset, in the header, with the units and the data.
+    assert head.count("H = 3.0000") == 1 and head.count("H <= 12.0000") == 1
+    assert "nats per example" in head and "297 held-out" in head
+
+
+def test_quick_findings_do_not_give_full_run_advice() -> None:
+    rows = _rows()
+    bad = [*rows[:2], rows[2], rows[3]._replace(distortion=4.0), *rows[4:]]
+    bad[0] = bad[0]._replace(mutual_information=0.5)  # breaks the exact sandwich bound too
+    found = results.findings(bad)
+    holds = [f.holds for f in found]
+    assert holds[0] is False and holds[3] is False
+    full = results.format_findings(found)
+    quick = results.format_findings(found, quick=True)
+    assert "train longer (--epochs)" in full and "train longer" not in quick
+    assert quick.count(results.QUICK_WHY) == 1
+    # A bound holds for any model: a quick run still reports its violation as a bug.
+    assert "please report it" in quick and "please report it" in full
+
+
+def _png_size(path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (bytes 16-24, big-endian)."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_figures_stack_their_panels_for_the_docs_column(tmp_path) -> None:
+    """The docs show each PNG about 700 pixels wide: panels one above the other, 6.4 in each."""
+    pytest.importorskip("matplotlib")
+    from rdloss.demo.figures import save_figures
+
+    toy_runs = [
+        toy.train_toy(data.toy_data(), steps=5),
+        toy.train_toy(data.toy_data(), target_rate=0.5, steps=5),
+    ]
+    digit_runs = [
+        train_digits(
+            RunSpec("factorized", "beta", 1.0), data.load_digits(), epochs=1, eval_samples=1
+        )
+    ]
+    rows = [results.from_toy(t) for t in toy_runs] + results.from_digits(digit_runs)
+    written = save_figures(rows, toy_runs, digit_runs, tmp_path.joinpath)
+    assert [p.name for p in written] == ["rd_plane.png", "trajectory.png"]
+    for path in written:
+        width, height = _png_size(path)
+        assert width == 960 and height > width  # 6.4 in at 150 dpi; two panels stacked
+    # One panel only (no toy runs): as wide, no longer taller than wide.
+    alone = tmp_path / "digits-only"
+    alone.mkdir()
+    save_figures(rows[2:], [], digit_runs, alone.joinpath)
+    width, height = _png_size(alone / "rd_plane.png")
+    assert width == 960 and height < width

@@ -85,7 +85,7 @@ def test_readme_pypi_path_installs_from_the_index_not_from_a_checkout() -> None:
     lines = _readme_pypi_block()
     assert lines == [
         "pip install torch --index-url https://download.pytorch.org/whl/cpu",
-        'pip install "rdloss[plot]"',
+        'pip install "rdloss[demo]"',
         "rdloss demo",
     ]
     # PyPI renders the README without the repository: every link must be absolute.

@@ -211,3 +211,59 @@ def test_curve_table_rows_match_the_plot() -> None:
         "elbo": pytest.approx(-83.0),
     }  # fmt: skip
     assert all(isinstance(v, (str, float)) for r in rows for v in r.values())  # JSON-ready
+
+
+def _scatters(ax) -> dict[str, object]:
+    """The points' scatter collections of an ``rd_plane`` by legend label."""
+    return {c.get_label(): c for c in ax.collections if not c.get_label().startswith("_")}
+
+
+def test_coinciding_points_of_several_groups_stay_visible() -> None:
+    # Three collapsed models of three groups within 0.3 nats of each other, one apart.
+    points = [
+        RDPoint(0.49, 98.67, "β=1", "PixelCNN, β"),
+        RDPoint(33.3, 82.9, "β=1", "PixelCNN, β"),
+        RDPoint(0.71, 98.91, "", "PixelCNN, vamp"),
+        RDPoint(0.67, 98.73, "", "PixelCNN, maf"),
+    ]
+    ax = rd_plane(points, entropy=98.5, entropy_is_estimate=True)
+    groups = _scatters(ax)
+    sizes = [
+        groups[g].get_sizes().tolist() for g in ("PixelCNN, β", "PixelCNN, vamp", "PixelCNN, maf")
+    ]
+    # Drawn in order, each covered point larger than the points covering it: nested outlines.
+    assert sizes[0][0] > sizes[1][0] > sizes[2][0]
+    # A point that nothing covers keeps the base size, whatever its group.
+    assert sizes[0][1] == sizes[2][0]
+    # Faces are translucent, edges opaque: a covering marker does not hide the outline below.
+    face, edge = (
+        groups["PixelCNN, vamp"].get_facecolor()[0],
+        groups["PixelCNN, vamp"].get_edgecolor()[0],
+    )
+    assert face[3] < 1.0 and edge[3] == 1.0
+    # The legend shows one marker size, not the largest point's.
+    legend_sizes = {
+        h.get_sizes()[0] for h in ax.get_legend().legend_handles if hasattr(h, "get_sizes")
+    }
+    assert legend_sizes == {36.0}
+    plt.close("all")
+
+
+def test_nearby_labels_are_joined_and_stay_inside_the_axes() -> None:
+    points = [
+        RDPoint(0.49, 98.67, "β=1", "PixelCNN, β"),
+        RDPoint(1.69, 97.52, "β=0.5", "PixelCNN, β"),
+        RDPoint(40.0, 60.0, "β=3", "PixelCNN, β"),
+    ]
+    # The fourth group writes its labels below left, which near R = 0 would leave the axes.
+    groups = [RDPoint(50.0, 50.0 + i, "", f"g{i}") for i in range(3)]
+    ax = rd_plane(groups + points, entropy=98.5, entropy_is_estimate=True)
+    texts = {t.get_text(): t for t in ax.texts}
+    assert "β=1, β=0.5" in texts and "β=0.5" not in texts and "β=1" not in texts
+    joined = texts["β=1, β=0.5"]
+    assert joined.xy == (0.49, 98.67)
+    # Near the left edge a label goes above right of its point, inside the axes.
+    assert joined.get_ha() == "left" and joined.xyann[0] > 0 and joined.xyann[1] > 0
+    # Elsewhere the fourth group's side (below left) is kept.
+    assert texts["β=3"].get_ha() == "right" and texts["β=3"].xyann[1] < 0
+    plt.close("all")

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
     rows = [results.from_toy(t) for t in toy_runs] + results.from_digits(digit_runs)
     found = results.findings(rows)
     elapsed = time.perf_counter() - clock
-    print(results.format_table(rows))
+    print(results.format_results(rows))
     for t in toy_runs:
         m0, m1 = t.cluster_masses
         print(
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
         )
     if found:
         print("\nThe paper's findings at this scale" + (" (--quick: meaningless)" if quick else ""))
-        print(results.format_findings(found))
+        print(results.format_findings(found, quick=quick))
     # Every file is staged under a temporary name and all are renamed at the end, so an
     # interrupted run leaves the previous run's files as they were, and a run that draws no
     # plots removes the previous run's plots instead of leaving them beside new numbers.
@@ -137,5 +137,5 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
 
                 save_figures(rows, toy_runs, digit_runs, staged.path)
             except ImportError:
-                print('(plots skipped: matplotlib is missing; pip install "rdloss[plot]")')
+                print('(plots skipped: matplotlib is missing; pip install "rdloss[demo]")')
     print(f"\nwrote {', '.join(staged.written)} to {folder}/ in {elapsed:.0f} s")

@@ -61,9 +61,11 @@ def save_figures(
         ("digits", "8x8 digits, held out"),
     ]
     present = [(name, title) for name, title in panels if any(r.dataset == name for r in rows)]
+    # Panels are stacked, each 6.4 inches wide: the docs show a figure about 700 pixels wide,
+    # where side-by-side panels would shrink the labels to about 6 pixels.
     if present:
-        fig, axes = plt.subplots(1, len(present), figsize=(6.0 * len(present), 4.8), squeeze=False)
-        for ax, (name, title) in zip(axes[0], present, strict=True):
+        fig, axes = plt.subplots(len(present), 1, figsize=(6.4, 4.6 * len(present)), squeeze=False)
+        for ax, (name, title) in zip(axes[:, 0], present, strict=True):
             chosen = [r for r in rows if r.dataset == name]
             rd_plane(
                 [_point(r) for r in chosen],
@@ -74,7 +76,7 @@ def save_figures(
             )
         fig.tight_layout()
         target = path("rd_plane.png")
-        fig.savefig(target, dpi=120)
+        fig.savefig(target, dpi=150)
         plt.close(fig)
         written.append(target)
     runs = [(f"toy {t.objective}", t.history) for t in toy]
@@ -84,16 +86,18 @@ def save_figures(
         if d.spec.decoder == "autoregressive" or d.spec.value == 1.0
     ]
     if runs:
-        fig, axes = plt.subplots(1, 2 if digits and toy else 1, figsize=(11.0, 4.2), squeeze=False)
+        stacked = 2 if digits and toy else 1
+        fig, axes = plt.subplots(stacked, 1, figsize=(6.4, 4.0 * stacked), squeeze=False)
         for label, history in runs:
-            ax = axes[0][-1] if not label.startswith("toy") else axes[0][0]
+            ax = axes[-1][0] if not label.startswith("toy") else axes[0][0]
             trajectory(history[:, 0].tolist(), history[:, 1].tolist(), label=label, ax=ax)
-        axes[0][0].set_title("toy: exact R, D per Adam step (start \u25cb, end \u25cf)")
-        if digits and toy:
-            axes[0][1].set_title("digits: training-set R, D per epoch")
+        if toy:
+            axes[0][0].set_title("toy: exact R, D per Adam step (start \u25cb, end \u25cf)")
+        if digits:
+            axes[-1][0].set_title("digits: training-set R, D per epoch (start \u25cb, end \u25cf)")
         fig.tight_layout()
         target = path("trajectory.png")
-        fig.savefig(target, dpi=120)
+        fig.savefig(target, dpi=150)
         plt.close(fig)
         written.append(target)
     return written

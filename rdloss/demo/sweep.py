@@ -18,11 +18,20 @@ from rdloss.demo.data import Digits
 from rdloss.demo.models import FactorizedDecoder, MADEDecoder, MLPEncoder
 from rdloss.diagnostics import ActiveUnits, MutualInformationBounds
 
-__all__ = ["DecoderKind", "DigitsResult", "MarginalKind", "RunSpec", "split", "train_digits"]
+__all__ = [
+    "HELD_OUT",
+    "DecoderKind",
+    "DigitsResult",
+    "MarginalKind",
+    "RunSpec",
+    "split",
+    "train_digits",
+]
 
 DecoderKind = Literal["factorized", "autoregressive"]
 MarginalKind = Literal["normal", "mixture", "vamp"]
-_TEST = 297  # the last 297 images are held out; 1,500 train
+HELD_OUT = 297
+"""The last 297 of the 1,797 digits are held out; the models train on the other 1,500."""
 
 
 class RunSpec(NamedTuple):
@@ -65,7 +74,7 @@ class DigitsResult(NamedTuple):
 
 def split(data: Digits) -> tuple[Tensor, Tensor]:
     """Fixed train / test split of the images: the first 1,500 and the last 297."""
-    return data.images[:-_TEST], data.images[-_TEST:]
+    return data.images[:-HELD_OUT], data.images[-HELD_OUT:]
 
 
 def _marginal(kind: MarginalKind, encoder: nn.Module, train: Tensor, latent_dim: int) -> nn.Module:

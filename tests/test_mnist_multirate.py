@@ -173,7 +173,13 @@ def test_findings_collapse_same_elbo_and_order() -> None:
     rows[-1] = rows[-1]._replace(distortion=99.25)
     assert report.findings(rows, separate_seconds=20.0)[4].holds is True
     rows[-1] = rows[-1]._replace(distortion=99.125)
-    assert report.findings(rows, separate_seconds=20.0)[4].holds is False
+    found = report.findings(rows, separate_seconds=20.0)[4]
+    assert found.holds is False
+    # The detail names where: the last step of the PixelCNN curve, β 5.34 to 10.
+    assert found.detail == (
+        "deconv: R never rises, D never falls; "
+        "pixelcnn: R never rises, largest fall of D 0.62 (β 5.34 to 10)"
+    )
 
 
 def test_collapse_point() -> None:
@@ -219,3 +225,37 @@ def test_a_pipe_closed_early_ends_without_a_traceback(tmp_path: Path) -> None:
     assert all(line.startswith(b"rdloss demo [") for line in head)
     assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception" not in err
     assert code == 1
+
+
+def test_figure_labels_few_points_and_ties_each_beta_vae_to_the_curve() -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rdloss.plot import rd_curve
+
+    rows = _run()
+    for decoder, expected in [
+        ("deconv", {"β=0.01", "β=10", *(f"β={b:g}" for b in SWEEP)}),
+        ("pixelcnn", {"β=0.01", "β=0.1", "β=1", "β=10"}),
+    ]:
+        curve = [(r.beta, r.rate, r.distortion) for r in rows if r[:2] == (decoder, "curve")]
+        separate = [(r.beta, r.rate, r.distortion) for r in rows if r[:2] == (decoder, "separate")]
+        ax = rd_curve(curve, separate=separate or None, entropy=100.0)
+        report._tidy_labels(ax, curve, separate)
+        labels = [t.get_text() for t in ax.texts if t.get_text().startswith("β=")]
+        assert sorted(labels) == sorted(expected)
+        ties = [line.get_xydata().tolist() for line in ax.lines if line.get_linestyle() == ":"]
+        at = {b: [r, d] for b, r, d in curve}
+        assert ties == [[[r, d], at[b]] for b, r, d in separate]
+        plt.close(ax.figure)
+
+
+def test_figure_is_one_column_at_the_docs_width(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    report.save_figure(_run(), 99.0, lambda name: tmp_path / name)
+    with Image.open(tmp_path / "multirate_rd_curve.png") as image:
+        # Shown about 1:1 in the docs' content column (~700 px), so 8.5-pt labels stay legible.
+        assert image.size == (720, 1000)

@@ -227,6 +227,21 @@ def test_a_pipe_closed_early_ends_without_a_traceback(tmp_path: Path) -> None:
     assert code == 1
 
 
+def test_the_findings_link_a_section_of_the_multirate_page() -> None:
+    # PAGE's anchor is the slug mkdocs gives a heading of docs/multirate_mnist.md.
+    page, anchor = report.PAGE.split("#")
+    assert page == "https://rdloss.github.io/rdloss/multirate_mnist/"
+    text = (ROOT / "docs" / "multirate_mnist.md").read_text(encoding="utf-8")
+    slugs = {
+        "-".join(line.lstrip("#").strip().lower().split())
+        for line in text.splitlines()
+        if line.startswith("## ")
+    }
+    assert anchor in slugs
+    found = report.findings(_run(deconv_worse=6.0), separate_seconds=20.0)
+    assert f"see {report.PAGE}" in report.format_findings(found)
+
+
 def test_figure_labels_few_points_and_ties_each_beta_vae_to_the_curve() -> None:
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")

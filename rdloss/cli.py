@@ -36,7 +36,7 @@ __all__ = ["main"]
 
 DEFAULT_OUT = "rdloss-output"
 # Measured: `time rdloss demo --no-progress` on 2 shared CPU cores (docs/reproducing.md).
-DEMO_TIME = "about 2 minutes"
+DEMO_TIME = "about a minute on 2 CPU cores"
 # The file holding each command's arguments: a run with others does not replace it.
 _REPORTS = {
     "demo": "results.json",

@@ -227,6 +227,29 @@ def test_a_pipe_closed_early_ends_without_a_traceback(tmp_path: Path) -> None:
     assert code == 1
 
 
+@pytest.mark.slow
+def test_a_pipe_closed_at_the_table_keeps_the_results(tmp_path: Path) -> None:
+    # `rdloss multirate | head -40`: the reader leaves once the table starts; the run's
+    # files are written before anything of the table is printed.
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "rdloss", "multirate", "--quick", "--no-plot"]
+    with subprocess.Popen(
+        [*command, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        line = process.stdout.readline()
+        while line.startswith(b"rdloss multirate ["):  # one line per trained model
+            line = process.stdout.readline()
+        process.stdout.close()
+        err = process.stderr.read().decode()
+        code = process.wait(timeout=600)
+    assert line.strip(), "the table's first line"
+    assert "Traceback" not in err and code == 1
+    saved = json.loads((out / "multirate_results.json").read_text(encoding="utf-8"))
+    assert saved["command"] == "multirate" and len(saved["rows"]) > 0
+    assert (out / "multirate_results.csv").exists()
+
+
 def test_the_findings_link_a_section_of_the_multirate_page() -> None:
     # PAGE's anchor is the slug mkdocs gives a heading of docs/multirate_mnist.md.
     page, anchor = report.PAGE.split("#")

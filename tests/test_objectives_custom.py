@@ -8,6 +8,8 @@ both.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 import torch
 from _builders import EXACT, F64, _nll, _x
@@ -107,3 +109,37 @@ def test_an_intermediate_base_without_either_may_exist() -> None:
 
     out = Child()(torch.ones(2), torch.ones(2))
     assert float(out.loss) == 2.0
+
+
+class WeightedGroups(Objective):
+    """A custom per-group hyperparameter: D + sum_g w_g mean(R_g)."""
+
+    _hyperparameters: ClassVar[dict[str, bool]] = {"w": False}
+    _per_group = frozenset({"w"})
+
+    def __init__(self, w: float | dict[str, float] = 1.0) -> None:
+        super().__init__()
+        self.w = w
+
+    def compute_terms(
+        self, terms: RateTerms, distortion: Tensor, *, weight: Tensor | None = None
+    ) -> ObjectiveOutput:
+        w = self.group_values(self.w, terms, distortion)
+        rate = sum(w[g] * self.mean(r, weight) for g, r in terms.per_group.items())
+        return ObjectiveOutput(self.mean(distortion, weight) + rate, {})
+
+
+@pytest.mark.parametrize("w", [0.5, {"s1": 0.5}, {"s1": 0.5, "s2": 0.5, "g": 0.5}])
+def test_a_custom_per_group_hyperparameter_takes_a_number_or_a_mapping(
+    w: float | dict[str, float],
+) -> None:
+    post, prior, _ = _model()
+    x, lik = _x()
+    out = rdloss.RateDistortionLoss(objective=WeightedGroups(w))(
+        x, posterior=post, prior=prior, likelihood=lik
+    )
+    kl = _ref_terms(post, prior)
+    per_group = {k: kl[k].flatten(1).sum(1).mean() for k in post}
+    w_of = {k: (w.get(k, 1.0) if isinstance(w, dict) else w) for k in post}
+    expected = _nll(x).mean() + sum(w_of[k] * per_group[k] for k in post)
+    assert_close(out.loss, expected, **EXACT)

@@ -282,13 +282,16 @@ class Objective(nn.Module, ABC):
             )
         return torch.tensor(value, dtype=dtype, device=like.device)
 
-    def group_values(self, value: PerGroup, terms: RateTerms, like: Tensor) -> dict[str, Tensor]:
-        """Evaluate a per-group hyperparameter for each of the call's groups, in their order.
+    def group_values(
+        self, value: float | Tensor | Schedule | PerGroup, terms: RateTerms, like: Tensor
+    ) -> dict[str, Tensor]:
+        """Evaluate a hyperparameter for each of the call's groups, in their order.
 
-        A group the mapping does not name takes 1.0 (the ELBO's weight).
+        A `PerGroup` gives each group its entry, and a group it does not name 1.0 (the
+        ELBO's weight); a number or schedule gives every group its value.
 
         Args:
-            value: the `PerGroup` hyperparameter.
+            value: the hyperparameter (e.g. ``self.beta``).
             terms: the call's `RateTerms`.
             like: as for `hyperparameter`.
 
@@ -299,6 +302,9 @@ class Objective(nn.Module, ABC):
             ValueError: the call has no named groups, or the mapping names a group the call
                 does not have (naming the call's groups).
         """
+        if not isinstance(value, PerGroup):
+            same = self.hyperparameter(value, like)
+            return dict.fromkeys(terms.per_group, same)
         unknown_groups(type(self).__name__, value, terms)
         entries = value.entries()
         return {

@@ -143,3 +143,14 @@ def test_a_custom_per_group_hyperparameter_takes_a_number_or_a_mapping(
     w_of = {k: (w.get(k, 1.0) if isinstance(w, dict) else w) for k in post}
     expected = _nll(x).mean() + sum(w_of[k] * per_group[k] for k in post)
     assert_close(out.loss, expected, **EXACT)
+
+
+def test_compute_terms_alone_calling_the_default_is_refused_not_a_recursion() -> None:
+    class Fallback(Objective):
+        def compute_terms(
+            self, terms: RateTerms, distortion: Tensor, *, weight: Tensor | None = None
+        ) -> ObjectiveOutput:
+            return super().compute_terms(terms, distortion, weight=weight)
+
+    with pytest.raises(TypeError, match=r"Fallback\.compute_terms called Objective\.compute_terms"):
+        Fallback()(torch.ones(2), torch.ones(2))

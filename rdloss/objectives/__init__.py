@@ -22,11 +22,12 @@ takes a number also takes a `Schedule` of the step.
 """
 
 from rdloss.objectives._base import Objective, ObjectiveOutput
+from rdloss.objectives._beta import Beta
 from rdloss.objectives._controllers import GECO, RateController
 from rdloss.objectives._groups import PerGroup
 from rdloss.objectives._hyperparameters import Hyperparameter
 from rdloss.objectives._multirate import MultiRate
-from rdloss.objectives._penalties import Beta, Capacity, TargetDistortion, TargetRate
+from rdloss.objectives._penalties import Capacity, TargetDistortion, TargetRate
 from rdloss.objectives._structured import FreeBits, nvae_balanced_rate
 
 __all__ = [

@@ -21,7 +21,13 @@ from typing_extensions import override
 from rdloss._checks import ValueCheck, in_functorch
 from rdloss._means import batch_mean, global_batch_mean
 from rdloss.latents import RateTerms
-from rdloss.objectives._groups import MISSING_GROUP, PerGroup, keep_precision, unknown_groups
+from rdloss.objectives._groups import (
+    MISSING_GROUP,
+    PerGroup,
+    assign_per_group,
+    keep_precision,
+    unknown_groups,
+)
 from rdloss.objectives._hyperparameters import (
     Hyperparameter,
     as_hyperparameter,
@@ -61,9 +67,9 @@ class Objective(nn.Module, ABC):
     ``AttributeError``. A hyperparameter named in ``_per_group`` also takes a mapping from
     group name to number or schedule (a `PerGroup` submodule; `group_values` evaluates it,
     a group not named weighs 1.0); its group names are recorded in ``state_dict`` too.
-    Loaded state is range-checked (`state_ranges`). Casting the module
-    to a lower precision (``.half()``, ``.to(torch.bfloat16)``) leaves every floating
-    buffer at its precision: state and hyperparameters never narrow.
+    Loaded state is range-checked (`state_ranges`). Casting the module to a lower precision
+    (``.half()``, ``.to(torch.bfloat16)``) leaves every floating buffer at its precision:
+    state and hyperparameters never narrow.
 
     Attributes:
         step: 0-dim int64 buffer, the number of training steps taken.
@@ -122,7 +128,13 @@ class Objective(nn.Module, ABC):
         """Validate ``value`` like the constructor and store it (see the class docstring)."""
         positive = self._hyperparameters[name]
         if isinstance(value, Mapping):
-            self._set_per_group(name, value, positive)
+            if name not in self._per_group:
+                raise TypeError(
+                    f"{type(self).__name__}.{name} takes one number or schedule for all "
+                    "groups, got a mapping; per-group values are taken where each group's "
+                    "rate enters the loss on its own (Beta's and FreeBits' beta)"
+                )
+            assign_per_group(self, name, value, positive=positive)
             return
         checked = as_hyperparameter(name, value, positive=positive)
         buffer = dict(self.named_buffers(recurse=False)).get(name)
@@ -143,24 +155,6 @@ class Objective(nn.Module, ABC):
             self.register_buffer(name, tensor)
         else:  # a meta buffer, replaced as load_state_dict(assign=True) expects
             super().__setattr__(name, tensor)
-
-    def _set_per_group(self, name: str, values: Mapping[Any, object], positive: bool) -> None:
-        """A mapping: in place when it names the same groups, else a new `PerGroup`."""
-        if name not in self._per_group:
-            raise TypeError(
-                f"{type(self).__name__}.{name} takes one number or schedule for all groups, "
-                "got a mapping; per-group values are taken where each group's rate enters "
-                "the loss on its own (Beta's and FreeBits' beta)"
-            )
-        current = self._modules.get(name)
-        if isinstance(current, PerGroup) and current.assign(values):
-            return
-        per_group = PerGroup(name, values, positive=positive)  # checked before any change
-        if name in self._buffers:
-            delattr(self, name)
-        if name in self._modules:
-            delattr(self, name)
-        super().__setattr__(name, per_group)
 
     @override
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Objective:
@@ -377,7 +371,17 @@ class Objective(nn.Module, ABC):
             terms: `RateTerms` (total, per group, per step, per dimension).
             distortion: ``(B,)`` per-example distortion in nats.
             weight: ``(B,)`` non-negative per-example weights (normalised).
+
+        Raises:
+            TypeError: the class defines only ``compute_terms`` and it called this default,
+                which would call it back through the default `compute`.
         """
+        if type(self).compute is Objective.compute:  # an identity test: no tensor op
+            raise TypeError(
+                f"{type(self).__name__}.compute_terms called Objective.compute_terms, whose "
+                f"default is compute on the total rate, which {type(self).__name__} does not "
+                "define: define compute as well, or do not call super().compute_terms"
+            )
         return self.compute(
             terms.per_example,
             distortion,

@@ -18,7 +18,7 @@ from rdloss.latents import RateTerms
 from rdloss.objectives._hyperparameters import as_hyperparameter, new_state
 from rdloss.schedules import Schedule
 
-__all__ = ["MISSING_GROUP", "PerGroup", "keep_precision", "unknown_groups"]
+__all__ = ["MISSING_GROUP", "PerGroup", "assign_per_group", "keep_precision", "unknown_groups"]
 
 MISSING_GROUP = 1.0
 """The value of a group the mapping does not name: the ELBO's weight."""
@@ -145,6 +145,23 @@ class PerGroup(nn.Module):
             text = f"{float(value)}" if isinstance(value, Tensor) else f"({index})"
             shown.append(f"{group!r}: {text}")
         return "{" + ", ".join(shown) + "}"
+
+
+def assign_per_group(
+    owner: nn.Module, name: str, values: Mapping[Any, object], *, positive: bool
+) -> None:
+    """Set ``owner.<name>`` from a mapping: in place for the same groups, else a new `PerGroup`.
+
+    Every value is checked before anything changes; a number or schedule held under
+    ``name`` before is removed.
+    """
+    current = owner._modules.get(name)
+    if isinstance(current, PerGroup) and current.assign(values):
+        return
+    per_group = PerGroup(name, values, positive=positive)
+    owner._buffers.pop(name, None)
+    owner._modules.pop(name, None)
+    owner.add_module(name, per_group)
 
 
 def unknown_groups(owner: str, value: PerGroup, terms: RateTerms) -> None:

@@ -45,7 +45,7 @@ class Case(NamedTuple):
     name: str
     build: Callable[[], Objective]
     other: Callable[[], Objective]  # the same objective in another configuration
-    assign: tuple[str, float]  # a numeric hyperparameter and a new value for it
+    assign: tuple[str, float | dict[str, float]]  # a numeric hyperparameter, a new value
 
 
 CASES = [
@@ -55,6 +55,18 @@ CASES = [
         lambda: Beta(0.5, group_balance=True),
         lambda: Beta(0.5, group_balance=True, alpha={"a": 1.0, "b": 2.0}),
         ("beta", 2.0),
+    ),
+    Case(
+        "Beta-per-group",
+        lambda: Beta({"a": Linear(0.0, 1.0, steps=4), "b": 0.5}),
+        lambda: Beta({"a": Linear(0.0, 1.0, steps=4)}),
+        ("beta", {"a": Linear(0.0, 1.0, steps=4), "b": 0.25}),
+    ),
+    Case(
+        "FreeBits-per-group",
+        lambda: FreeBits(0.3, per="step", beta={"a": 0.5, "b": 2.0}),
+        lambda: FreeBits(0.3, per="step", beta={"a": 0.5}),
+        ("beta", {"a": 0.75, "b": 2.0}),
     ),
     Case(
         "TargetRate",
@@ -126,6 +138,12 @@ def _x() -> Tensor:
     return torch.randint(0, 2, (B, P), generator=torch.Generator().manual_seed(1)).float()
 
 
+def _numbers(objective: Objective, name: str) -> list[Tensor]:
+    """The buffers of a numeric hyperparameter: itself, or each group's number."""
+    value = getattr(objective, name)
+    return list(value.buffers()) if isinstance(value, torch.nn.Module) else [value]
+
+
 def _state(objective: Objective) -> dict[str, Tensor]:
     return {k: v.clone() for k, v in objective.state_dict().items()}
 
@@ -153,7 +171,8 @@ def test_casts_never_narrow_state_or_hyperparameters(case: Case, cast: str) -> N
     for name, buffer in objective.named_buffers():
         if buffer.is_floating_point():
             assert torch.finfo(buffer.dtype).bits >= torch.finfo(before[name].dtype).bits, name
-    assert getattr(objective, case.assign[0]).dtype == torch.float64
+    for buffer in _numbers(objective, case.assign[0]):
+        assert buffer.dtype == torch.float64
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -200,6 +219,11 @@ def test_compiles_once_and_uses_assigned_numbers(case: Case) -> None:
             assert got.shape == want.shape  # every scalar 0-dim: the loss and its hyper
             assert_close(got, want)
     assert counter.frame_count == 1
-    assert float(getattr(compiled_fn.objective, name)) == value
+    numbers = [float(b) for b in _numbers(compiled_fn.objective, name)]
+    assert numbers == (
+        [value]
+        if isinstance(value, float)
+        else [float(v) for v in value.values() if isinstance(v, float)]
+    )
     assert_close(_state(compiled_fn.objective), _state(eager_fn.objective))
     torch._dynamo.reset()

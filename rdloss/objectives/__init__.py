@@ -10,7 +10,7 @@ while gradients are being computed (`Objective.advancing`). Every hyperparameter
 takes a number also takes a `Schedule` of the step.
 
 * `Beta`: $\bar D + \beta \bar R$ (β-VAE; KL warm-up and cyclical annealing with
-  a schedule).
+  a schedule; β per latent group, e.g. scvi-tools' warm-up of ``z`` alone).
 * `TargetRate`: $\bar D + w|\sigma - \bar R|$ (Alemi et al., 2018).
 * `TargetDistortion`: $\bar R + w|\delta - \bar D|$.
 * `FreeBits`: $\bar D + \sum_u \max(\lambda, \overline{R_u})$ (Kingma et al., 2016) over
@@ -22,10 +22,12 @@ takes a number also takes a `Schedule` of the step.
 """
 
 from rdloss.objectives._base import Objective, ObjectiveOutput
+from rdloss.objectives._beta import Beta
 from rdloss.objectives._controllers import GECO, RateController
+from rdloss.objectives._groups import PerGroup
 from rdloss.objectives._hyperparameters import Hyperparameter
 from rdloss.objectives._multirate import MultiRate
-from rdloss.objectives._penalties import Beta, Capacity, TargetDistortion, TargetRate
+from rdloss.objectives._penalties import Capacity, TargetDistortion, TargetRate
 from rdloss.objectives._structured import FreeBits, nvae_balanced_rate
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "MultiRate",
     "Objective",
     "ObjectiveOutput",
+    "PerGroup",
     "RateController",
     "TargetDistortion",
     "TargetRate",

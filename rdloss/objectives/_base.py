@@ -10,9 +10,9 @@ utility writing ``.data``) is what the next call uses.
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from abc import ABC
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -21,12 +21,20 @@ from typing_extensions import override
 from rdloss._checks import ValueCheck, in_functorch
 from rdloss._means import batch_mean, global_batch_mean
 from rdloss.latents import RateTerms
+from rdloss.objectives._groups import (
+    MISSING_GROUP,
+    PerGroup,
+    assign_per_group,
+    keep_precision,
+    unknown_groups,
+)
 from rdloss.objectives._hyperparameters import (
     Hyperparameter,
     as_hyperparameter,
     check_loaded,
     new_state,
 )
+from rdloss.objectives._terms import ObjectiveOutput, check_terms, numbers_repr
 from rdloss.schedules import Schedule, check_config_state, config_state
 
 _FULL = (torch.float32, torch.float64)
@@ -36,81 +44,13 @@ __all__ = ["Hyperparameter", "Objective", "ObjectiveOutput", "check_terms", "num
 _INF = math.inf
 
 
-def check_terms(
-    rate: object, distortion: object, rate_per_dimension: object, weight: object
-) -> None:
-    """Shape and type checks of an objective's inputs (free: no host synchronisation).
-
-    `Objective.forward` calls it before `Objective.compute`.
-
-    Raises:
-        TypeError: an input is not a tensor.
-        ValueError: ``rate`` is not ``(B,)``, or another input does not match it.
-    """
-    # One compound test on the hot path (a few hundred ns); messages only on failure.
-    if (
-        isinstance(rate, Tensor)
-        and rate.ndim == 1
-        and isinstance(distortion, Tensor)
-        and distortion.shape == rate.shape
-        and (weight is None or (isinstance(weight, Tensor) and weight.shape == rate.shape))
-        and (
-            rate_per_dimension is None
-            or (
-                isinstance(rate_per_dimension, Tensor)
-                and rate_per_dimension.ndim == 2
-                and rate_per_dimension.shape[0] == rate.shape[0]
-            )
-        )
-    ):
-        return
-    if not isinstance(rate, Tensor):
-        raise TypeError(f"rate must be a torch.Tensor of shape (B,), got {type(rate).__name__}")
-    if rate.ndim != 1:
-        raise ValueError(f"rate must have shape (B,), got {tuple(rate.shape)}")
-    batch = tuple(rate.shape)
-    for name, value in (("distortion", distortion), ("weight", weight)):
-        if value is None and name == "weight":
-            continue
-        if not isinstance(value, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-        if tuple(value.shape) != batch:
-            raise ValueError(
-                f"{name} must have rate's shape (B,) = {batch}, got {tuple(value.shape)}"
-            )
-    if not isinstance(rate_per_dimension, Tensor):
-        raise TypeError(
-            f"rate_per_dimension must be a torch.Tensor or None, got "
-            f"{type(rate_per_dimension).__name__}"
-        )
-    raise ValueError(
-        f"rate_per_dimension must have shape (B, D) with B = {batch[0]}, "
-        f"got {tuple(rate_per_dimension.shape)}"
-    )
-
-
-def numbers_repr(**values: float | Tensor | Schedule) -> str:
-    """``extra_repr`` text for the constant hyperparameters (schedules print as children)."""
-    return ", ".join(f"{k}={float(v)}" for k, v in values.items() if isinstance(v, (float, Tensor)))
-
-
-class ObjectiveOutput(NamedTuple):
-    """What an objective returns.
-
-    Attributes:
-        loss: 0-dim training loss.
-        hyper: the objective's current named scalars (e.g. ``{"beta": ...}``), 0-dim tensors.
-    """
-
-    loss: Tensor
-    hyper: dict[str, Tensor]
-
-
 class Objective(nn.Module, ABC):
     """Base class of objectives.
 
-    Subclasses implement `compute` on per-example terms, reducing with `mean` (so that
-    ``sync_dist`` applies); `forward` checks the terms first and calls `advance` last.
+    Subclasses implement `compute` on per-example terms, or `compute_terms` on the rate at
+    every level (groups, steps) — either one suffices, and a class that defines neither is
+    refused when instantiated — reducing with `mean` (so that ``sync_dist`` applies);
+    `forward` checks the terms first and calls `advance` last.
     Every objective owns a ``step`` buffer (int64, 0-dim): the number of forward calls
     made while `advancing`. Schedules are evaluated at the current step, so the first
     training step sees step 0. Keep any further state in registered buffers as well: then
@@ -124,9 +64,12 @@ class Objective(nn.Module, ABC):
     `Schedule` becomes a submodule of that name. Name the settings fixed at construction in
     ``_config``: they are recorded in ``state_dict`` (`get_extra_state`), a checkpoint of a
     differently configured objective is refused, and assigning them later raises
-    ``AttributeError``. Loaded state is range-checked (`state_ranges`). Casting the module
-    to a lower precision (``.half()``, ``.to(torch.bfloat16)``) leaves every floating
-    buffer at its precision: state and hyperparameters never narrow.
+    ``AttributeError``. A hyperparameter named in ``_per_group`` also takes a mapping from
+    group name to number or schedule (a `PerGroup` submodule; `group_values` evaluates it,
+    a group not named weighs 1.0); its group names are recorded in ``state_dict`` too.
+    Loaded state is range-checked (`state_ranges`). Casting the module to a lower precision
+    (``.half()``, ``.to(torch.bfloat16)``) leaves every floating buffer at its precision:
+    state and hyperparameters never narrow.
 
     Attributes:
         step: 0-dim int64 buffer, the number of training steps taken.
@@ -141,8 +84,19 @@ class Objective(nn.Module, ABC):
     """Hyperparameter names, each with whether it must be ``> 0`` (else ``>= 0``)."""
     _config: ClassVar[tuple[str, ...]] = ()
     """Settings fixed at construction and recorded in ``state_dict``."""
+    _per_group: ClassVar[frozenset[str]] = frozenset()
+    """Hyperparameters that also take a value per latent group (a mapping)."""
 
     def __init__(self) -> None:
+        cls = type(self)
+        if cls.compute is Objective.compute and cls.compute_terms is Objective.compute_terms:
+            # Each default calls the other: refuse here rather than recurse at the first call.
+            raise TypeError(
+                f"{cls.__name__} defines neither compute nor compute_terms: override one of "
+                "them (compute(rate, distortion, *, rate_per_dimension=None, weight=None) on "
+                "the total rate, or compute_terms(terms, distortion, *, weight=None) on the "
+                "rate per group and step)"
+            )
         super().__init__()
         self.register_buffer("step", new_state(0, torch.long))
         self.sync_dist = False
@@ -172,7 +126,17 @@ class Objective(nn.Module, ABC):
 
     def _set_hyperparameter(self, name: str, value: object) -> None:
         """Validate ``value`` like the constructor and store it (see the class docstring)."""
-        checked = as_hyperparameter(name, value, positive=self._hyperparameters[name])
+        positive = self._hyperparameters[name]
+        if isinstance(value, Mapping):
+            if name not in self._per_group:
+                raise TypeError(
+                    f"{type(self).__name__}.{name} takes one number or schedule for all "
+                    "groups, got a mapping; per-group values are taken where each group's "
+                    "rate enters the loss on its own (Beta's and FreeBits' beta)"
+                )
+            assign_per_group(self, name, value, positive=positive)
+            return
+        checked = as_hyperparameter(name, value, positive=positive)
         buffer = dict(self.named_buffers(recurse=False)).get(name)
         if isinstance(checked, Schedule):
             if buffer is not None:
@@ -194,21 +158,22 @@ class Objective(nn.Module, ABC):
 
     @override
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Objective:
-        # State and hyperparameters keep their precision whatever the module's dtype
-        # (``.half()``, ``.to(torch.bfloat16)``, Lightning's "bf16-true"), as torchmetrics
-        # keeps its states: in bfloat16 a multiplier of 1.0 cannot move by exp(1e-3), and
-        # float16 overflows above 65504. Devices still move.
-        before = {k: b for k, b in self.named_buffers(recurse=False) if b.is_floating_point()}
-        super()._apply(fn, recurse)
-        for name, old in before.items():
-            new = self.get_buffer(name)
-            if torch.finfo(new.dtype).bits < torch.finfo(old.dtype).bits:
-                super().__setattr__(name, old.to(device=new.device))  # unchecked: as it was
+        # State and hyperparameters never narrow (see `keep_precision`); devices move.
+        keep_precision(self, lambda: super(Objective, self)._apply(fn, recurse))
         return self
 
     def get_extra_state(self) -> Tensor:
-        """The ``_config`` settings, recorded in ``state_dict`` (see `config_state`)."""
-        return config_state({name: getattr(self, name) for name in self._config})
+        """The ``_config`` settings and per-group names, recorded in ``state_dict``.
+
+        See `config_state`. A hyperparameter given per group adds ``"<name>_groups"``; a
+        number or schedule adds nothing (so their checkpoints are as before).
+        """
+        config = {name: getattr(self, name) for name in self._config}
+        for name in self._per_group:
+            value = self._modules.get(name)
+            if isinstance(value, PerGroup):
+                config[f"{name}_groups"] = list(value.groups)
+        return config_state(config)
 
     def set_extra_state(self, state: Any) -> None:
         """Refuse a checkpoint of a differently configured objective.
@@ -278,7 +243,11 @@ class Objective(nn.Module, ABC):
             return global_batch_mean(values, weight)
         return batch_mean(values, weight)
 
-    def hyperparameter(self, value: float | Tensor | Schedule, like: Tensor) -> Tensor:
+    def hyperparameter(
+        self,
+        value: float | Tensor | Schedule | PerGroup | Mapping[str, Hyperparameter],
+        like: Tensor,
+    ) -> Tensor:
         """Evaluate a hyperparameter at the current step.
 
         Args:
@@ -299,7 +268,43 @@ class Objective(nn.Module, ABC):
         if isinstance(value, Tensor):
             scalar = value if value.ndim == 0 else value.reshape(())
             return scalar.to(device=like.device, dtype=dtype, copy=True)
+        if isinstance(value, (PerGroup, Mapping)):
+            groups = list(value.groups if isinstance(value, PerGroup) else value)
+            raise ValueError(
+                f"{type(self).__name__}: a hyperparameter given per group {groups} takes the "
+                "call's groups: evaluate it with group_values in compute_terms"
+            )
         return torch.tensor(value, dtype=dtype, device=like.device)
+
+    def group_values(
+        self, value: float | Tensor | Schedule | PerGroup, terms: RateTerms, like: Tensor
+    ) -> dict[str, Tensor]:
+        """Evaluate a hyperparameter for each of the call's groups, in their order.
+
+        A `PerGroup` gives each group its entry, and a group it does not name 1.0 (the
+        ELBO's weight); a number or schedule gives every group its value.
+
+        Args:
+            value: the hyperparameter (e.g. ``self.beta``).
+            terms: the call's `RateTerms`.
+            like: as for `hyperparameter`.
+
+        Returns:
+            Group name -> 0-dim tensor.
+
+        Raises:
+            ValueError: the call has no named groups, or the mapping names a group the call
+                does not have (naming the call's groups).
+        """
+        if not isinstance(value, PerGroup):
+            same = self.hyperparameter(value, like)
+            return dict.fromkeys(terms.per_group, same)
+        unknown_groups(type(self).__name__, value, terms)
+        entries = value.entries()
+        return {
+            group: self.hyperparameter(entries.get(group, MISSING_GROUP), like)
+            for group in terms.per_group
+        }
 
     def forward(
         self,
@@ -358,14 +363,25 @@ class Objective(nn.Module, ABC):
     ) -> ObjectiveOutput:
         """The loss from the rate at every level; by default `compute` on the total.
 
-        Objectives over groups or steps (`FreeBits`, NVAE's balancing in `Beta`) override
-        it; every other objective sees the total rate and the per-dimension rate.
+        Objectives over groups or steps (`FreeBits`, NVAE's balancing and per-group β in
+        `Beta`) override it; every other objective sees the total rate and the
+        per-dimension rate. A custom objective may override only this method.
 
         Args:
             terms: `RateTerms` (total, per group, per step, per dimension).
             distortion: ``(B,)`` per-example distortion in nats.
             weight: ``(B,)`` non-negative per-example weights (normalised).
+
+        Raises:
+            TypeError: the class defines only ``compute_terms`` and it called this default,
+                which would call it back through the default `compute`.
         """
+        if type(self).compute is Objective.compute:  # an identity test: no tensor op
+            raise TypeError(
+                f"{type(self).__name__}.compute_terms called Objective.compute_terms, whose "
+                f"default is compute on the total rate, which {type(self).__name__} does not "
+                "define: define compute as well, or do not call super().compute_terms"
+            )
         return self.compute(
             terms.per_example,
             distortion,
@@ -373,7 +389,6 @@ class Objective(nn.Module, ABC):
             weight=weight,
         )
 
-    @abstractmethod
     def compute(
         self,
         rate: Tensor,
@@ -385,7 +400,9 @@ class Objective(nn.Module, ABC):
         """The loss from checked terms, at the current `step` (the subclass's formula).
 
         Reduce with `mean` so that ``sync_dist`` applies; update feedback state only while
-        `advancing`. `forward` checks the terms before and advances the step after.
+        `advancing`. `forward` checks the terms before and advances the step after. By
+        default `compute_terms` on the terms of one ungrouped latent, for an objective
+        that overrides only that.
 
         Args:
             rate: ``(B,)`` per-example rate in nats.
@@ -396,3 +413,6 @@ class Objective(nn.Module, ABC):
         Returns:
             `ObjectiveOutput`.
         """
+        return self.compute_terms(
+            RateTerms.single(rate, rate_per_dimension), distortion, weight=weight
+        )

@@ -1,12 +1,10 @@
-r"""Objectives whose only state is the step: fixed or scheduled weights and targets.
+r"""Objectives that hold a target: ``TargetRate``, ``TargetDistortion`` and ``Capacity``.
 
-``Beta``, ``TargetRate``, ``TargetDistortion`` and ``Capacity``. Every
-hyperparameter takes a number or a `Schedule` of the step.
+Every hyperparameter takes a number or a `Schedule` of the step (``Beta`` is in ``_beta``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -14,17 +12,16 @@ from torch import Tensor
 from typing_extensions import override
 
 from rdloss._checks import check_nonnegative_number
-from rdloss.latents import RateTerms
 from rdloss.objectives._base import (
     Objective,
     ObjectiveOutput,
     numbers_repr,
 )
 from rdloss.objectives._hyperparameters import Hyperparameter, as_hyperparameter, new_state
-from rdloss.objectives._structured import Reduction, check_alpha, nvae_balanced_rate
+from rdloss.objectives._structured import Reduction
 from rdloss.schedules import Schedule
 
-__all__ = ["Beta", "Capacity", "TargetDistortion", "TargetRate"]
+__all__ = ["Capacity", "TargetDistortion", "TargetRate"]
 
 
 def _check_reduction(reduction: object) -> Reduction:
@@ -46,82 +43,6 @@ def _target_penalty(
     if reduction == "batch":
         return (target - objective.mean(values, weight)).abs()
     return objective.mean((target - values).abs(), weight)
-
-
-class Beta(Objective):
-    r"""The β-VAE objective $\bar D + \beta \bar R$ (Higgins et al., 2017).
-
-    ``beta = 1`` is the negative ELBO; ``beta < 1`` moves towards the auto-encoding limit
-    (more rate, less distortion), which the paper recommends with powerful decoders. The
-    slope of the rate-distortion frontier at the optimum is ``-beta``. CompressAI's
-    ``lambda * D + R`` corresponds to ``beta = 1 / lambda`` (and uses bits per pixel).
-    See Alemi et al. (2018), Eq. 6. A schedule gives KL warm-up (Bowman et al., 2016:
-    ``Beta(Linear(0.0, 1.0, steps=T))``) or cyclical annealing (Fu et al., 2019:
-    ``Beta(Cyclical(steps=T))``). With named latent groups, ``group_balance=True`` adds
-    NVAE's balancing (`nvae_balanced_rate`) while the warm-up keeps ``beta < 1``.
-
-    Args:
-        beta: non-negative weight of the rate, a number or a schedule.
-        group_balance: NVAE's KL balancing over named groups while ``beta < 1``.
-        alpha: NVAE's per-group divisor ``alpha_g`` (its ``kl_balancer_coeff``); default
-            each group's number of latent dimensions.
-
-    Examples:
-        >>> import torch
-        >>> Beta(0.5)(torch.tensor([2.0]), torch.tensor([10.0])).loss
-        tensor(11.)
-    """
-
-    _hyperparameters: ClassVar[dict[str, bool]] = {"beta": False}
-    _config = ("group_balance", "alpha")
-
-    def __init__(
-        self,
-        beta: Hyperparameter = 1.0,
-        *,
-        group_balance: bool = False,
-        alpha: Mapping[str, float] | None = None,
-    ) -> None:
-        super().__init__()
-        self.beta = beta
-        if not isinstance(group_balance, bool):
-            raise TypeError(f"group_balance must be a bool, got {type(group_balance).__name__}")
-        if alpha is not None and not group_balance:
-            raise ValueError("alpha weights NVAE's group balancing: pass group_balance=True")
-        self.group_balance = group_balance
-        self.alpha = check_alpha(alpha)
-
-    @override
-    def compute_terms(
-        self, terms: RateTerms, distortion: Tensor, *, weight: Tensor | None = None
-    ) -> ObjectiveOutput:
-        r"""$\bar D + \beta \bar R$, with NVAE's group balancing while $\beta < 1$."""
-        if not self.group_balance:
-            return super().compute_terms(terms, distortion, weight=weight)
-        beta = self.hyperparameter(self.beta, terms.per_example)
-        balanced = nvae_balanced_rate(self, terms, self.alpha, weight)
-        # NVAE balances only during warm-up (kl_coeff < 1); torch.where keeps it sync-free.
-        rate = torch.where(beta < 1.0, balanced, terms.per_example)
-        loss = self.mean(distortion, weight) + beta * self.mean(rate, weight)
-        return ObjectiveOutput(loss, {"beta": beta})
-
-    def compute(
-        self,
-        rate: Tensor,
-        distortion: Tensor,
-        *,
-        rate_per_dimension: Tensor | None = None,
-        weight: Tensor | None = None,
-    ) -> ObjectiveOutput:
-        r"""$\bar D + \beta \bar R$; see `Objective.compute`."""
-        beta = self.hyperparameter(self.beta, rate)
-        loss = self.mean(distortion, weight) + beta * self.mean(rate, weight)
-        return ObjectiveOutput(loss, {"beta": beta})
-
-    @override
-    def extra_repr(self) -> str:
-        balance = ", group_balance=True" if self.group_balance else ""
-        return numbers_repr(beta=self.beta) + balance
 
 
 class TargetRate(Objective):

@@ -20,9 +20,17 @@ from typing_extensions import override
 from rdloss._checks import check_nonnegative_number
 from rdloss.latents import RateTerms
 from rdloss.objectives._base import Objective, ObjectiveOutput, numbers_repr
+from rdloss.objectives._groups import PerGroup
 from rdloss.objectives._hyperparameters import Hyperparameter
 
-__all__ = ["FreeBits", "Level", "Reduction", "check_alpha", "nvae_balanced_rate"]
+__all__ = [
+    "FreeBits",
+    "Level",
+    "Reduction",
+    "check_alpha",
+    "nvae_balanced_rate",
+    "nvae_coefficients",
+]
 
 Level = Literal["dimension", "group", "step", "total"]
 Reduction = Literal["batch", "example"]
@@ -58,6 +66,20 @@ def _units(terms: RateTerms, per: Level) -> Tensor:
     return torch.cat(list(terms.per_step.values()), dim=1)
 
 
+def _unit_weights(terms: RateTerms, per: Level, betas: dict[str, Tensor]) -> Tensor:
+    """``(K,)`` the β of each unit's group, in `_units`' order (``per`` is not ``"total"``)."""
+    if per == "group":
+        parts = [betas[g].reshape(1) for g in terms.per_group]
+    elif per == "step":
+        parts = [betas[g].expand(steps.shape[1]) for g, steps in terms.per_step.items()]
+    else:  # per_dimension concatenates the groups' dimensions in group order
+        parts = []
+        for g, dims in terms.per_group_dimension.items():
+            assert dims is not None  # _units refused a group whose KL does not factorise
+            parts.append(betas[g].expand(dims.shape[1]))
+    return torch.cat(parts)
+
+
 class FreeBits(Objective):
     r"""Free bits (Kingma et al., 2016): rate below ``lam`` nats per unit costs nothing.
 
@@ -79,12 +101,17 @@ class FreeBits(Objective):
     factorises over latent dimensions (not for mixture or flow marginals); ``"group"``
     needs named groups, ``"step"`` a step axis in every group.
 
+    ``beta`` may map group names to numbers or schedules (as `Beta`'s): each unit's
+    clamped rate is weighted by its group's $\beta_g$ (a group not named weighs 1.0;
+    ``out.hyper`` has ``"beta/<group>"`` instead of ``"beta"``). Every level but
+    ``per="total"`` takes it: the total's one clamp mixes the groups.
+
     Args:
         lam: free nats per unit, ``>= 0``, a number or a schedule.
         per: the unit: ``"dimension"``, ``"group"``, ``"step"`` or ``"total"``.
         reduction: ``"batch"`` (clamp the batch mean) or ``"example"`` (clamp each value).
         beta: weight of the clamped rate, ``>= 0``, a number or a schedule (DreamerV3's
-            ``dyn_scale + rep_scale``).
+            ``dyn_scale + rep_scale``); or a mapping from group name to those.
 
     Examples:
         >>> import torch
@@ -95,6 +122,7 @@ class FreeBits(Objective):
     """
 
     _hyperparameters: ClassVar[dict[str, bool]] = {"lam": False, "beta": False}
+    _per_group = frozenset({"beta"})
     _config = ("per", "reduction")
 
     def __init__(
@@ -103,7 +131,7 @@ class FreeBits(Objective):
         *,
         per: Level = "dimension",
         reduction: Reduction = "batch",
-        beta: Hyperparameter = 1.0,
+        beta: Hyperparameter | Mapping[str, Hyperparameter] = 1.0,
     ) -> None:
         super().__init__()
         self.lam = lam
@@ -115,18 +143,14 @@ class FreeBits(Objective):
         self.reduction: Reduction = reduction
         self.beta = beta
 
-    def compute(
-        self,
-        rate: Tensor,
-        distortion: Tensor,
-        *,
-        rate_per_dimension: Tensor | None = None,
-        weight: Tensor | None = None,
-    ) -> ObjectiveOutput:
-        r"""Free bits on one ungrouped latent; see `compute_terms`."""
-        return self.compute_terms(
-            RateTerms.single(rate, rate_per_dimension), distortion, weight=weight
-        )
+    @override
+    def _set_hyperparameter(self, name: str, value: object) -> None:
+        if name == "beta" and isinstance(value, Mapping) and self.per == "total":
+            raise ValueError(
+                "FreeBits(per='total') clamps the total rate, one unit over all groups: beta "
+                "per group needs per='group', 'step' or 'dimension'"
+            )
+        super()._set_hyperparameter(name, value)
 
     @override
     def compute_terms(
@@ -140,6 +164,18 @@ class FreeBits(Objective):
         """
         units = _units(terms, self.per)
         lam = self.hyperparameter(self.lam, units)
+        per_group = self._modules.get("beta")
+        if isinstance(per_group, PerGroup):
+            betas = self.group_values(per_group, terms, units)
+            # The batch mean is linear: mean_i sum_u b_u c_iu = sum_u b_u mean_i c_iu.
+            if self.reduction == "batch":
+                each = torch.maximum(self.mean(units, weight), lam)
+            else:
+                each = self.mean(torch.maximum(units, lam), weight)
+            weighted = (_unit_weights(terms, self.per, betas) * each).sum()
+            loss = self.mean(distortion, weight) + weighted
+            hyper = {"free_bits": lam, "clamped_rate": each.sum().detach()}
+            return ObjectiveOutput(loss, hyper | {f"beta/{g}": b for g, b in betas.items()})
         beta = self.hyperparameter(self.beta, units)
         if self.reduction == "batch":
             clamped = torch.maximum(self.mean(units, weight), lam).sum()
@@ -194,6 +230,20 @@ def nvae_balanced_rate(
     Raises:
         ValueError: the call has no named groups, or ``alpha`` misses a group.
     """
+    rates, coeff = nvae_coefficients(objective, terms, alpha, weight)
+    return (rates * coeff.detach()).sum(1)
+
+
+def nvae_coefficients(
+    objective: Objective,
+    terms: RateTerms,
+    alpha: Mapping[str, float] | None,
+    weight: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """NVAE's group rates ``(B, G)`` and balancing coefficients $c_g$ ``(G,)``, group order.
+
+    See `nvae_balanced_rate`; the coefficients are what NVAE reports as ``kl_coeffs``.
+    """
     if not terms.grouped:
         raise ValueError(
             "Beta(group_balance=True) balances named latent groups (posterior as a mapping), "
@@ -208,5 +258,4 @@ def nvae_balanced_rate(
     a = rates.new_tensor([float(sizes[k]) for k in names])
     coeff = objective.mean(rates.abs(), weight) + 0.01
     coeff = coeff / a * coeff.sum()
-    coeff = coeff / coeff.mean()
-    return (rates * coeff.detach()).sum(1)
+    return rates, coeff / coeff.mean()

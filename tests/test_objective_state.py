@@ -384,6 +384,35 @@ def test_loaded_state_out_of_range_is_refused(
     torch.testing.assert_close(objective.state_dict(), before)
 
 
+def _nvae_like() -> Objective:
+    return objectives.Beta(
+        schedules.Clamp(schedules.Shifted(Linear(0.0, 1.0, steps=30), steps=2.0), min=1e-4)
+    )
+
+
+@pytest.mark.parametrize(
+    ("saved", "other"),
+    [
+        (_nvae_like, lambda: objectives.Beta(schedules.Clamp(Linear(0.0, 1.0, steps=30), min=0.1))),
+        (_nvae_like, lambda: objectives.Beta(Linear(0.0, 1.0, steps=30))),
+        (
+            lambda: objectives.Capacity(Linear(0.0, 5.0, steps=10), gamma=10.0),
+            lambda: objectives.Capacity(Linear(0.0, 5.0, steps=9), gamma=10.0),
+        ),
+    ],
+)
+def test_a_refused_schedule_checkpoint_changes_no_state(
+    saved: Callable[[], Objective], other: Callable[[], Objective]
+) -> None:
+    # A schedule inside refuses the checkpoint: the step must not have been copied first.
+    source = saved()
+    source.step.fill_(7)
+    target = other()
+    with pytest.raises(ValueError, match=r"checkpoint|saved with"):
+        target.load_state_dict(source.state_dict())
+    assert int(target.step) == 0
+
+
 def test_a_schedule_checkpoint_of_other_steps_is_refused() -> None:
     state = Beta(Linear(0.0, 1.0, steps=100)).state_dict()
     with pytest.raises(ValueError, match=r"Linear was saved with steps=100 but .* steps=200"):

@@ -213,6 +213,12 @@ class Objective(nn.Module, ABC):
         extra = state_dict.get(prefix + "_extra_state")
         if extra is not None:
             self.set_extra_state(extra)
+        # The schedules inside too: torch loads them after this module's own state, so a
+        # schedule refusing its settings there would come after ``step`` was copied.
+        for name, module in self.named_modules():
+            saved = state_dict.get(f"{prefix}{name}._extra_state")
+            if name and isinstance(module, Schedule) and saved is not None:
+                module.set_extra_state(saved)
         for name, (low, high) in self.state_ranges().items():
             check_loaded(prefix + name, state_dict.get(prefix + name), low, high)
         for name, positive in self._hyperparameters.items():

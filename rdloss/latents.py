@@ -201,6 +201,11 @@ class RateTerms(NamedTuple):
         per_step: ``(B, T)`` rate per step of each group with a step axis.
         group_size: latent dimensions per example of each group (steps included).
         grouped: whether the call named its groups (else one group, ``"z"``).
+        step_mask: with a step mask (ragged sequences), ``(B, sum T)`` bool: which entries
+            of the per-step rates concatenated in group order are real steps (padded
+            steps hold rate 0 at every level); ``None`` without a mask.
+        dimension_mask: with a step mask, ``(B, D)`` bool aligned with ``per_dimension``
+            (``None`` where that is ``None``); ``None`` without a mask.
     """
 
     per_example: Tensor
@@ -210,6 +215,8 @@ class RateTerms(NamedTuple):
     per_step: dict[str, Tensor]
     group_size: dict[str, int]
     grouped: bool
+    step_mask: Tensor | None = None
+    dimension_mask: Tensor | None = None
 
     @classmethod
     def single(cls, rate: Tensor, rate_per_dimension: Tensor | None = None) -> RateTerms:

@@ -19,8 +19,10 @@ from rdloss._checks import (
     ValueCheck,
     check_distribution,
     check_tensor,
+    declares_no_shapes,
     run_checks,
     should_validate,
+    undeclared_shapes,
     widen_half,
 )
 from rdloss._rebuild import widened
@@ -90,13 +92,8 @@ def _lead_dims(x: Tensor, likelihood: Distribution) -> int:
         n_lead = 1
     elif len(shape) == x.ndim + 1 and shape[1:] == x.shape:
         n_lead = 2
-    elif len(likelihood.batch_shape) == 0 and len(likelihood.event_shape) == 0:
-        raise ValueError(
-            f"likelihood {type(likelihood).__name__} has batch_shape () and event_shape (): "
-            "it does not declare its shapes (a torch.distributions.Distribution subclass must "
-            "pass batch_shape to Distribution.__init__); build it with "
-            "super().__init__(batch_shape=x.shape) or wrap it in a distribution that does"
-        )
+    elif declares_no_shapes(likelihood):
+        raise ValueError(undeclared_shapes("likelihood", likelihood, "x.shape"))
     else:
         raise ValueError(
             "likelihood must cover x exactly: batch_shape + event_shape must equal x.shape "

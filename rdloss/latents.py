@@ -23,7 +23,12 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent
 
-from rdloss._checks import check_distribution, check_tensor
+from rdloss._checks import (
+    check_distribution,
+    check_tensor,
+    declares_no_shapes,
+    undeclared_shapes,
+)
 
 __all__ = [
     "LatentGroup",
@@ -59,6 +64,8 @@ def as_latent(posterior: object, name: str = "posterior") -> Distribution:
         ValueError: ``posterior`` has no batch dimension.
     """
     dist = check_distribution(name, posterior)
+    if declares_no_shapes(dist):
+        raise ValueError(undeclared_shapes(name, dist, "(B, *latent_shape)"))
     if len(dist.batch_shape) == 0:
         raise ValueError(
             f"{name} must have a batch dimension (batch_shape (B,)), got batch_shape () "

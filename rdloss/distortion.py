@@ -156,16 +156,42 @@ def sample_mean(values: Tensor, probs: Tensor | None = None) -> Tensor:
 
 
 def given(
-    x: Tensor, likelihood: Distribution, groups: tuple[LatentGroup, ...], grouped: bool
+    x: Tensor,
+    likelihood: Distribution,
+    groups: tuple[LatentGroup, ...],
+    grouped: bool,
+    samples: int = 1,
 ) -> Tensor:
-    """``(B,)`` D of a likelihood the caller computed, its ``z`` checked against its samples."""
+    """``(B,)`` D of a likelihood the caller computed, its ``z`` checked against its samples.
+
+    ``samples > 1`` is the number of samples per example the caller declared: the
+    likelihood must then cover ``(samples, *x.shape)``.
+    """
     check_distribution("likelihood", likelihood)
     draws = per_draw(x, likelihood)
+    if samples > 1 and draws.shape[:-1] != (samples,):
+        raise ValueError(
+            f"samples={samples} declares {samples} samples per example your model drew, but "
+            f"the likelihood covers {tuple(draws.shape[:-1])} samples: it must cover (S, "
+            f"*x.shape) = {(samples, *x.shape)}; to have the loss draw them, pass decoder="
+        )
     for g in groups:
+        where = f"posterior[{g.name!r}]" if grouped else "posterior"
+        if g.steps is not None and draws.ndim == 2 and g.posterior.batch_shape == draws.shape:
+            # (S, B) with S == B == T reads as steps; the sample axis must be declared.
+            raise ValueError(
+                f"{where} has batch_shape {tuple(g.posterior.batch_shape)}, read as (B, T) "
+                f"steps, and the likelihood covers {len(draws)} samples of a batch of "
+                f"{len(draws)}: if its first axis is the samples (a prior that depends on a "
+                f"sampled parent), pass samples={len(draws)}; if it is a step axis of "
+                "that length, draw another number of samples"
+            )
         if g.z is None:
             continue
         n_lead = len(g.posterior.batch_shape) + len(g.posterior.event_shape)
         z_draws = g.z.shape[: g.z.ndim - n_lead]
+        if g.sampled:  # its own first batch axis is the sample axis
+            z_draws = g.posterior.batch_shape[:1] + z_draws
         if z_draws != draws.shape[:-1]:
             name = f"z[{g.name!r}]" if grouped else "z"
             raise ValueError(

@@ -221,7 +221,14 @@ class RateDistortionLoss(nn.Module):
             decoder: callable mapping ``(N, *event)`` latents (a dict of them for groups) to a
                 likelihood over ``(N, *x.shape[1:])``; the loss calls it once on
                 ``N = samples * B`` rows.
-            samples: latents per example with ``decoder``, or ``"enumerate"``.
+            samples: latents per example with ``decoder``, or ``"enumerate"``. With
+                ``likelihood=`` or the rate alone, the ``S`` samples per example your model
+                drew, declared when a group is computed once per sample of a sampled parent
+                (a hierarchical VAE's ``q(z1 | x, z2)`` and ``p(z1 | z2)`` for ``S`` draws of
+                ``z2``): such a group's posterior has ``batch_shape (S, B, ...)``, its rate
+                per example is the mean over the samples, and the likelihood covers
+                ``(S, *x.shape)``. Undeclared, ``(S, B)`` would read as ``(B, T)`` steps: the
+                loss refuses the reading it cannot tell apart (``S == B == T``).
             weight: ``(B,)`` non-negative per-example weights, normalised over the batch.
             mask: ``(B, T)`` bool, ``True`` at real steps and ``False`` at padding, for
                 every group with a step axis (groups without steps are not masked). Only
@@ -240,14 +247,36 @@ class RateDistortionLoss(nn.Module):
         style = call_style(x, likelihood, decoder, self.objective)
         if x is not None:
             check_tensor("x", x, min_ndim=1)
-        groups, grouped = resolve(posterior, prior=prior, z=z, marginal=self._marginals())
-        batch = groups[0].posterior.batch_shape[0] if x is None else x.shape[0]
-        for g in groups:
-            if x is not None and g.posterior.batch_shape[0] != batch:
-                where = f"posterior[{g.name!r}]" if grouped else "posterior"
+        per_sample = 1  # S declared for latents computed once per sample (not the decoder's)
+        if style != "decoder" and samples != 1:
+            if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
                 raise ValueError(
-                    f"{where} batch size {g.posterior.batch_shape[0]} does not match x's batch "
-                    f"size {batch} (x.shape {tuple(x.shape)})"
+                    f"samples must be an int >= 1 with {style if style != 'rate' else 'the rate'}"
+                    f"{'=' if style != 'rate' else ' alone'} (the samples per example your "
+                    f"model drew; 'enumerate' needs decoder=), got {samples!r}"
+                )
+            per_sample = samples
+        groups, grouped = resolve(
+            posterior,
+            prior=prior,
+            z=z,
+            marginal=self._marginals(),
+            samples=per_sample,
+            batch=None if x is None else x.shape[0],
+        )
+        batch = groups[0].batch if x is None else x.shape[0]
+        for g in groups:
+            if x is not None and g.batch != batch:
+                where = f"posterior[{g.name!r}]" if grouped else "posterior"
+                shape = g.posterior.batch_shape
+                hint = (
+                    f"; if its first axis holds samples, pass samples={shape[0]}"
+                    if len(shape) == 2 and shape[1] == batch
+                    else ""
+                )
+                raise ValueError(
+                    f"{where} batch size {g.batch} does not match x's batch "
+                    f"size {batch} (x.shape {tuple(x.shape)}){hint}"
                 )
         if weight is not None:
             check_tensor("weight", weight)
@@ -275,11 +304,6 @@ class RateDistortionLoss(nn.Module):
                             "samples='enumerate' for discrete latents or pass likelihood= "
                             "with your own (relaxed) samples"
                         )
-        elif samples != 1:
-            raise ValueError(
-                f"samples={samples!r} needs decoder=; with likelihood= the samples are "
-                "whatever produced it"
-            )
 
         # 2. Draw or decode, 3. rate and distortion.
         if style == "decoder":
@@ -287,7 +311,7 @@ class RateDistortionLoss(nn.Module):
             distortion, likelihood, groups = decode(x, groups, grouped, decoder, samples, support)
         elif style == "likelihood":
             assert x is not None and likelihood is not None  # narrowed by call_style
-            distortion = given(x, likelihood, groups, grouped)
+            distortion = given(x, likelihood, groups, grouped, per_sample)
         if support is not None:
             (group,) = groups
             against = group.prior if group.prior is not None else group.marginal

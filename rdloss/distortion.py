@@ -111,11 +111,26 @@ def _lead_dims(x: Tensor, likelihood: Distribution) -> int:
     return n_lead
 
 
-def per_draw(x: Tensor, likelihood: Distribution) -> Tensor:
-    """``(B,)`` or ``(S, B)`` distortion of checked types: shapes checked, no value checks."""
+def per_draw(x: Tensor, likelihood: Distribution, mask: Tensor | None = None) -> Tensor:
+    """``(B,)`` or ``(S, B)`` distortion of checked types: shapes checked, no value checks.
+
+    With a ``(B, T)`` step ``mask`` the padded steps' terms are left out; the likelihood's
+    ``batch_shape`` must then keep the step axis: ``(B, T, ...)`` (or ``(S, B, T, ...)``).
+    """
     n_lead = _lead_dims(x, likelihood)
     # Half-precision parameters are widened before the log-density, not the result after.
     per_element = widen_half(_negative_log_prob(widened(likelihood), x))
+    if mask is not None:
+        steps = per_element.shape[n_lead - 1 : n_lead + 1]
+        if steps != mask.shape:
+            raise ValueError(
+                f"with mask= the likelihood's batch_shape must keep the step axis, (B, T, ...) "
+                f"= {tuple(mask.shape)} (or (S, B, T, ...)), so that padded steps are left out "
+                f"of the distortion; got batch_shape {tuple(likelihood.batch_shape)} (build it "
+                "with event_dims counting one step's data dims only)"
+            )
+        column = mask.reshape(*mask.shape, *([1] * (per_element.ndim - n_lead - 1)))
+        per_element = torch.where(column, per_element, 0.0)
     data_dims = tuple(range(n_lead, per_element.ndim))
     return per_element.sum(data_dims) if data_dims else per_element
 
@@ -161,14 +176,16 @@ def given(
     groups: tuple[LatentGroup, ...],
     grouped: bool,
     samples: int = 1,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """``(B,)`` D of a likelihood the caller computed, its ``z`` checked against its samples.
 
     ``samples > 1`` is the number of samples per example the caller declared: the
-    likelihood must then cover ``(samples, *x.shape)``.
+    likelihood must then cover ``(samples, *x.shape)``. With a ``(B, T)`` step ``mask``
+    the padded steps are left out (`per_draw`).
     """
     check_distribution("likelihood", likelihood)
-    draws = per_draw(x, likelihood)
+    draws = per_draw(x, likelihood, mask)
     if samples > 1 and draws.shape[:-1] != (samples,):
         raise ValueError(
             f"samples={samples} declares {samples} samples per example your model drew, but "

@@ -205,7 +205,8 @@ class RateDistortionLoss(nn.Module):
         posterior of ``batch_shape (B, T)`` over non-scalar latents has a step axis (a
         sequence model). The rate per example sums over groups and steps. ``mask`` marks
         the real steps of padded sequences: a padded step's rate is 0 at every level
-        (per step, per dimension, per group, total) and no free-bits unit.
+        (per step, per dimension, per group, total) and no free-bits unit, and a
+        ``likelihood`` with the step axis in its batch leaves them out of the distortion.
 
         Args:
             x: ``(B, ...)`` data; ``None`` (with neither ``likelihood`` nor ``decoder``) for
@@ -231,10 +232,12 @@ class RateDistortionLoss(nn.Module):
                 loss refuses the reading it cannot tell apart (``S == B == T``).
             weight: ``(B,)`` non-negative per-example weights, normalised over the batch.
             mask: ``(B, T)`` bool, ``True`` at real steps and ``False`` at padding, for
-                every group with a step axis (groups without steps are not masked). Only
-                the rate is masked: mask your distortion with the same tensor (the
-                likelihood you pass is yours). Padded steps must still hold finite
-                parameters (the value check screens them).
+                every group with a step axis (groups without steps are not masked). With
+                ``likelihood=`` the padded steps are left out of the distortion too (its
+                ``batch_shape`` must keep the step axis, ``(B, T, ...)``); for the rate
+                alone mask your own distortion with the same tensor; ``decoder=`` is
+                refused. Padded steps must still hold finite parameters and valid data
+                (the value check screens them).
 
         Returns:
             `RDOutput`.
@@ -286,6 +289,11 @@ class RateDistortionLoss(nn.Module):
                 )
         if mask is not None:
             mask = check_mask(mask, groups, grouped)
+            if style == "decoder":
+                raise ValueError(
+                    "mask= with decoder= is not supported: pass likelihood= (its padded steps "
+                    "are left out of the distortion) or call the rate alone"
+                )
         support = None
         if style == "decoder":
             if z is not None:
@@ -311,7 +319,7 @@ class RateDistortionLoss(nn.Module):
             distortion, likelihood, groups = decode(x, groups, grouped, decoder, samples, support)
         elif style == "likelihood":
             assert x is not None and likelihood is not None  # narrowed by call_style
-            distortion = given(x, likelihood, groups, grouped, per_sample)
+            distortion = given(x, likelihood, groups, grouped, per_sample, mask)
         if support is not None:
             (group,) = groups
             against = group.prior if group.prior is not None else group.marginal

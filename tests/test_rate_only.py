@@ -316,3 +316,45 @@ def test_rate_alone_and_mask_add_no_host_sync(masked: bool) -> None:
         loss_fn(posterior=post, prior=prior, mask=mask)  # warm torch's KL memo
         n = count(lambda f=loss_fn: f(posterior=post, prior=prior, mask=mask)).n_syncs
         assert n <= most
+
+
+# --- the mask with a likelihood: the distortion leaves padded steps out too ----------------
+
+
+def test_mask_leaves_padded_steps_out_of_the_likelihoods_distortion() -> None:
+    t = _dmm_tensors()
+    mask = _lengths_mask([3, 5, 1])
+    g = torch.Generator().manual_seed(11)
+    x = (torch.rand(B, T, 4, generator=g) < 0.5).double()
+    logits = torch.randn(B, T, 4, generator=g, dtype=torch.float64).requires_grad_()
+    q = Independent(Normal(t["q_loc"], t["q_log"].exp()), 1)
+    p = Independent(Normal(t["p_loc"], t["p_log"].exp()), 1)
+    out = rdloss.RateDistortionLoss()(
+        x,
+        posterior=q,
+        prior=p,
+        likelihood=helpers.bernoulli(logits=logits, event_dims=1),  # batch (B, T)
+        mask=mask,
+    )
+    # Pyro's DMM masks the emission the same way: Bernoulli(...).mask(mask[:, t-1:t]).
+    nll = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    zero = torch.zeros((), dtype=torch.float64)
+    ref_d = torch.where(mask, nll.sum(-1), zero).sum(1)
+    assert_close(out.distortion_per_example, ref_d, **EXACT)
+    ref = B * out.loss
+    want = _pyro_dmm_kl_term(t, mask, 1.0) + ref_d.sum()
+    assert_close(ref, want, **EXACT)
+    leaves = [logits, *t.values()]
+    for a, b in zip(_grads(ref, leaves), _grads(want, leaves), strict=True):
+        assert_close(a, b, **EXACT)
+
+
+def test_mask_needs_the_step_axis_in_the_likelihood_and_refuses_a_decoder() -> None:
+    q = Independent(Normal(torch.zeros(B, T, 2), 1.0), 1)
+    x = torch.zeros(B, T, 4)
+    mask = _lengths_mask([3, 5, 1])
+    swallowed = Independent(Normal(torch.zeros(B, T, 4), 1.0), 2)  # event (T, 4)
+    with pytest.raises(ValueError, match="must keep the step axis"):
+        rdloss.RateDistortionLoss()(x, posterior=q, likelihood=swallowed, mask=mask)
+    with pytest.raises(ValueError, match="mask= with decoder= is not supported"):
+        rdloss.RateDistortionLoss()(x, posterior=q, decoder=lambda z: Normal(z, 1.0), mask=mask)

@@ -358,3 +358,21 @@ def test_mask_needs_the_step_axis_in_the_likelihood_and_refuses_a_decoder() -> N
         rdloss.RateDistortionLoss()(x, posterior=q, likelihood=swallowed, mask=mask)
     with pytest.raises(ValueError, match="mask= with decoder= is not supported"):
         rdloss.RateDistortionLoss()(x, posterior=q, decoder=lambda z: Normal(z, 1.0), mask=mask)
+
+
+def test_rate_alone_with_mask_compiles_once_fullgraph() -> None:
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    post_logits, prior_logits = (t.detach() for t in _rssm_logits())
+    mask = _lengths_mask([5, 2, 4])
+    loss_fn = _dreamer_rdloss(1.0, 0.1)
+
+    def step(post: Tensor, prior: Tensor, m: Tensor) -> Tensor:
+        return loss_fn(posterior=_onehot(post), prior=_onehot(prior), mask=m).loss
+
+    eager = step(post_logits, prior_logits, mask)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    for _ in range(2):
+        assert_close(compiled(post_logits, prior_logits, mask), eager, **EXACT)
+    assert counter.frame_count == 1

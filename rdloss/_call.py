@@ -25,7 +25,14 @@ from rdloss.latents import LatentGroup
 from rdloss.objectives import GECO, Objective, TargetDistortion
 from rdloss.rate import enumerate_posterior
 
-__all__ = ["CallStyle", "call_style", "enumerable", "value_checks"]
+__all__ = [
+    "CallStyle",
+    "call_style",
+    "declared_samples",
+    "decoder_draws",
+    "enumerable",
+    "value_checks",
+]
 
 CallStyle = Literal["likelihood", "decoder", "rate"]
 
@@ -64,6 +71,48 @@ def call_style(
             "rate alone (loss_fn(posterior=..., prior=...))"
         )
     return "likelihood" if likelihood is not None else "decoder"
+
+
+def declared_samples(style: CallStyle, samples: object) -> int:
+    """``S`` declared with ``likelihood=`` or the rate alone (1 with ``decoder=``).
+
+    Raises:
+        ValueError: ``samples`` is not an int >= 1 there.
+    """
+    if style == "decoder" or samples == 1:
+        return 1
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        where = "the rate alone" if style == "rate" else "likelihood="
+        raise ValueError(
+            f"samples must be an int >= 1 with {where} (the samples per example your model "
+            f"drew; 'enumerate' needs decoder=), got {samples!r}"
+        )
+    return samples
+
+
+def decoder_draws(
+    decoder: object, samples: object, groups: tuple[LatentGroup, ...], grouped: bool
+) -> tuple[Tensor, Tensor] | None:
+    """Check what ``decoder=`` needs; the support to enumerate, or ``None`` to draw.
+
+    Raises:
+        TypeError: ``decoder`` is not callable.
+        ValueError: ``samples`` is neither an int >= 1 nor ``"enumerate"``, or a posterior
+            cannot be drawn from with gradients.
+    """
+    if not callable(decoder):
+        raise TypeError(f"decoder must be callable, got {type(decoder).__name__}")
+    if samples == "enumerate":
+        return enumerable(groups, grouped)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an int >= 1 or 'enumerate', got {samples!r}")
+    for g in groups:
+        if not g.posterior.has_rsample:
+            raise ValueError(
+                f"{type(g.posterior).__name__} has no rsample; use samples='enumerate' for "
+                "discrete latents or pass likelihood= with your own (relaxed) samples"
+            )
+    return None
 
 
 def enumerable(groups: tuple[LatentGroup, ...], grouped: bool) -> tuple[Tensor, Tensor]:

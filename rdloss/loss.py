@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from typing_extensions import override
 
-from rdloss._call import call_style, enumerable, value_checks
+from rdloss._call import call_style, declared_samples, decoder_draws, value_checks
 from rdloss._checks import check_fraction, check_tensor, run_checks, should_validate
 from rdloss._means import batch_mean
 from rdloss._steps import check_mask, masked_terms
@@ -250,15 +250,7 @@ class RateDistortionLoss(nn.Module):
         style = call_style(x, likelihood, decoder, self.objective)
         if x is not None:
             check_tensor("x", x, min_ndim=1)
-        per_sample = 1  # S declared for latents computed once per sample (not the decoder's)
-        if style != "decoder" and samples != 1:
-            if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-                raise ValueError(
-                    f"samples must be an int >= 1 with {style if style != 'rate' else 'the rate'}"
-                    f"{'=' if style != 'rate' else ' alone'} (the samples per example your "
-                    f"model drew; 'enumerate' needs decoder=), got {samples!r}"
-                )
-            per_sample = samples
+        per_sample = declared_samples(style, samples)
         groups, grouped = resolve(
             posterior,
             prior=prior,
@@ -298,20 +290,7 @@ class RateDistortionLoss(nn.Module):
         if style == "decoder":
             if z is not None:
                 raise ValueError("z is drawn by the loss when decoder= is given; do not pass z")
-            if not callable(decoder):
-                raise TypeError(f"decoder must be callable, got {type(decoder).__name__}")
-            if samples == "enumerate":
-                support = enumerable(groups, grouped)
-            elif isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-                raise ValueError(f"samples must be an int >= 1 or 'enumerate', got {samples!r}")
-            else:
-                for g in groups:
-                    if not g.posterior.has_rsample:
-                        raise ValueError(
-                            f"{type(g.posterior).__name__} has no rsample; use "
-                            "samples='enumerate' for discrete latents or pass likelihood= "
-                            "with your own (relaxed) samples"
-                        )
+            support = decoder_draws(decoder, samples, groups, grouped)
 
         # 2. Draw or decode, 3. rate and distortion.
         if style == "decoder":

@@ -28,10 +28,12 @@ __all__ = [
     "check_nonnegative_number",
     "check_positive_int",
     "check_tensor",
+    "declares_no_shapes",
     "finite_check",
     "in_functorch",
     "run_checks",
     "should_validate",
+    "undeclared_shapes",
     "widen_half",
 ]
 
@@ -85,6 +87,34 @@ def check_tensor(name: str, value: object, *, min_ndim: int = 0) -> Tensor:
     if min_ndim >= 1 and value.shape[0] == 0:
         raise ValueError(f"{name} has an empty batch (shape {tuple(value.shape)})")
     return value
+
+
+def declares_no_shapes(dist: Distribution) -> bool:
+    """Whether ``dist`` is another library's distribution with both shapes ``()``.
+
+    torch's and rdloss's own classes always declare their shapes (``()`` then means a
+    scalar); another library's with both ``()`` most likely never declared them.
+    """
+    root = type(dist).__module__.split(".")[0]
+    return root not in ("torch", "rdloss") and not dist.batch_shape and not dist.event_shape
+
+
+def undeclared_shapes(name: str, dist: Distribution, shape: str) -> str:
+    """The message for a distribution that never declared its shapes (both are ``()``).
+
+    Some libraries' distributions (scvi-tools' ``NegativeBinomial``) call
+    ``Distribution.__init__`` without ``batch_shape``: their ``log_prob`` is elementwise
+    over the parameters' shape, but nothing says which dimensions are examples. Declaring
+    the shapes once on the built object is the public one-line fix.
+    """
+    return (
+        f"{name} {type(dist).__name__} has batch_shape () and event_shape (): it does not "
+        "declare its shapes (its class calls torch.distributions.Distribution.__init__ "
+        "without batch_shape, as scvi-tools' NegativeBinomial does), so nothing says which "
+        f"dimensions are examples. Declare them once after building it: "
+        f"torch.distributions.Distribution.__init__({name.split('[')[0]}, "
+        f"batch_shape={shape}, validate_args=False)"
+    )
 
 
 def check_distribution(name: str, value: object) -> Distribution:

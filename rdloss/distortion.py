@@ -19,8 +19,10 @@ from rdloss._checks import (
     ValueCheck,
     check_distribution,
     check_tensor,
+    declares_no_shapes,
     run_checks,
     should_validate,
+    undeclared_shapes,
     widen_half,
 )
 from rdloss._rebuild import widened
@@ -90,13 +92,8 @@ def _lead_dims(x: Tensor, likelihood: Distribution) -> int:
         n_lead = 1
     elif len(shape) == x.ndim + 1 and shape[1:] == x.shape:
         n_lead = 2
-    elif len(likelihood.batch_shape) == 0 and len(likelihood.event_shape) == 0:
-        raise ValueError(
-            f"likelihood {type(likelihood).__name__} has batch_shape () and event_shape (): "
-            "it does not declare its shapes (a torch.distributions.Distribution subclass must "
-            "pass batch_shape to Distribution.__init__); build it with "
-            "super().__init__(batch_shape=x.shape) or wrap it in a distribution that does"
-        )
+    elif declares_no_shapes(likelihood):
+        raise ValueError(undeclared_shapes("likelihood", likelihood, "x.shape"))
     else:
         raise ValueError(
             "likelihood must cover x exactly: batch_shape + event_shape must equal x.shape "
@@ -114,11 +111,26 @@ def _lead_dims(x: Tensor, likelihood: Distribution) -> int:
     return n_lead
 
 
-def per_draw(x: Tensor, likelihood: Distribution) -> Tensor:
-    """``(B,)`` or ``(S, B)`` distortion of checked types: shapes checked, no value checks."""
+def per_draw(x: Tensor, likelihood: Distribution, mask: Tensor | None = None) -> Tensor:
+    """``(B,)`` or ``(S, B)`` distortion of checked types: shapes checked, no value checks.
+
+    With a ``(B, T)`` step ``mask`` the padded steps' terms are left out; the likelihood's
+    ``batch_shape`` must then keep the step axis: ``(B, T, ...)`` (or ``(S, B, T, ...)``).
+    """
     n_lead = _lead_dims(x, likelihood)
     # Half-precision parameters are widened before the log-density, not the result after.
     per_element = widen_half(_negative_log_prob(widened(likelihood), x))
+    if mask is not None:
+        steps = per_element.shape[n_lead - 1 : n_lead + 1]
+        if steps != mask.shape:
+            raise ValueError(
+                f"with mask= the likelihood's batch_shape must keep the step axis, (B, T, ...) "
+                f"= {tuple(mask.shape)} (or (S, B, T, ...)), so that padded steps are left out "
+                f"of the distortion; got batch_shape {tuple(likelihood.batch_shape)} (build it "
+                "with event_dims counting one step's data dims only)"
+            )
+        column = mask.reshape(*mask.shape, *([1] * (per_element.ndim - n_lead - 1)))
+        per_element = torch.where(column, per_element, 0.0)
     data_dims = tuple(range(n_lead, per_element.ndim))
     return per_element.sum(data_dims) if data_dims else per_element
 
@@ -159,16 +171,44 @@ def sample_mean(values: Tensor, probs: Tensor | None = None) -> Tensor:
 
 
 def given(
-    x: Tensor, likelihood: Distribution, groups: tuple[LatentGroup, ...], grouped: bool
+    x: Tensor,
+    likelihood: Distribution,
+    groups: tuple[LatentGroup, ...],
+    grouped: bool,
+    samples: int = 1,
+    mask: Tensor | None = None,
 ) -> Tensor:
-    """``(B,)`` D of a likelihood the caller computed, its ``z`` checked against its samples."""
+    """``(B,)`` D of a likelihood the caller computed, its ``z`` checked against its samples.
+
+    ``samples > 1`` is the number of samples per example the caller declared: the
+    likelihood must then cover ``(samples, *x.shape)``. With a ``(B, T)`` step ``mask``
+    the padded steps are left out (`per_draw`).
+    """
     check_distribution("likelihood", likelihood)
-    draws = per_draw(x, likelihood)
+    draws = per_draw(x, likelihood, mask)
+    if samples > 1 and draws.shape[:-1] != (samples,):
+        raise ValueError(
+            f"samples={samples} declares {samples} samples per example your model drew, but "
+            f"the likelihood covers {tuple(draws.shape[:-1])} samples: it must cover (S, "
+            f"*x.shape) = {(samples, *x.shape)}; to have the loss draw them, pass decoder="
+        )
     for g in groups:
+        where = f"posterior[{g.name!r}]" if grouped else "posterior"
+        if g.steps is not None and draws.ndim == 2 and g.posterior.batch_shape == draws.shape:
+            # (S, B) with S == B == T reads as steps; the sample axis must be declared.
+            raise ValueError(
+                f"{where} has batch_shape {tuple(g.posterior.batch_shape)}, read as (B, T) "
+                f"steps, and the likelihood covers {len(draws)} samples of a batch of "
+                f"{len(draws)}: if its first axis is the samples (a prior that depends on a "
+                f"sampled parent), pass samples={len(draws)}; if it is a step axis of "
+                "that length, draw another number of samples"
+            )
         if g.z is None:
             continue
         n_lead = len(g.posterior.batch_shape) + len(g.posterior.event_shape)
         z_draws = g.z.shape[: g.z.ndim - n_lead]
+        if g.sampled:  # its own first batch axis is the sample axis
+            z_draws = g.posterior.batch_shape[:1] + z_draws
         if z_draws != draws.shape[:-1]:
             name = f"z[{g.name!r}]" if grouped else "z"
             raise ValueError(

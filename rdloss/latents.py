@@ -6,7 +6,8 @@ one per group (a hierarchical VAE's ``z_L .. z_1``). Each group's rate is taken 
 $p(z_l | z_{>l})$, a world model's $p(z_t | h_t)$), else against the group's ``marginal``,
 else against $\mathcal N(0, I)$. Canonical shapes:
 
-* posterior: ``batch_shape (B,)``, or ``(B, T)`` with a step axis (`as_stepped_latent`);
+* posterior: ``batch_shape (B,)``, ``(B, T)`` with a step axis (`as_stepped_latent`), or
+  ``(S, B)`` once per sample of a sampled parent (`as_sampled_latent`, with ``samples=S``);
 * prior: ``batch_shape ()`` or the posterior's, the posterior's event (`as_prior`);
 * marginal: ``batch_shape ()``, the posterior's (per-step) event (`as_marginal`).
 
@@ -19,11 +20,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple, TypeAlias
 
-import torch
 from torch import Tensor, nn
-from torch.distributions import Categorical, Distribution, Independent
+from torch.distributions import Distribution
 
-from rdloss._checks import check_distribution, check_tensor
+from rdloss._checks import check_tensor
+from rdloss._shapes import (
+    as_latent,
+    as_marginal,
+    as_prior,
+    as_sampled_latent,
+    as_stepped_latent,
+    check_categories,
+    sample_dims,
+)
 
 __all__ = [
     "LatentGroup",
@@ -32,6 +41,7 @@ __all__ = [
     "as_latent",
     "as_marginal",
     "as_prior",
+    "as_sampled_latent",
     "as_stepped_latent",
     "check_categories",
     "resolve",
@@ -47,123 +57,6 @@ UNGROUPED = "z"
 """The name of an ungrouped call's latent in per-step reports."""
 
 
-def as_latent(posterior: object, name: str = "posterior") -> Distribution:
-    """Return ``posterior`` with ``batch_shape == (B,)``.
-
-    Batch dimensions after the first are reinterpreted as latent (event) dimensions, so
-    ``Normal(mu, sigma)`` with ``mu`` of shape ``(B, D)`` becomes a distribution over
-    ``D``-vectors, as ``Independent(Normal(mu, sigma), 1)`` would.
-
-    Raises:
-        TypeError: ``posterior`` is not a ``Distribution``.
-        ValueError: ``posterior`` has no batch dimension.
-    """
-    dist = check_distribution(name, posterior)
-    if len(dist.batch_shape) == 0:
-        raise ValueError(
-            f"{name} must have a batch dimension (batch_shape (B,)), got batch_shape () "
-            f"and event_shape {tuple(dist.event_shape)}"
-        )
-    if len(dist.batch_shape) > 1:
-        dist = Independent(dist, len(dist.batch_shape) - 1)
-    if dist.batch_shape[0] == 0:
-        raise ValueError(f"{name} has an empty batch (batch_shape {tuple(dist.batch_shape)})")
-    return dist
-
-
-def as_stepped_latent(posterior: object, name: str = "posterior") -> Distribution:
-    """Return ``posterior`` with ``batch_shape`` ``(B,)``, or ``(B, T)`` when it has steps.
-
-    A posterior over non-scalar latents with ``batch_shape (B, T)`` (e.g.
-    ``Independent(Normal(mu, sigma), 1)`` with ``mu`` of shape ``(B, T, D)``, or
-    ``Independent(OneHotCategorical(logits), 1)`` over ``(B, T, 32, 32)`` logits) has a
-    step axis ``T``: its rate is reported per step. Any other shape is `as_latent`'s
-    (elementwise ``Normal(mu, sigma)`` over ``(B, T, D)`` is one ``(T, D)`` latent).
-
-    Raises:
-        TypeError: ``posterior`` is not a ``Distribution``.
-        ValueError: ``posterior`` has no batch dimension, or an empty one.
-    """
-    dist = check_distribution(name, posterior)
-    if len(dist.batch_shape) == 2 and len(dist.event_shape) > 0:
-        if dist.batch_shape.numel() == 0:
-            raise ValueError(f"{name} has an empty batch (batch_shape {tuple(dist.batch_shape)})")
-        return dist
-    return as_latent(dist, name)
-
-
-def as_marginal(marginal: object, event_shape: torch.Size, name: str = "marginal") -> Distribution:
-    """Return ``marginal`` with ``batch_shape == ()`` and the given latent event shape.
-
-    Trailing batch dimensions that spell out ``event_shape`` are reinterpreted, so
-    ``Normal(zeros(D), ones(D))`` is accepted for ``D``-dimensional latents.
-
-    Raises:
-        TypeError: ``marginal`` is not a ``Distribution``.
-        ValueError: its shape does not match the posterior's event shape.
-    """
-    dist = check_distribution(name, marginal)
-    if dist.batch_shape + dist.event_shape != event_shape:
-        hint = (
-            "; for a prior computed per example (batch_shape (B,)) pass it as prior="
-            if len(dist.batch_shape) > len(event_shape)
-            else ""
-        )
-        raise ValueError(
-            f"{name} must describe one latent of the posterior's event_shape "
-            f"{tuple(event_shape)} (batch_shape ()), got batch_shape "
-            f"{tuple(dist.batch_shape)} and event_shape {tuple(dist.event_shape)}{hint}"
-        )
-    if len(dist.batch_shape) > 0:
-        dist = Independent(dist, len(dist.batch_shape))
-    return dist
-
-
-def as_prior(prior: object, posterior: Distribution, name: str = "prior") -> Distribution:
-    """Return a per-call prior shaped like ``posterior``: ``batch_shape`` ``()`` or the posterior's.
-
-    The posterior is `as_stepped_latent`'s (``batch_shape (B,)`` or ``(B, T)``). Trailing
-    batch dimensions of the prior that spell out the posterior's event are reinterpreted,
-    as for the posterior; nothing is broadcast.
-
-    Raises:
-        TypeError: ``prior`` is not a ``Distribution``.
-        ValueError: its batch shape is neither ``()`` nor the posterior's (a different batch
-            size or step axis), or its event shape differs.
-    """
-    dist = check_distribution(name, prior)
-    batch, event = posterior.batch_shape, posterior.event_shape
-    shape = dist.batch_shape + dist.event_shape
-    n_batch = len(batch) if shape == batch + event else 0 if shape == event else -1
-    if n_batch < 0 or len(dist.batch_shape) < n_batch:
-        steps = (
-            f"; the step axis differs: posterior T = {batch[1]}, {name} "
-            f"{'T = ' + str(dist.batch_shape[1]) if len(dist.batch_shape) > 1 else 'none'}"
-            if len(batch) == 2 and dist.batch_shape[:1] == batch[:1]
-            else ""
-        )
-        raise ValueError(
-            f"{name} must have batch_shape () or the posterior's {tuple(batch)} and the "
-            f"posterior's event_shape {tuple(event)}, got batch_shape "
-            f"{tuple(dist.batch_shape)} and event_shape {tuple(dist.event_shape)}{steps}"
-        )
-    extra = len(dist.batch_shape) - n_batch
-    return Independent(dist, extra) if extra > 0 else dist
-
-
-def sample_dims(z: Tensor, posterior: Distribution, name: str = "z") -> int:
-    """Number of leading sample dimensions of ``z`` (0 or 1), validated against the posterior."""
-    lead, event = posterior.batch_shape, posterior.event_shape
-    n = len(lead) + len(event)
-    if z.ndim in (n, n + 1) and z.shape[z.ndim - n :] == lead + event:
-        return z.ndim - n
-    axes = "B, T" if len(lead) == 2 else "B"
-    raise ValueError(
-        f"{name} must have shape ({axes}, *event) = {(*lead, *event)} or (S, {axes}, *event), "
-        f"got {tuple(z.shape)}"
-    )
-
-
 class LatentGroup(NamedTuple):
     r"""One latent group of a call, in canonical shapes.
 
@@ -174,6 +67,9 @@ class LatentGroup(NamedTuple):
         marginal: the group's marginal distribution when no prior is given (`as_marginal`'s
             shapes); ``None`` for $\mathcal N(0, I)$.
         z: the latents that fed the decoder, ``(*batch, *event)`` or ``(S, *batch, *event)``.
+        sampled: the group is computed once per sample of a sampled parent: its posterior
+            has ``batch_shape (S, B)`` (declared with ``samples=S``), and its rate per
+            example is the mean over the ``S`` samples.
     """
 
     name: str
@@ -181,12 +77,18 @@ class LatentGroup(NamedTuple):
     prior: Distribution | None
     marginal: Distribution | None
     z: Tensor | None
+    sampled: bool = False
 
     @property
     def steps(self) -> int | None:
         """``T`` for a group with a step axis, else ``None``."""
         batch = self.posterior.batch_shape
-        return batch[1] if len(batch) == 2 else None
+        return batch[1] if len(batch) == 2 and not self.sampled else None
+
+    @property
+    def batch(self) -> int:
+        """``B``, the number of examples."""
+        return self.posterior.batch_shape[1 if self.sampled else 0]
 
 
 class RateTerms(NamedTuple):
@@ -201,6 +103,11 @@ class RateTerms(NamedTuple):
         per_step: ``(B, T)`` rate per step of each group with a step axis.
         group_size: latent dimensions per example of each group (steps included).
         grouped: whether the call named its groups (else one group, ``"z"``).
+        step_mask: with a step mask (ragged sequences), ``(B, sum T)`` bool: which entries
+            of the per-step rates concatenated in group order are real steps (padded
+            steps hold rate 0 at every level); ``None`` without a mask.
+        dimension_mask: with a step mask, ``(B, D)`` bool aligned with ``per_dimension``
+            (``None`` where that is ``None``); ``None`` without a mask.
     """
 
     per_example: Tensor
@@ -210,6 +117,8 @@ class RateTerms(NamedTuple):
     per_step: dict[str, Tensor]
     group_size: dict[str, int]
     grouped: bool
+    step_mask: Tensor | None = None
+    dimension_mask: Tensor | None = None
 
     @classmethod
     def single(cls, rate: Tensor, rate_per_dimension: Tensor | None = None) -> RateTerms:
@@ -245,28 +154,6 @@ def resolve_marginal(marginal: MarginalLike | None, posterior: Distribution) -> 
     return marginal
 
 
-def _categories(dist: Distribution) -> int | None:
-    """The number of categories of an index ``Categorical`` (through ``Independent``)."""
-    while isinstance(dist, Independent):
-        dist = dist.base_dist
-    return dist.param_shape[-1] if type(dist) is Categorical else None
-
-
-def check_categories(posterior: Distribution, against: Distribution, name: str) -> None:
-    """Refuse a categorical prior or marginal over another number of categories.
-
-    Index ``Categorical`` s have event shape ``()`` whatever their number of categories,
-    so the shape checks cannot see it; torch would broadcast one category into a negative
-    rate, or fail deep inside.
-    """
-    k, k_against = _categories(posterior), _categories(against)
-    if k is not None and k_against is not None and k != k_against:
-        raise ValueError(
-            f"{name} has {k_against} categories but the posterior has {k}: they must be "
-            f"over the same support (e.g. rdloss.marginals.Categorical({k}))"
-        )
-
-
 def _check_keys(name: str, given: Mapping[object, object], groups: Mapping[str, object]) -> None:
     for key in given:
         if key not in groups:
@@ -282,6 +169,8 @@ def resolve(
     prior: Distribution | Mapping[str, Distribution | None] | None = None,
     z: Tensor | Mapping[str, Tensor] | None = None,
     marginal: MarginalLike | Mapping[str, MarginalLike] | None = None,
+    samples: int = 1,
+    batch: int | None = None,
 ) -> tuple[tuple[LatentGroup, ...], bool]:
     r"""The latent groups of a call, checked and in canonical shapes.
 
@@ -293,6 +182,9 @@ def resolve(
         z: latents that fed the decoder, one tensor or a mapping with the posterior's keys.
         marginal: one marginal (for one posterior) or a mapping from group name to marginal;
             a group with neither prior nor marginal uses $\mathcal N(0, I)$.
+        samples: ``S``, the samples per example the model drew; with ``S > 1`` a posterior
+            of ``batch_shape (S, B, ...)`` is one latent per sample (`as_sampled_latent`).
+        batch: ``B`` where the caller knows it (``x.shape[0]``), for the same reading.
 
     Returns:
         ``(groups, grouped)``: the groups in order, and whether the call named them.
@@ -309,14 +201,16 @@ def resolve(
                     f"{name} is a mapping of groups but the posterior is one "
                     f"{type(posterior).__name__}: pass posterior as a mapping with the same keys"
                 )
-        q = as_stepped_latent(posterior)
+        sampled = as_sampled_latent(posterior, samples, batch)
+        q = as_stepped_latent(posterior) if sampled is None else sampled
         if z is not None:
             sample_dims(check_tensor("z", z), q)
         p = None if prior is None else as_prior(prior, q)
         m = None if p is not None else _marginal(marginal, q, "marginal")  # type: ignore[arg-type]
         if p is not None:
             check_categories(q, p, "prior")
-        return (LatentGroup(UNGROUPED, q, p, m, z),), False  # type: ignore[arg-type]
+        group = LatentGroup(UNGROUPED, q, p, m, z, sampled is not None)  # type: ignore[arg-type]
+        return (group,), False
 
     if len(posterior) == 0:
         raise ValueError("posterior is an empty mapping; give at least one latent group")
@@ -331,18 +225,29 @@ def resolve(
     priors: Mapping[str, Distribution | None] = prior if isinstance(prior, Mapping) else {}
     latents: Mapping[str, Tensor] = z if isinstance(z, Mapping) else {}
     marginals: Mapping[str, MarginalLike] = marginal if isinstance(marginal, Mapping) else {}
-    batch: int | None = None
+    if batch is None and samples > 1:  # B from a group that can only be (B, ...)
+        lead = [q.batch_shape for q in posterior.values() if isinstance(q, Distribution)]
+        batch = next((b[0] for b in lead if len(b) == 1 or b[0] != samples), None)
+    first: int | None = None
     groups = []
     for key, value in posterior.items():
         if not isinstance(key, str):
             raise TypeError(f"posterior group names must be str, got {type(key).__name__}")
-        q = as_stepped_latent(value, f"posterior[{key!r}]")
-        if batch is not None and q.batch_shape[0] != batch:
-            raise ValueError(
-                f"posterior[{key!r}] has batch size {q.batch_shape[0]}, the first group "
-                f"{batch}: every group must cover the same examples"
+        sampled = as_sampled_latent(value, samples, batch, f"posterior[{key!r}]")
+        q = as_stepped_latent(value, f"posterior[{key!r}]") if sampled is None else sampled
+        size = q.batch_shape[1 if sampled is not None else 0]
+        if first is not None and size != first:
+            shape = q.batch_shape
+            hint = (
+                f"; if its first axis holds samples, pass samples={shape[0]}"
+                if len(shape) == 2 and shape[1] == first
+                else ""
             )
-        batch = q.batch_shape[0]
+            raise ValueError(
+                f"posterior[{key!r}] has batch size {size}, the first group "
+                f"{first}: every group must cover the same examples{hint}"
+            )
+        first = size
         given = priors.get(key)
         p = None if given is None else as_prior(given, q, f"prior[{key!r}]")
         if p is not None:
@@ -351,7 +256,7 @@ def resolve(
         zk = latents.get(key)
         if zk is not None:
             sample_dims(check_tensor(f"z[{key!r}]", zk), q, f"z[{key!r}]")
-        groups.append(LatentGroup(key, q, p, m, zk))
+        groups.append(LatentGroup(key, q, p, m, zk, sampled is not None))
     return tuple(groups), True
 
 

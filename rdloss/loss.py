@@ -10,22 +10,13 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from typing_extensions import override
 
-from rdloss._checks import (
-    ValueCheck,
-    check_fraction,
-    check_outputs,
-    check_tensor,
-    check_weight,
-    finite_check,
-    finite_number,
-    run_checks,
-    should_validate,
-)
+from rdloss._call import call_style, declared_samples, decoder_draws, value_checks
+from rdloss._checks import check_fraction, check_tensor, run_checks, should_validate
 from rdloss._means import batch_mean
-from rdloss.distortion import Decoder, decode, given, likelihood_checks
-from rdloss.families import standard_normal, value_checks
+from rdloss._steps import check_mask, masked_terms
+from rdloss.distortion import Decoder, decode, given
+from rdloss.families import standard_normal
 from rdloss.latents import (
-    LatentGroup,
     MarginalLike,
     RateTerms,
     as_stepped_latent,
@@ -35,7 +26,7 @@ from rdloss.latents import (
 )
 from rdloss.objectives import Beta, Objective
 from rdloss.output import RDOutput
-from rdloss.rate import RateEstimator, enumerate_posterior, enumerated, rate_terms
+from rdloss.rate import RateEstimator, enumerated, rate_terms
 from rdloss.schedules import check_config_state, config_state
 
 __all__ = ["RDOutput", "RateDistortionLoss"]
@@ -179,7 +170,7 @@ class RateDistortionLoss(nn.Module):
 
     def forward(
         self,
-        x: Tensor,
+        x: Tensor | None = None,
         *,
         posterior: Posterior,
         prior: Distribution | Mapping[str, Distribution | None] | None = None,
@@ -188,24 +179,38 @@ class RateDistortionLoss(nn.Module):
         decoder: Decoder | None = None,
         samples: int | Literal["enumerate"] = 1,
         weight: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> RDOutput:
-        """Compute rate, distortion and the objective's loss.
+        """Compute rate, distortion and the objective's loss (or the rate alone).
 
-        Two call styles: pass the ``likelihood`` you already computed (and the ``z`` that
-        fed it, needed when the rate is estimated by Monte Carlo), or pass a ``decoder`` and
-        the loss draws ``samples`` reparameterised latents. ``samples="enumerate"`` with a
+        Three call styles: pass the ``likelihood`` you already computed (and the ``z`` that
+        fed it, needed when the rate is estimated by Monte Carlo); pass a ``decoder`` and
+        the loss draws ``samples`` reparameterised latents (``samples="enumerate"`` with a
         ``Categorical``/``OneHotCategorical`` posterior computes D as the exact expectation
-        over the support and R exactly.
+        over the support and R exactly); or pass neither, and no ``x``, for **the rate
+        alone**: a world model whose prediction heads (decoder, reward, continue) are the
+        user's own, each with its own scale, takes its KL term from
+        ``loss_fn(posterior=q, prior=p).loss`` and adds the heads' losses. The rate alone
+        is the same call with a distortion of 0: the same groups, priors, steps, mask,
+        balancing, objective (and its schedules, controllers, state and ``sync_dist``) and
+        `RDOutput`, whose ``distortion`` and ``distortion_per_example`` are zeros and whose
+        ``elbo`` is ``-rate`` (the rate's share of it). One call with one output keeps every
+        rate feature in one place; a separate method would need its own copy of each.
+        Objectives that read the distortion (`TargetDistortion`, `GECO`) are refused.
 
         Structured latents (see the "Hierarchical, conditional and sequential models" page):
         ``prior`` is the prior your model computed for this batch (a conditional VAE's
         ``p(z|y)``; it replaces the marginal); ``posterior``, ``prior`` and ``z`` may be
         mappings from group name to the group's object (a hierarchical VAE), and a
         posterior of ``batch_shape (B, T)`` over non-scalar latents has a step axis (a
-        sequence model). The rate per example sums over groups and steps.
+        sequence model). The rate per example sums over groups and steps. ``mask`` marks
+        the real steps of padded sequences: a padded step's rate is 0 at every level
+        (per step, per dimension, per group, total) and no free-bits unit, and a
+        ``likelihood`` with the step axis in its batch leaves them out of the distortion.
 
         Args:
-            x: ``(B, ...)`` data.
+            x: ``(B, ...)`` data; ``None`` (with neither ``likelihood`` nor ``decoder``) for
+                the rate alone.
             posterior: ``e(z|x)``, ``batch_shape (B,)`` (further batch dims become latent
                 dims) or ``(B, T)`` with steps; or a mapping from group name to those.
             prior: ``p(z|...)`` per call, ``batch_shape ()`` or the posterior's; for groups a
@@ -217,8 +222,22 @@ class RateDistortionLoss(nn.Module):
             decoder: callable mapping ``(N, *event)`` latents (a dict of them for groups) to a
                 likelihood over ``(N, *x.shape[1:])``; the loss calls it once on
                 ``N = samples * B`` rows.
-            samples: latents per example with ``decoder``, or ``"enumerate"``.
+            samples: latents per example with ``decoder``, or ``"enumerate"``. With
+                ``likelihood=`` or the rate alone, the ``S`` samples per example your model
+                drew, declared when a group is computed once per sample of a sampled parent
+                (a hierarchical VAE's ``q(z1 | x, z2)`` and ``p(z1 | z2)`` for ``S`` draws of
+                ``z2``): such a group's posterior has ``batch_shape (S, B, ...)``, its rate
+                per example is the mean over the samples, and the likelihood covers
+                ``(S, *x.shape)``. Undeclared, ``(S, B)`` would read as ``(B, T)`` steps: the
+                loss refuses the reading it cannot tell apart (``S == B == T``).
             weight: ``(B,)`` non-negative per-example weights, normalised over the batch.
+            mask: ``(B, T)`` bool, ``True`` at real steps and ``False`` at padding, for
+                every group with a step axis (groups without steps are not masked). With
+                ``likelihood=`` the padded steps are left out of the distortion too (its
+                ``batch_shape`` must keep the step axis, ``(B, T, ...)``); for the rate
+                alone mask your own distortion with the same tensor; ``decoder=`` is
+                refused. Padded steps must still hold finite parameters and valid data
+                (the value check screens them).
 
         Returns:
             `RDOutput`.
@@ -228,15 +247,31 @@ class RateDistortionLoss(nn.Module):
             ValueError: shapes disagree, values are NaN/inf, or arguments conflict.
         """
         # 1. Resolve: every type, shape and argument error of the call is raised here.
-        check_tensor("x", x, min_ndim=1)
-        groups, grouped = resolve(posterior, prior=prior, z=z, marginal=self._marginals())
-        batch = x.shape[0]
+        style = call_style(x, likelihood, decoder, self.objective)
+        if x is not None:
+            check_tensor("x", x, min_ndim=1)
+        per_sample = declared_samples(style, samples)
+        groups, grouped = resolve(
+            posterior,
+            prior=prior,
+            z=z,
+            marginal=self._marginals(),
+            samples=per_sample,
+            batch=None if x is None else x.shape[0],
+        )
+        batch = groups[0].batch if x is None else x.shape[0]
         for g in groups:
-            if g.posterior.batch_shape[0] != batch:
+            if x is not None and g.batch != batch:
                 where = f"posterior[{g.name!r}]" if grouped else "posterior"
+                shape = g.posterior.batch_shape
+                hint = (
+                    f"; if its first axis holds samples, pass samples={shape[0]}"
+                    if len(shape) == 2 and shape[1] == batch
+                    else ""
+                )
                 raise ValueError(
-                    f"{where} batch size {g.posterior.batch_shape[0]} does not match x's batch "
-                    f"size {batch} (x.shape {tuple(x.shape)})"
+                    f"{where} batch size {g.batch} does not match x's batch "
+                    f"size {batch} (x.shape {tuple(x.shape)}){hint}"
                 )
         if weight is not None:
             check_tensor("weight", weight)
@@ -244,42 +279,30 @@ class RateDistortionLoss(nn.Module):
                 raise ValueError(
                     f"weight must have shape (B,) = ({batch},), got {tuple(weight.shape)}"
                 )
-        if (likelihood is None) == (decoder is None):
-            raise ValueError("pass exactly one of likelihood= or decoder=")
+        if mask is not None:
+            mask = check_mask(mask, groups, grouped)
+            if style == "decoder":
+                raise ValueError(
+                    "mask= with decoder= is not supported: pass likelihood= (its padded steps "
+                    "are left out of the distortion) or call the rate alone"
+                )
         support = None
-        if decoder is not None:
+        if style == "decoder":
             if z is not None:
                 raise ValueError("z is drawn by the loss when decoder= is given; do not pass z")
-            if not callable(decoder):
-                raise TypeError(f"decoder must be callable, got {type(decoder).__name__}")
-            if samples == "enumerate":
-                support = self._enumerable(groups, grouped)
-            elif isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-                raise ValueError(f"samples must be an int >= 1 or 'enumerate', got {samples!r}")
-            else:
-                for g in groups:
-                    if not g.posterior.has_rsample:
-                        raise ValueError(
-                            f"{type(g.posterior).__name__} has no rsample; use "
-                            "samples='enumerate' for discrete latents or pass likelihood= "
-                            "with your own (relaxed) samples"
-                        )
-        elif samples != 1:
-            raise ValueError(
-                f"samples={samples!r} needs decoder=; with likelihood= the samples are "
-                "whatever produced it"
-            )
+            support = decoder_draws(decoder, samples, groups, grouped)
 
         # 2. Draw or decode, 3. rate and distortion.
-        if decoder is not None:
+        if style == "decoder":
+            assert x is not None and decoder is not None  # narrowed by call_style
             distortion, likelihood, groups = decode(x, groups, grouped, decoder, samples, support)
-        else:
-            assert likelihood is not None  # narrowed by the exactly-one check above
-            distortion = given(x, likelihood, groups, grouped)
+        elif style == "likelihood":
+            assert x is not None and likelihood is not None  # narrowed by call_style
+            distortion = given(x, likelihood, groups, grouped, per_sample, mask)
         if support is not None:
             (group,) = groups
             against = group.prior if group.prior is not None else group.marginal
-            assert against is not None  # _enumerable refused N(0, I)
+            assert against is not None  # enumerable refused N(0, I)
             rate = enumerated(group.posterior, against, self.kl_balance)
             terms = RateTerms.single(rate.per_example, rate.per_dimension)
             estimator: str = rate.estimator
@@ -287,17 +310,22 @@ class RateDistortionLoss(nn.Module):
             terms, estimator = rate_terms(
                 groups, grouped=grouped, estimator=self.rate_estimator, balance=self.kl_balance
             )
+        if mask is not None:
+            terms = masked_terms(terms, mask)
+        if style == "rate":  # the rate alone: no distortion term
+            distortion = torch.zeros_like(terms.per_example)
         mean_rate = batch_mean(terms.per_example, weight)
         mean_distortion = batch_mean(distortion, weight)
         elbo = -(mean_distortion + mean_rate)
 
         # 4. One value check: everything the call saw, one host synchronisation.
-        if should_validate(self.validate_args) and x.device.type != "meta":
+        device = terms.per_example.device if x is None else x.device
+        if should_validate(self.validate_args) and device.type != "meta":
             # The objective's own checks first: it asks whether it is training (with grad).
             own = self.objective.value_checks(terms.per_example)
             with torch.no_grad():  # screens of values, never part of the graph
                 run_checks(
-                    self._value_checks(
+                    value_checks(
                         x,
                         likelihood,
                         groups,
@@ -332,59 +360,8 @@ class RateDistortionLoss(nn.Module):
             rate_per_step=terms.per_step or None,
             rate_per_group_dimension=terms.per_group_dimension if grouped else None,
             weight=weight,
+            mask=mask,
         )
-
-    @staticmethod
-    def _enumerable(groups: tuple[LatentGroup, ...], grouped: bool) -> tuple[Tensor, Tensor]:
-        """The support of the call's one discrete latent, or the reason it has none."""
-        if grouped or groups[0].steps is not None:
-            raise ValueError(
-                "samples='enumerate' takes one discrete latent without steps; draw "
-                "samples (samples=S) or pass likelihood= for grouped or sequence latents"
-            )
-        (group,) = groups
-        support = enumerate_posterior(group.posterior)
-        if group.prior is None and group.marginal is None:
-            raise ValueError(
-                "samples='enumerate' needs a discrete marginal such as "
-                "rdloss.marginals.Categorical(K) or a prior; the default N(0, I) is "
-                "continuous"
-            )
-        return support
-
-    @staticmethod
-    def _value_checks(
-        x: Tensor,
-        likelihood: Distribution,
-        groups: tuple[LatentGroup, ...],
-        weight: Tensor | None,
-        rate: Tensor,
-        distortion: Tensor,
-        elbo: Tensor,
-        own: list[ValueCheck],
-    ) -> list[ValueCheck]:
-        """Every value check of a call, in the order their errors are reported."""
-        checks: list[ValueCheck] = []
-        if weight is not None:
-            total = weight.sum()
-            checks.append(
-                ValueCheck(
-                    finite_number(total) & (total > 0) & (weight.amin() >= 0),
-                    lambda: check_weight(weight),
-                )
-            )
-        for g in groups:
-            checks += value_checks(g.posterior)
-            if g.prior is not None:
-                checks += value_checks(g.prior)
-        data = likelihood_checks(x, likelihood)
-        checks += data
-        if not data and x.is_floating_point():  # a support check of x covers NaN/inf too
-            checks.append(finite_check("x", x))
-        checks += own  # the objective's (`Objective.value_checks`)
-        # The ELBO is finite exactly when both means are: no extra pass over R and D.
-        checks.append(ValueCheck(finite_number(elbo), lambda: check_outputs(rate, distortion)))
-        return checks
 
     @override
     def get_extra_state(self) -> Tensor:

@@ -301,6 +301,20 @@ def group_rate(
     return balanced(lambda q, p, zz: _plain(q, p, zz, estimator), posterior, against, z, balance)
 
 
+def _per_sample_mean(rate: Rate) -> Rate:
+    """The rate of a per-sample group (``batch_shape (S, B)``): its mean over the samples.
+
+    `_reduce` read ``(S, B)`` as a lead of two axes: ``per_step`` is the ``(S, B)`` rate and
+    ``per_dimension`` is ``(S, B * D)``.
+    """
+    per_sample = rate.per_step
+    assert per_sample is not None  # a lead of two axes always has it
+    samples, batch = per_sample.shape
+    dims = rate.per_dimension
+    per_dimension = None if dims is None else dims.reshape(samples, batch, -1).mean(0)
+    return Rate(per_sample.mean(0), per_dimension, rate.estimator)
+
+
 def rate_terms(
     groups: tuple[LatentGroup, ...],
     *,
@@ -333,7 +347,8 @@ def rate_terms(
     for g in groups:
         try:
             against = g.prior if g.prior is not None else g.marginal
-            rates[g.name] = group_rate(g.posterior, against, g.z, estimator, balance)
+            rate = group_rate(g.posterior, against, g.z, estimator, balance)
+            rates[g.name] = _per_sample_mean(rate) if g.sampled else rate
         except (ValueError, TypeError, NotImplementedError) as error:
             if not grouped:
                 raise
@@ -348,10 +363,7 @@ def rate_terms(
         total = torch.stack(list(per_group.values())).sum(0)
         ready = [d for d in dims if d is not None]
         per_dimension = torch.cat(ready, dim=1) if len(ready) == len(dims) else None
-    sizes = {
-        g.name: g.posterior.batch_shape[1:].numel() * g.posterior.event_shape.numel()
-        for g in groups
-    }
+    sizes = {g.name: (g.steps or 1) * g.posterior.event_shape.numel() for g in groups}
     steps = {k: r.per_step for k, r in rates.items() if r.per_step is not None}
     terms = RateTerms(total, per_dimension, per_group, per_group_dimension, steps, sizes, grouped)
     used = "+".join(dict.fromkeys(r.estimator for r in rates.values()))

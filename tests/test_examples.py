@@ -183,3 +183,12 @@ def test_scripts_run_as_commands() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "cosine of the two gradients" in done.stdout
+
+
+def test_dreamerv3_world_model_kl_term_is_dreamers_and_the_heads_train() -> None:
+    result = _script("dreamerv3_world_model")["main"](["--quick", "--steps", "8"])
+    assert result.max_rel_diff <= 1e-10  # the script's own float64 check against DreamerV3
+    assert set(result.last_terms) == {"kl", "rec", "rew", "con"}
+    assert all(math.isfinite(v) and v >= 0 for v in result.last_terms.values())
+    # The world-model loss is the KL term plus the three scaled heads, nothing else.
+    assert result.last_loss == pytest.approx(sum(result.last_terms.values()), rel=1e-6)

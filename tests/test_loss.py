@@ -509,7 +509,7 @@ BAD_INPUTS: dict[str, Entry] = {
     "samples with a likelihood": (
         lambda: _loss()(_x(), posterior=_q(), likelihood=_p(), samples=2),
         ValueError,
-        r"samples=2 needs decoder=",
+        r"samples=2 declares 2 samples per example your model drew, but the likelihood covers",
     ),
     "enumerate a continuous posterior": (
         lambda: _loss()(_x(), posterior=_q(), decoder=lambda z: _p(), samples="enumerate"),

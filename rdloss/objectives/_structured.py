@@ -177,10 +177,21 @@ class FreeBits(Objective):
             hyper = {"free_bits": lam, "clamped_rate": each.sum().detach()}
             return ObjectiveOutput(loss, hyper | {f"beta/{g}": b for g, b in betas.items()})
         beta = self.hyperparameter(self.beta, units)
+        # With a step mask (ragged sequences) padded steps are no units at all.
+        mask = {"step": terms.step_mask, "dimension": terms.dimension_mask}.get(self.per)
         if self.reduction == "batch":
+            if mask is not None:
+                raise ValueError(
+                    f"FreeBits(per={self.per!r}, reduction='batch') clamps each unit's batch "
+                    "mean, which padded steps leave undefined; with mask= use "
+                    "reduction='example' (DreamerV3's clamp of each step)"
+                )
             clamped = torch.maximum(self.mean(units, weight), lam).sum()
         else:
-            clamped = self.mean(torch.maximum(units, lam).sum(1), weight)
+            floor = torch.maximum(units, lam)
+            if mask is not None:
+                floor = torch.where(mask, floor, 0.0)
+            clamped = self.mean(floor.sum(1), weight)
         loss = self.mean(distortion, weight) + beta * clamped
         return ObjectiveOutput(
             loss, {"free_bits": lam, "clamped_rate": clamped.detach(), "beta": beta}

@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / f"rank{rank}.json").write_text(json.dumps(result))
     if distributed:
+        # Rank 0 evaluates once more on its own: wait for it, so that no rank tears the
+        # group down while another still uses it (gloo then aborts the process).
+        dist.barrier()
         dist.destroy_process_group()
     return result
 

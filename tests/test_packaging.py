@@ -143,7 +143,7 @@ def test_declared_python_versions_are_the_ones_ci_tests() -> None:
     The matrix runs the oldest and the newest (3.11, CI's own interpreter, is in between);
     the classifiers must be every minor version from the floor to the newest, no more.
     """
-    pyproject = (ROOT / "pyproject.toml").read_text()
+    pyproject = _pyproject()
     floor = re.search(r'^requires-python = ">=3\.(\d+)"$', pyproject, re.MULTILINE)
     assert floor, "requires-python is not of the form >=3.N"
     classifiers = sorted(
@@ -162,3 +162,37 @@ def test_declared_python_versions_are_the_ones_ci_tests() -> None:
 
 def _ci() -> str:
     return (ROOT / ".ci" / "run").read_text()
+
+
+def _extras() -> dict[str, set[str]]:
+    """pyproject's optional dependencies: extra -> the distribution names it installs."""
+    block = re.search(
+        r"^\[project\.optional-dependencies\]\n(.*?)^\[", _pyproject(), re.DOTALL | re.MULTILINE
+    )
+    assert block
+    return {
+        name: {re.split(r"[<>=\[;]", req)[0] for req in re.findall(r'"([^"]+)"', reqs)}
+        for name, reqs in re.findall(r"^(\w+) = \[(.*?)\]$", block[1], re.MULTILINE)
+    }
+
+
+def _pyproject() -> str:
+    return (ROOT / "pyproject.toml").read_text()
+
+
+def test_the_commands_extra_installs_what_the_commands_import() -> None:
+    from rdloss.demo import mnist_report
+
+    extras = _extras()
+    # matplotlib for every command's figures, zuko for rdloss mnist's MAF models; tqdm is a
+    # core dependency.
+    assert extras["demo"] == {"matplotlib", "zuko"}
+    assert extras["demo"] == extras["plot"] | extras["flows"]
+    assert mnist_report.INSTALL_HINT == 'pip install "rdloss[demo]"'
+    # Every extra named anywhere in the package exists.
+    named = {
+        extra
+        for path in Path(rdloss.__file__).parent.rglob("*.py")
+        for extra in re.findall(r"rdloss\[(\w+)\]", path.read_text())
+    }
+    assert named and named <= set(extras), named - set(extras)

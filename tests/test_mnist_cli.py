@@ -16,6 +16,7 @@ import torch
 from rdloss.cli import main
 from rdloss.demo import mnist_report
 from rdloss.demo.mnist import MNISTSpec, default_specs
+from rdloss.demo.results import format_findings
 
 FAMILIES = [
     ("deconv", "normal", "beta", 1.0),
@@ -186,3 +187,80 @@ def test_a_run_keeps_a_longer_runs_results(
     assert err.startswith("rdloss: error: kept the results of a run with other --iwae-samples")
     assert "--quick" in err and "--overwrite" in err and err.count("\n") == 1
     assert [p.name for p in full.iterdir()] == ["mnist_results.json"]
+
+
+def test_without_zuko_the_maf_models_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rdloss.demo.mnist_cli import runnable
+
+    specs = default_specs(target_rate=10.0, betas=(0.1, 0.3, 1.0, 3.0))
+    assert runnable(specs) == (specs, [])  # zuko is installed with the test extra
+    monkeypatch.setitem(sys.modules, "zuko", None)  # as if it were not installed
+    ok, skipped = runnable(specs)
+    assert [tuple(s) for s in ok] == [f for f in FAMILIES if f[1] != "maf"]
+    assert skipped == [
+        mnist_report.Skipped("--+ β=1", "zuko"),
+        mnist_report.Skipped("-++ β=1", "zuko"),
+    ]
+
+
+def test_findings_say_which_models_did_not_run() -> None:
+    pairs = [
+        _row("deconv", "normal", "beta", 1.0, 20.0, 100.0),
+        _row("pixelcnn", "normal", "beta", 1.0, 1.0, 110.0),
+        _row("deconv", "vamp", "beta", 1.0, 22.0, 98.0),
+        _row("pixelcnn", "vamp", "beta", 1.0, 2.0, 108.0),
+    ]
+    skipped = [mnist_report.Skipped("--+ β=1", "zuko"), mnist_report.Skipped("-++ β=1", "zuko")]
+    found = mnist_report.findings(pairs, skipped=skipped)
+    assert [f.claim for f in found] == [
+        "every model of the grid ran",
+        "1. β = 1, N(0, I): the PixelCNN's rate collapses (< 25% of the deconv's, which keeps "
+        ">= 10 nats)",
+        "1. β = 1, every marginal: PixelCNN R < 25% of the deconv's",
+    ]
+    # Both present marginals collapse, but "every marginal" is not shown with one missing.
+    assert [f.holds for f in found] == [False, True, None]
+    assert found[0].detail == "2 of 6 not run (--+ β=1, -++ β=1): zuko missing"
+    assert found[2].detail.startswith("2/3: ") and found[2].detail.endswith("; not run: maf")
+    text = format_findings(found)
+    assert text.splitlines()[1].startswith('      why: pip install "rdloss[demo]" installs')
+    assert "[n/a] 1. β = 1, every marginal" in text
+    # A present marginal that breaks the claim still makes it [NO].
+    pairs[3] = _row("pixelcnn", "vamp", "beta", 1.0, 6.0, 104.0)
+    assert [f.holds for f in mnist_report.findings(pairs, skipped=skipped)] == [False, True, False]
+    # All three marginals present and nothing skipped: no "grid" finding, and the claim holds.
+    full = [
+        *pairs[:3],
+        _row("pixelcnn", "vamp", "beta", 1.0, 2.0, 108.0),
+        _row("deconv", "maf", "beta", 1.0, 21.0, 99.0),
+        _row("pixelcnn", "maf", "beta", 1.0, 0.5, 111.0),
+    ]
+    found = mnist_report.findings(full)
+    assert [f.holds for f in found] == [True, True]
+    assert found[1].detail.startswith("3/3: ") and "not run" not in found[1].detail
+    with pytest.raises(TypeError, match="skipped: expected Skipped entries, got tuple"):
+        mnist_report.findings(full, skipped=[("--+ β=1", "zuko")])  # type: ignore[list-item]
+
+
+def test_a_run_without_zuko_says_so_in_its_findings_and_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rdloss.demo import mnist
+
+    # Two models of the grid, the second needing zuko, on 8 random IDX images: seconds.
+    grid = [MNISTSpec("deconv", "normal", "beta", 1.0), MNISTSpec("deconv", "maf", "beta", 1.0)]
+    monkeypatch.setattr(mnist, "default_specs", lambda **_: grid)
+    monkeypatch.setitem(sys.modules, "zuko", None)
+    _idx_folder(tmp_path / "tv", 8, 4)
+    out = tmp_path / "run"
+    args = ["mnist", "--data", str(tmp_path / "tv"), "--epochs", "1", "--iwae-samples", "2"]
+    assert main([*args, "--latent-dim", "2", "--no-progress", "--no-plot", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith('(skipped --+ β=1: zuko missing; pip install "rdloss[demo]")\n')
+    assert "[NO]  every model of the grid ran: 1 of 2 not run (--+ β=1): zuko missing" in printed
+    assert 'why: pip install "rdloss[demo]" installs what they need' in printed
+    report = json.loads((out / "mnist_results.json").read_text())
+    assert report["skipped"] == [{"model": "--+ β=1", "package": "zuko"}]
+    assert report["findings"][0]["claim"] == "every model of the grid ran"
+    assert report["findings"][0]["holds"] is False
+    assert [r["marginal"] for r in report["rows"]] == ["normal"]

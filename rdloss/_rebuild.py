@@ -46,9 +46,12 @@ def parameters(dist: Distribution) -> list[Tensor] | None:
         return None
     if isinstance(dist, Independent):
         return parameters(dist.base_dist)
+    if isinstance(dist, Gaussian) and dist.logvar is not None:
+        # A derived scale is a function of logvar: reading it would compute it.
+        scale = [] if dist.derived_scale else [dist.scale]
+        return [dist.loc, *scale, dist.logvar]
     if isinstance(dist, (Normal, Laplace)):
-        extra = [dist.logvar] if isinstance(dist, Gaussian) and dist.logvar is not None else []
-        return [dist.loc, dist.scale, *extra]
+        return [dist.loc, dist.scale]
     if isinstance(dist, (Bernoulli, Categorical, OneHotCategorical)):
         return [dist.probs if _built_from_probs(dist) else dist.logits]
     if isinstance(dist, MultivariateNormal):

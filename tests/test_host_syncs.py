@@ -110,3 +110,23 @@ def test_unchecked_call_does_no_more_work_than_torch_distributions() -> None:
     reference = count(lambda: theirs(x, mu, logvar, logits))
     assert mine.n_ops <= reference.n_ops, (mine.ops, reference.ops)
     assert mine.ops["sigmoid"] == 0, mine.ops
+
+
+def test_rate_between_log_scale_gaussians_takes_one_exp() -> None:
+    # VDVAE's layer KL between two helpers.normal(mu, log_scale=...) sides: the closed form
+    # reads both log-variances and the prior's scale once (one exp); nothing else (a dtype
+    # check, say) may compute a derived scale again.
+    from rdloss import functional, helpers
+
+    torch.manual_seed(0)
+    mu, log_scale, prior_mu, prior_log_scale = torch.randn(4, 8, 16, 4, 4).unbind(0)
+
+    def rate() -> object:
+        q = helpers.normal(mu, log_scale=log_scale, event_dims=3)
+        p = helpers.normal(prior_mu, log_scale=prior_log_scale, event_dims=3)
+        return functional.rate(q, prior=p).per_example
+
+    rate()
+    counts = count(rate)
+    assert counts.ops["exp"] == 1, counts.ops
+    assert counts.n_syncs == 0

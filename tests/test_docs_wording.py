@@ -23,8 +23,6 @@ DEV_LOG = re.compile(
     r"|this session|in this PR",
     re.IGNORECASE,
 )
-# Pages other work is still rewording (a non-strict xfail: passes once they are clean).
-PENDING = {"benchmarks.md"}
 
 
 def _name(page: Path) -> str:
@@ -33,12 +31,7 @@ def _name(page: Path) -> str:
 
 @pytest.mark.parametrize(
     "page",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=False, reason="being reworded"))
-        if p.name in PENDING
-        else p
-        for p in PAGES
-    ],
+    PAGES,
     ids=_name,
 )
 def test_user_pages_have_no_development_log_wording(page: Path) -> None:

@@ -53,7 +53,7 @@ def parameters(dist: Distribution) -> list[Tensor] | None:
     if isinstance(dist, (Normal, Laplace)):
         return [dist.loc, dist.scale]
     if isinstance(dist, (Bernoulli, Categorical, OneHotCategorical)):
-        return [dist.probs if _built_from_probs(dist) else dist.logits]
+        return [dist.logits]
     if isinstance(dist, MultivariateNormal):
         return [dist.loc, dist.scale_tril]
     if isinstance(dist, MixtureSameFamily):
@@ -89,9 +89,8 @@ def rebuild(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution 
     ``Categorical``, ``OneHotCategorical`` and its straight-through variant,
     ``MixtureSameFamily``, `DiagonalGaussianMixture`, ``Independent`` over those); ``None``
     for any other (a subclass included), whose parameters (e.g. a flow's transforms) rdloss
-    cannot reach. Categoricals and Bernoullis are rebuilt from the parameter they were given
-    (``probs`` or ``logits``), which they normalise again (to the last bit or so); the rdloss
-    subclasses come back without their value checks.
+    cannot reach. Categoricals and Bernoullis come back holding both their ``logits`` and
+    ``probs`` as given; the rdloss subclasses come back without their value checks.
     """
     if type(dist) not in _REBUILT:
         return None
@@ -110,15 +109,19 @@ def rebuild(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution 
         return Normal(fn(dist.loc), fn(dist.scale), validate_args=False)
     if isinstance(dist, Laplace):
         return Laplace(fn(dist.loc), fn(dist.scale), validate_args=False)
-    if isinstance(dist, Bernoulli):
-        if _built_from_probs(dist):
-            return Bernoulli(probs=fn(dist.probs), validate_args=False)
-        return Bernoulli(logits=fn(dist.logits), validate_args=False)
-    if isinstance(dist, (Categorical, OneHotCategorical)):
-        if _built_from_probs(dist):
-            categorical = Categorical(probs=fn(dist.probs), validate_args=False)
-        else:
-            categorical = Categorical(logits=fn(dist.logits), validate_args=False)
+    if isinstance(dist, (Bernoulli, Categorical, OneHotCategorical)):
+        # Both parameters as the original holds them, as torch's own ``expand`` sets them.
+        # Rebuilt from one, it would not be the same distribution: logits computed from
+        # probs are clamped (a probability of exactly 0 becomes about e^-16, an infinite KL
+        # a finite one), and the constructor normalises logits again (a few ulps, more in
+        # half precision).
+        logits, probs = fn(dist.logits), fn(dist.probs)
+        if isinstance(dist, Bernoulli):
+            bernoulli = Bernoulli(logits=logits, validate_args=False)
+            bernoulli.logits, bernoulli.probs = logits, probs
+            return bernoulli
+        categorical = Categorical(logits=logits, validate_args=False)
+        categorical.logits, categorical.probs = logits, probs
         return categorical if isinstance(dist, Categorical) else one_hot(categorical, type(dist))
     if isinstance(dist, MixtureSameFamily):
         mixture = rebuild(dist.mixture_distribution, fn)
@@ -130,19 +133,6 @@ def rebuild(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution 
     return DiagonalGaussianMixture(
         fn(dist.logits), fn(dist.loc), fn(dist.scale), validate_args=False
     )
-
-
-def _built_from_probs(dist: Distribution) -> bool:
-    """Whether a Bernoulli or categorical was given ``probs`` (torch keeps it as ``_param``).
-
-    Such a one is rebuilt from its probabilities: its ``logits`` are clamped (an exact zero
-    probability becomes log(eps), about -16 in float32), so a rebuild from them would turn an
-    impossible outcome into a possible one and an infinite KL into a finite one.
-    """
-    # Compared with ``logits``, not ``probs``: a logits-built one (the helpers' case) then
-    # computes nothing here, a probs-built one computes the logits its KL reads anyway.
-    param = getattr(dist, "_param", None)
-    return param is not None and param is not getattr(dist, "logits", None)
 
 
 def stop_gradient(dist: Distribution) -> Distribution:

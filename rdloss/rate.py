@@ -118,9 +118,14 @@ def _reduce(values: Tensor, lead: torch.Size, estimator: UsedEstimator, per_dim:
 
 def _categorical_kl(p: Categorical | OneHotCategorical, q: Distribution) -> Tensor:
     """KL of two categoricals over the last axis (torch.distributions' expression)."""
-    t = p.probs * (p.logits - q.logits)  # type: ignore[attr-defined]
+    empty = p.probs == 0
+    # The log-ratio is zeroed where p has no mass before the product: a logit of -inf (a
+    # masked category) would make 0 * -inf, NaN in the backward even where the value is
+    # masked afterwards.
+    log_ratio = torch.where(empty, 0.0, p.logits - q.logits)  # type: ignore[attr-defined]
+    t = p.probs * log_ratio
     t = torch.where(q.probs == 0, math.inf, t)  # type: ignore[attr-defined]
-    return torch.where(p.probs == 0, 0.0, t).sum(-1)
+    return torch.where(empty, 0.0, t).sum(-1)
 
 
 # Families with no closed-form KL to anything: asked of kl_divergence, they would only

@@ -11,6 +11,7 @@ balancing of every rebuildable family, host synchronisations, ``torch.compile``,
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ from torch.testing import assert_close
 
 from rdloss import RateDistortionLoss, helpers, marginals
 from rdloss.objectives import Beta
+
+F64 = torch.float64
 
 RTOL, ATOL = 1e-10, 1e-12
 N_FUZZ = 240
@@ -967,6 +970,70 @@ def test_kl_balancing_keeps_an_infinite_kl_infinite() -> None:
 
     assert torch.equal(rate(None), torch.full((B,), float("inf")))
     assert torch.equal(rate(0.5), rate(None))
+
+
+def test_kl_balancing_keeps_an_infinite_kl_infinite_after_expand() -> None:
+    # torch's expand keeps logits as the parameter once they were read: the stop-gradient
+    # copy must still hold the exact zero of the probabilities.
+    prior = torch.distributions.Categorical(probs=torch.tensor([0.5, 0.5, 0.0, 0.0]))
+    prior.logits  # noqa: B018 (read, as a KL or a log_prob would)
+    prior = prior.expand((B,))
+    post = torch.distributions.Categorical(probs=torch.tensor([0.25] * 4).expand(B, 4))
+    loss_fn = RateDistortionLoss(kl_balance=0.5, validate_args=False)
+    out = loss_fn(torch.randn(B, P), posterior=post, prior=prior, likelihood=_lik())
+    assert torch.equal(out.rate_per_example, torch.full((B,), float("inf")))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
+@pytest.mark.parametrize("built_from", ["logits", "probs"])
+def test_kl_balancing_leaves_the_categorical_kl_value_unchanged(
+    dtype: torch.dtype, built_from: str
+) -> None:
+    # DreamerV3's 32x32 one-hot latents: balancing changes the gradient, never the value,
+    # in every dtype (the stop-gradient copies hold the very logits and probs).
+    g = torch.Generator().manual_seed(0)
+    logits_q, logits_p = torch.randn(2, B, 32, 32, generator=g, dtype=dtype).unbind(0)
+
+    def dist(logits: Tensor) -> Distribution:
+        kw = (
+            {"logits": logits}
+            if built_from == "logits"
+            else {"probs": logits.float().softmax(-1).to(dtype)}
+        )
+        return Independent(torch.distributions.OneHotCategorical(**kw, validate_args=False), 1)
+
+    def rate(balance: float | None) -> Tensor:
+        loss_fn = RateDistortionLoss(kl_balance=balance, validate_args=False)
+        x = torch.randn(B, P)
+        return loss_fn(
+            x, posterior=dist(logits_q), prior=dist(logits_p), likelihood=_lik()
+        ).rate_per_example
+
+    assert torch.equal(rate(0.8), rate(None))
+
+
+def test_a_masked_category_gives_finite_gradients() -> None:
+    # A categorical posterior with a -inf logit (an impossible, masked category): the KL
+    # term of that category is 0 in value and must be 0 in gradient too, not 0 * -inf.
+    logits = torch.randn(B, 5, dtype=F64)
+    logits[:, 2] = -math.inf
+    logits.requires_grad_()
+    prior_logits = torch.randn(B, 5, dtype=F64, requires_grad=True)
+    post = torch.distributions.Categorical(logits=logits)
+    prior = torch.distributions.Categorical(logits=prior_logits)
+    out = RateDistortionLoss()(
+        torch.randn(B, P, dtype=F64), posterior=post, prior=prior, likelihood=_lik(dtype=F64)
+    )
+    out.rate.backward()
+    assert logits.grad is not None and prior_logits.grad is not None
+    assert torch.isfinite(logits.grad).all() and torch.isfinite(prior_logits.grad).all()
+    # The same KL over the four possible categories, written out.
+    keep = [0, 1, 3, 4]
+    lq, lp = logits.detach()[:, keep], prior_logits.detach()
+    lq = lq - lq.logsumexp(-1, keepdim=True)
+    lp = lp.log_softmax(-1)[:, keep]
+    want = (lq.exp() * (lq - lp)).sum(-1)
+    assert_close(out.rate_per_example.detach(), want, rtol=1e-12, atol=1e-12)
 
 
 # --- host synchronisations ---------------------------------------------------------------

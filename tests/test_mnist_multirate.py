@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import math
 import subprocess
@@ -237,6 +238,10 @@ def test_a_pipe_closed_at_the_table_keeps_the_results(tmp_path: Path) -> None:
         [*command, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
     ) as process:
         assert process.stdout is not None and process.stderr is not None
+        # The smallest pipe Linux allows: the table (several kB) cannot all be buffered
+        # before this reader leaves, so the run meets the closed pipe while printing it.
+        if hasattr(fcntl, "F_SETPIPE_SZ"):
+            fcntl.fcntl(process.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)
         line = process.stdout.readline()
         while line.startswith(b"rdloss multirate ["):  # one line per trained model
             line = process.stdout.readline()
@@ -244,7 +249,8 @@ def test_a_pipe_closed_at_the_table_keeps_the_results(tmp_path: Path) -> None:
         err = process.stderr.read().decode()
         code = process.wait(timeout=600)
     assert line.strip(), "the table's first line"
-    assert "Traceback" not in err and code == 1
+    # 1 when the pipe closed under the printing, 0 if it all fitted in the pipe first.
+    assert "Traceback" not in err and code in (0, 1)
     saved = json.loads((out / "multirate_results.json").read_text(encoding="utf-8"))
     assert saved["command"] == "multirate" and len(saved["rows"]) > 0
     assert (out / "multirate_results.csv").exists()

@@ -31,6 +31,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _ddp import close_group, open_group
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.testing import assert_close
@@ -184,15 +185,13 @@ def _train(case: Case, sigmas: dict[str, float], rows: slice, ddp: bool) -> dict
 
 def _worker(rank: int, port: int, out_dir: str, sigmas: dict[str, float]) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
+    open_group(rank, WORLD, port)
     try:
         rows = slice(rank * HALF, (rank + 1) * HALF)
         results = {name: _train(case, sigmas, rows, ddp=True) for name, case in CASES.items()}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        close_group()
 
 
 @pytest.fixture(scope="module")

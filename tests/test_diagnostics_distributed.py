@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _ddp import close_group, open_group
 from torch.testing import assert_close
 
 from rdloss import helpers
@@ -77,11 +78,11 @@ def _run(batches: list[tuple[int, int]]) -> dict[str, list[torch.Tensor]]:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    open_group(rank, 2, port)
     try:
         torch.save(_run(RANK_BATCHES[rank]), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        close_group()
 
 
 def test_two_process_metrics_equal_single_process_union(tmp_path, free_port):

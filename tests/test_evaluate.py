@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _ddp import close_group, open_group
 from torch import nn
 from torch.testing import assert_close
 
@@ -256,11 +257,11 @@ def _shard(indices: list[int]) -> rdloss.Evaluation:
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    open_group(rank, 2, port)
     try:
         torch.save(_shard(RANKS[rank])._asdict(), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        close_group()
 
 
 @pytest.mark.slow

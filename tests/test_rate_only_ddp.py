@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _ddp import close_group, open_group
 from torch import Tensor
 from torch.distributions import Independent, Normal
 from torch.testing import assert_close
@@ -58,12 +59,12 @@ def _loss(rows: slice, sync: bool) -> tuple[Tensor, Tensor]:
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    open_group(rank, WORLD)
     try:
         loss, grad = _loss(slice(rank * HALF, (rank + 1) * HALF), sync=True)
         torch.save({"loss": loss, "grad": grad}, os.path.join(out_dir, f"{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        close_group()
 
 
 def test_rate_alone_with_sync_dist_equals_the_whole_batch(tmp_path: Any, free_port: Any) -> None:

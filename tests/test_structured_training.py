@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _ddp import close_group, open_group
 from torch import Tensor, nn
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch.nn.parallel import DistributedDataParallel
@@ -220,14 +221,12 @@ def _ddp_run(rows: slice, ddp: bool, lam: float) -> list[dict[str, Tensor]]:
 
 def _worker(rank: int, port: int, out_dir: str, lam: float) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
+    open_group(rank, WORLD, port)
     try:
         result = _ddp_run(_halves()[rank], ddp=True, lam=lam)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        close_group()
 
 
 @pytest.mark.slow  # two spawned interpreters

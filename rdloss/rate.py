@@ -348,6 +348,24 @@ def rate_terms(
             "groups must be a non-empty tuple of LatentGroup (rdloss.latents.resolve), got "
             f"{groups!r}"
         )
+    if len(groups) == 1 and not grouped:  # one latent: no per-group dictionaries to merge
+        (g,) = groups
+        against = g.prior if g.prior is not None else g.marginal
+        rate = group_rate(g.posterior, against, g.z, estimator, balance)
+        if g.sampled:
+            rate = _per_sample_mean(rate)
+        size = (g.steps or 1) * g.posterior.event_shape.numel()
+        steps = {} if rate.per_step is None else {g.name: rate.per_step}
+        terms = RateTerms(
+            rate.per_example,
+            rate.per_dimension,
+            {g.name: rate.per_example},
+            {g.name: rate.per_dimension},
+            steps,
+            {g.name: size},
+            False,
+        )
+        return terms, rate.estimator
     rates = {}
     for g in groups:
         try:

@@ -267,13 +267,13 @@ class Objective(nn.Module, ABC):
         dtype = like.dtype
         if dtype not in _FULL:  # promote_types is an operator call: skip it where it can't matter
             dtype = torch.promote_types(dtype, torch.float32)
+        if isinstance(value, Tensor):  # a number's buffer, the common case: tested first
+            scalar = value if value.ndim == 0 else value.reshape(())
+            return scalar.to(device=like.device, dtype=dtype, copy=True)
         if isinstance(value, Schedule):
             # The step in float64: float32 cannot count past 2**24.
             scheduled: Tensor = value(self.step.to(device=like.device, dtype=torch.float64))
             return scheduled.to(dtype)
-        if isinstance(value, Tensor):
-            scalar = value if value.ndim == 0 else value.reshape(())
-            return scalar.to(device=like.device, dtype=dtype, copy=True)
         if isinstance(value, (PerGroup, Mapping)):
             groups = list(value.groups if isinstance(value, PerGroup) else value)
             raise ValueError(

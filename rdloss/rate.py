@@ -348,49 +348,39 @@ def rate_terms(
             "groups must be a non-empty tuple of LatentGroup (rdloss.latents.resolve), got "
             f"{groups!r}"
         )
-    if len(groups) == 1 and not grouped:  # one latent: no per-group dictionaries to merge
-        (g,) = groups
-        against = g.prior if g.prior is not None else g.marginal
-        rate = group_rate(g.posterior, against, g.z, estimator, balance)
-        if g.sampled:
-            rate = _per_sample_mean(rate)
-        size = (g.steps or 1) * g.posterior.event_shape.numel()
-        steps = {} if rate.per_step is None else {g.name: rate.per_step}
-        terms = RateTerms(
-            rate.per_example,
-            rate.per_dimension,
-            {g.name: rate.per_example},
-            {g.name: rate.per_dimension},
-            steps,
-            {g.name: size},
-            False,
-        )
-        return terms, rate.estimator
-    rates = {}
+    # Every level filled in one pass over the groups (one group, the common call, pays for
+    # no second pass and no merge).
+    per_group: dict[str, Tensor] = {}
+    per_group_dimension: dict[str, Tensor | None] = {}
+    steps: dict[str, Tensor] = {}
+    sizes: dict[str, int] = {}
+    used: list[str] = []
     for g in groups:
         try:
             against = g.prior if g.prior is not None else g.marginal
             rate = group_rate(g.posterior, against, g.z, estimator, balance)
-            rates[g.name] = _per_sample_mean(rate) if g.sampled else rate
+            if g.sampled:
+                rate = _per_sample_mean(rate)
         except (ValueError, TypeError, NotImplementedError) as error:
             if not grouped:
                 raise
             raise type(error)(f"posterior[{g.name!r}]: {error}") from error
-    per_group = {k: r.per_example for k, r in rates.items()}
-    per_group_dimension = {k: r.per_dimension for k, r in rates.items()}
-    dims = list(per_group_dimension.values())
-    if len(rates) == 1:
-        (total,) = per_group.values()
-        per_dimension = dims[0]
+        per_group[g.name] = rate.per_example
+        per_group_dimension[g.name] = rate.per_dimension
+        if rate.per_step is not None:
+            steps[g.name] = rate.per_step
+        sizes[g.name] = (g.steps or 1) * g.posterior.event_shape.numel()
+        if rate.estimator not in used:
+            used.append(rate.estimator)
+    if len(groups) == 1:
+        total, per_dimension = rate.per_example, rate.per_dimension
     else:
         total = torch.stack(list(per_group.values())).sum(0)
+        dims = list(per_group_dimension.values())
         ready = [d for d in dims if d is not None]
         per_dimension = torch.cat(ready, dim=1) if len(ready) == len(dims) else None
-    sizes = {g.name: (g.steps or 1) * g.posterior.event_shape.numel() for g in groups}
-    steps = {k: r.per_step for k, r in rates.items() if r.per_step is not None}
     terms = RateTerms(total, per_dimension, per_group, per_group_dimension, steps, sizes, grouped)
-    used = "+".join(dict.fromkeys(r.estimator for r in rates.values()))
-    return terms, used
+    return terms, "+".join(used)
 
 
 def enumerate_posterior(posterior: Distribution) -> tuple[Tensor, Tensor]:

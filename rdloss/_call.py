@@ -13,17 +13,18 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from rdloss._checks import (
+    Check,
     ValueCheck,
     check_outputs,
     check_weight,
     finite_check,
     finite_number,
 )
+from rdloss._shapes import enumerate_posterior
 from rdloss.distortion import Decoder, likelihood_checks
 from rdloss.families import value_checks as distribution_checks
 from rdloss.latents import LatentGroup
 from rdloss.objectives import GECO, Objective, TargetDistortion
-from rdloss.rate import enumerate_posterior
 
 __all__ = [
     "CallStyle",
@@ -142,12 +143,12 @@ def value_checks(
     distortion: Tensor,
     elbo: Tensor,
     own: list[ValueCheck],
-) -> list[ValueCheck]:
+) -> list[Check]:
     """Every value check of a call, in the order their errors are reported.
 
     ``x`` and ``likelihood`` are ``None`` for the rate alone.
     """
-    checks: list[ValueCheck] = []
+    checks: list[Check] = []
     if weight is not None:
         total = weight.sum()
         checks.append(

@@ -3,7 +3,8 @@ r"""The shapes of one latent's distributions, each checked and made canonical.
 * posterior: ``batch_shape (B,)`` (`as_latent`), ``(B, T)`` with a step axis
   (`as_stepped_latent`), or ``(S, B)`` computed once per sample (`as_sampled_latent`);
 * prior: ``batch_shape ()`` or the posterior's, the posterior's event (`as_prior`);
-* marginal: ``batch_shape ()``, the posterior's (per-step) event (`as_marginal`).
+* marginal: ``batch_shape ()``, the posterior's (per-step) event (`as_marginal`);
+* the support of a discrete posterior, for exact expectations (`enumerate_posterior`).
 
 `rdloss.latents` uses these to resolve a call's groups and re-exports them.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.distributions import Categorical, Distribution, Independent
+from torch.distributions import Categorical, Distribution, Independent, OneHotCategorical
 
 from rdloss._checks import check_distribution, declares_no_shapes, undeclared_shapes
 
@@ -23,6 +24,7 @@ __all__ = [
     "as_sampled_latent",
     "as_stepped_latent",
     "check_categories",
+    "enumerate_posterior",
     "sample_dims",
 ]
 
@@ -187,3 +189,31 @@ def as_sampled_latent(
         return None
     n = len(shape) - 2
     return Independent(dist, n) if n > 0 else dist
+
+
+def enumerate_posterior(posterior: Distribution) -> tuple[Tensor, Tensor]:
+    """Support and probabilities of a discrete posterior, for exact expectations.
+
+    Args:
+        posterior: ``Categorical`` (``z`` are indices) or ``OneHotCategorical`` (``z`` are
+            one-hot vectors) with ``batch_shape (B,)`` and ``K`` categories.
+
+    Returns:
+        ``(z, probs)``: ``z`` of shape ``(K, B)`` or ``(K, B, K)``, ``probs`` of shape
+        ``(K, B)`` with ``probs[k, b] = e(z_k | x_b)``.
+
+    Raises:
+        TypeError: the posterior is not one of the two enumerable types.
+        ValueError: its batch shape is not ``(B,)``.
+    """
+    if not isinstance(posterior, (Categorical, OneHotCategorical)):
+        raise TypeError(
+            "samples='enumerate' needs a Categorical or OneHotCategorical posterior, got "
+            f"{type(posterior).__name__}"
+        )
+    if len(posterior.batch_shape) != 1:
+        raise ValueError(
+            "an enumerated posterior must have batch_shape (B,) (one discrete latent per "
+            f"example), got {tuple(posterior.batch_shape)}"
+        )
+    return posterior.enumerate_support(expand=True), posterior.probs.transpose(0, 1)

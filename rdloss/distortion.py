@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent
 
 from rdloss._checks import (
-    ValueCheck,
+    Check,
     check_distribution,
     check_tensor,
     declares_no_shapes,
@@ -71,7 +71,7 @@ def distortion(x: Tensor, likelihood: Distribution, *, validate_args: bool = Tru
     return draws
 
 
-def likelihood_checks(x: Tensor, likelihood: Distribution) -> list[ValueCheck]:
+def likelihood_checks(x: Tensor, likelihood: Distribution) -> list[Check]:
     """The value checks of ``x`` against ``likelihood``.
 
     What a helper-built likelihood asks for (`rdloss.distributions.value_checks`), and the
@@ -250,7 +250,7 @@ def decode(
             ``(N, *x.shape[1:])``.
         samples: latents per example (an int >= 1; checked by the caller), or
             ``"enumerate"`` with ``support``.
-        support: ``(z, probs)`` of `rdloss.rate.enumerate_posterior` for enumeration.
+        support: ``(z, probs)`` of `rdloss.functional.enumerate_posterior` for enumeration.
 
     Returns:
         `Decoded`.

@@ -29,7 +29,7 @@ from torch.distributions import (
 )
 from typing_extensions import override
 
-from rdloss._checks import ValueCheck, check_finite
+from rdloss._checks import Check, RangeCheck, ValueCheck, check_finite
 
 __all__ = [
     "CheckedBernoulli",
@@ -49,8 +49,8 @@ __all__ = [
 _Shape = torch.Size | list[int] | tuple[int, ...]
 
 
-def _range_check(t: Tensor, low: float, high: float, message: str) -> ValueCheck:
-    """``low <= t <= high`` everywhere (NaN fails), as a device flag and its exact message.
+def _range_check(t: Tensor, low: float, high: float, message: str) -> RangeCheck:
+    """``low <= t <= high`` everywhere (NaN fails), as device extremes and the exact message.
 
     ``message`` is formatted with ``low``, ``high`` and the values' ``smallest``/``largest``.
     """
@@ -61,7 +61,7 @@ def _range_check(t: Tensor, low: float, high: float, message: str) -> ValueCheck
         if not low <= lo <= hi <= high:  # NaN fails every comparison
             raise ValueError(message.format(low=low, high=high, smallest=lo, largest=hi))
 
-    return ValueCheck((smallest >= low) & (largest <= high), explain)
+    return RangeCheck(smallest, largest, low, high, explain)
 
 
 class Gaussian(Normal):
@@ -152,7 +152,7 @@ class Gaussian(Normal):
             validate_args=False,
         )
 
-    def value_checks(self, value: Tensor | None = None) -> list[ValueCheck]:
+    def value_checks(self, value: Tensor | None = None) -> list[Check]:
         """The parameter checks the loss runs when ``checked`` (``value`` is unused)."""
         if not self.checked or self.loc.numel() == 0:
             return []
@@ -234,7 +234,7 @@ class CheckedLaplace(Laplace):
             validate_args=False,
         )
 
-    def value_checks(self, value: Tensor | None = None) -> list[ValueCheck]:
+    def value_checks(self, value: Tensor | None = None) -> list[Check]:
         """``scale > 0`` when ``checked`` (``value`` is unused)."""
         return [_positive("scale", self.scale)] if self.checked and self.scale.numel() else []
 
@@ -278,11 +278,11 @@ class CheckedBernoulli(Bernoulli):
             logits=self.logits.expand(shape), checked=self.checked, validate_args=False
         )
 
-    def value_checks(self, value: Tensor | None = None) -> list[ValueCheck]:
+    def value_checks(self, value: Tensor | None = None) -> list[Check]:
         """``probs`` in ``[0, 1]`` (when given as probs) and ``value`` in ``{0, 1}``."""
         if not self.checked:
             return []
-        checks = []
+        checks: list[Check] = []
         if self.given_probs is not None and self.given_probs.numel():
             checks.append(
                 _range_check(
@@ -335,7 +335,7 @@ def one_hot(
     return dist
 
 
-def value_checks(dist: Distribution, value: Tensor | None = None) -> list[ValueCheck]:
+def value_checks(dist: Distribution, value: Tensor | None = None) -> list[Check]:
     """The checks the loss runs for ``dist`` (through ``Independent`` layers): rdloss's own."""
     while isinstance(dist, Independent):
         dist = dist.base_dist

@@ -19,6 +19,7 @@ from torch.distributions import Distribution
 
 from rdloss._checks import check_tensor
 from rdloss._means import batch_mean, global_batch_mean
+from rdloss._shapes import enumerate_posterior
 from rdloss.distortion import distortion, sample_mean
 from rdloss.families import standard_normal
 from rdloss.latents import (
@@ -33,7 +34,6 @@ from rdloss.rate import (
     Rate,
     RateEstimator,
     check_estimator,
-    enumerate_posterior,
     enumerated,
     group_rate,
     rate_terms,

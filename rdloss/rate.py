@@ -33,6 +33,7 @@ from torch.distributions import (
 
 from rdloss._checks import check_fraction, widen_half
 from rdloss._rebuild import describe, stop_gradient, widened
+from rdloss._shapes import enumerate_posterior
 from rdloss.distributions import DiagonalGaussianMixture
 from rdloss.families import (
     Gaussian,
@@ -49,7 +50,6 @@ __all__ = [
     "UsedEstimator",
     "balanced",
     "check_estimator",
-    "enumerate_posterior",
     "enumerated",
     "group_rate",
     "is_discrete",
@@ -381,34 +381,6 @@ def rate_terms(
         per_dimension = torch.cat(ready, dim=1) if len(ready) == len(dims) else None
     terms = RateTerms(total, per_dimension, per_group, per_group_dimension, steps, sizes, grouped)
     return terms, "+".join(used)
-
-
-def enumerate_posterior(posterior: Distribution) -> tuple[Tensor, Tensor]:
-    """Support and probabilities of a discrete posterior, for exact expectations.
-
-    Args:
-        posterior: ``Categorical`` (``z`` are indices) or ``OneHotCategorical`` (``z`` are
-            one-hot vectors) with ``batch_shape (B,)`` and ``K`` categories.
-
-    Returns:
-        ``(z, probs)``: ``z`` of shape ``(K, B)`` or ``(K, B, K)``, ``probs`` of shape
-        ``(K, B)`` with ``probs[k, b] = e(z_k | x_b)``.
-
-    Raises:
-        TypeError: the posterior is not one of the two enumerable types.
-        ValueError: its batch shape is not ``(B,)``.
-    """
-    if not isinstance(posterior, (Categorical, OneHotCategorical)):
-        raise TypeError(
-            "samples='enumerate' needs a Categorical or OneHotCategorical posterior, got "
-            f"{type(posterior).__name__}"
-        )
-    if len(posterior.batch_shape) != 1:
-        raise ValueError(
-            "an enumerated posterior must have batch_shape (B,) (one discrete latent per "
-            f"example), got {tuple(posterior.batch_shape)}"
-        )
-    return posterior.enumerate_support(expand=True), posterior.probs.transpose(0, 1)
 
 
 def enumerated(posterior: Distribution, against: Distribution, balance: float | None) -> Rate:

@@ -3,7 +3,7 @@
 B = 8 examples, 16 latent dimensions, 64 Bernoulli data dimensions, one thread by default:
 the regime of a small VAE on a GPU, where the loss costs what Python and the kernel
 launches cost, not what the arithmetic costs. Forward + backward of the loss alone (no
-model) to the encoder's ``(mu, logvar)`` and the decoder's logits. Four sides, timed in
+model) to the encoder's ``(mu, logvar)`` and the decoder's logits. Six sides, timed in
 alternation in one process (A B C D A B C D ...; `benchmarks._timing.compare_sides`):
 
 * ``hand-written``: ``bce_with_logits(logits, x).sum(-1)
@@ -15,9 +15,13 @@ alternation in one process (A B C D A B C D ...; `benchmarks._timing.compare_sid
 * ``rdloss default``: ``RateDistortionLoss()(x, posterior=helpers.normal(mu, logvar=logvar),
   likelihood=helpers.bernoulli(logits=logits)).loss``;
 * ``rdloss validate_args=False``: the same with ``validate_args=False`` on the loss and the
-  helpers.
+  helpers;
+* ``hand-written + R, D, ELBO`` and ``torch.distributions + R, D, ELBO``: the two
+  baselines computing, besides the loss, what `RDOutput` reports and a training loop logs:
+  the batch means of the rate and the distortion and the ELBO, each a differentiable
+  0-dim tensor, and the loss as ``D + beta * R`` with ``beta = 1.0`` a Python float.
 
-All four are checked to compute the same loss before timing. The script prints the
+All six are checked to compute the same loss before timing. The script prints the
 microseconds per call, the ratios rdloss / hand-written and rdloss / torch.distributions
 (median and range of ``--runs`` runs) beside issue 20's targets (printed, not asserted),
 and the aten operators and host synchronisations of each side's forward call
@@ -55,6 +59,8 @@ HAND, DISTS, DEFAULT, OFF = (
     "rdloss default",
     "rdloss validate_args=False",
 )
+HAND_RD, DISTS_RD = "hand-written + R, D, ELBO", "torch.distributions + R, D, ELBO"
+BETA = 1.0
 # Issue 20's targets, printed beside the figures: (rdloss side, baseline) -> largest ratio.
 TARGETS = {(OFF, DISTS): 1.0, (OFF, HAND): 1.5, (DEFAULT, HAND): 2.0}
 
@@ -65,8 +71,25 @@ def handwritten(x: Tensor, mu: Tensor, logvar: Tensor, logits: Tensor) -> Tensor
     return (distortion + rate).mean()
 
 
-def make_distributions(latent: int) -> Loss:
-    """The loss written with ``torch.distributions`` objects, value checks off."""
+def handwritten_rd(x: Tensor, mu: Tensor, logvar: Tensor, logits: Tensor) -> Tensor:
+    distortion = tnf.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    rate = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
+    return _reported(rate, distortion)
+
+
+def _reported(rate: Tensor, distortion: Tensor) -> Tensor:
+    """The loss ``D + beta * R`` from the batch means, with the ELBO a training loop logs."""
+    mean_rate, mean_distortion = rate.mean(), distortion.mean()
+    elbo = -(mean_distortion + mean_rate)
+    assert elbo.requires_grad  # computed as RDOutput.elbo is, not thrown away
+    return mean_distortion + BETA * mean_rate
+
+
+def make_distributions(latent: int, *, report: bool = False) -> Loss:
+    """The loss written with ``torch.distributions`` objects, value checks off.
+
+    ``report``: also the batch means of R and D and the ELBO (`_reported`).
+    """
     standard = Independent(
         Normal(torch.zeros(latent), torch.ones(latent), validate_args=False),
         1,
@@ -78,6 +101,8 @@ def make_distributions(latent: int) -> Loss:
             Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1, validate_args=False
         )
         p = Independent(Bernoulli(logits=logits, validate_args=False), 1, validate_args=False)
+        if report:
+            return _reported(kl_divergence(q, standard), -p.log_prob(x))
         return (kl_divergence(q, standard) - p.log_prob(x)).mean()
 
     return loss
@@ -134,6 +159,8 @@ def main() -> None:
         DISTS: make_distributions(LATENT),
         DEFAULT: make_rdloss(True),
         OFF: make_rdloss(False),
+        HAND_RD: handwritten_rd,
+        DISTS_RD: make_distributions(LATENT, report=True),
     }
     reference = handwritten(x, *leaves)
     for fn in losses.values():
@@ -156,7 +183,7 @@ def main() -> None:
         f"and range of {args.runs} runs of {args.repeats} alternating rounds; "
         f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
     )
-    pairs = [(side, base) for side in (DEFAULT, OFF) for base in (HAND, DISTS)]
+    pairs = [(side, base) for side in (DEFAULT, OFF) for base in (HAND, DISTS, HAND_RD, DISTS_RD)]
     timings = compare_sides(
         {name: run(fn) for name, fn in losses.items()},
         pairs,
@@ -164,7 +191,7 @@ def main() -> None:
         repeats=args.repeats,
         number=args.number,
     )
-    per_side = {base: timings[OFF, base].baseline for base in (HAND, DISTS)}
+    per_side = {base: timings[OFF, base].baseline for base in (HAND, DISTS, HAND_RD, DISTS_RD)}
     per_side.update({side: timings[side, HAND].ours for side in (DEFAULT, OFF)})
     print("| side | time per call | forward ops | host syncs |")
     print("|---|---|---|---|")

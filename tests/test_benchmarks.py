@@ -61,7 +61,7 @@ def _table(lines: list[str], first_cell: str) -> list[list[str]]:
 
 
 def test_per_call_quick_prints_every_side_and_ratio() -> None:
-    # The script asserts that the four sides compute the same loss before timing them.
+    # The script asserts that the six sides compute the same loss before timing them.
     lines = _run("per_call.py", "--quick").splitlines()
     sides = _table(lines, "side")
     assert [r[0] for r in sides] == [
@@ -69,15 +69,27 @@ def test_per_call_quick_prints_every_side_and_ratio() -> None:
         "torch.distributions",
         "rdloss default",
         "rdloss validate_args=False",
+        "hand-written + R, D, ELBO",
+        "torch.distributions + R, D, ELBO",
     ]
     assert all(float(r[1].removesuffix(" us")) > 0 and int(r[2]) > 0 for r in sides)
     # validate_args=False on the loss and the helpers: no host synchronisation.
-    assert [int(r[3]) for r in sides] == [0, 0, 1, 0]
+    assert [int(r[3]) for r in sides] == [0, 0, 1, 0, 0, 0]
+    # Reporting R, D and the ELBO costs the baselines forward operators (two means, the
+    # ELBO's add and neg, beta's mul) beyond the loss alone.
+    ops = {r[0]: int(r[2]) for r in sides}
+    assert ops["hand-written + R, D, ELBO"] >= ops["hand-written"] + 4
+    assert ops["torch.distributions + R, D, ELBO"] >= ops["torch.distributions"] + 4
     ratios = _table(lines, "rdloss")
     assert [(r[0], r[1]) for r in ratios] == [
         (side, base)
         for side in ("rdloss default", "rdloss validate_args=False")
-        for base in ("hand-written", "torch.distributions")
+        for base in (
+            "hand-written",
+            "torch.distributions",
+            "hand-written + R, D, ELBO",
+            "torch.distributions + R, D, ELBO",
+        )
     ]
     assert all(float(r[2]) > 0 for r in ratios)
 

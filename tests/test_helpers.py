@@ -98,6 +98,30 @@ def test_logvar_whose_variance_leaves_float32_is_an_error(logvar: float) -> None
     RateDistortionLoss(validate_args=False)(torch.zeros(2, 3), posterior=off, likelihood=likelihood)
 
 
+@pytest.mark.parametrize("bad", [None, "a", "b", "c", "a and c"])
+def test_range_checks_of_many_groups_decide_like_one_check_each(bad: str | None) -> None:
+    # The loss compares the log-variance extremes of all groups of one dtype together; the
+    # verdict and the error reported (the first failing group, in call order) must be those
+    # of checking each group alone. Group "b" is float64: -95 is valid there, and it must
+    # not be compared against float32's bounds (nor pass an invalid float32 group).
+    def group(name: str, dtype: torch.dtype) -> torch.distributions.Distribution:
+        logvar = torch.zeros(2, 3, dtype=dtype)
+        if bad is not None and name in bad:
+            logvar[1, 2] = -95.0 if name != "c" else 89.0
+        return helpers.normal(torch.zeros(2, 3, dtype=dtype), logvar=logvar)
+
+    posterior = {"a": group("a", torch.float32), "b": group("b", torch.float64)}
+    posterior["c"] = group("c", torch.float32)
+    call = lambda: RateDistortionLoss()(posterior=posterior)  # noqa: E731
+    if bad in (None, "b"):
+        assert torch.isfinite(call().loss)
+        return
+    largest = "0.0" if bad.startswith("a") else "89.0"
+    smallest = "-95.0" if bad.startswith("a") else "0.0"
+    with pytest.raises(ValueError, match=rf"got values in \[{smallest}, {largest}\]"):
+        call()
+
+
 @pytest.mark.parametrize("logvar", [-87.0, 80.0])
 def test_logvar_at_the_float32_edges_gives_finite_rate_and_gradient(logvar: float) -> None:
     raw = torch.full((2, 4), logvar, requires_grad=True)

@@ -130,3 +130,41 @@ def test_rate_between_log_scale_gaussians_takes_one_exp() -> None:
     counts = count(rate)
     assert counts.ops["exp"] == 1, counts.ops
     assert counts.n_syncs == 0
+
+
+def _grouped_call(groups: int, validate: bool) -> object:
+    import rdloss
+    from rdloss import helpers
+
+    torch.manual_seed(0)
+    tensors = torch.randn(groups, 4, 8, 3)
+    x = torch.randint(0, 2, (8, 5)).float()
+    loss_fn = rdloss.RateDistortionLoss(validate_args=validate)
+    flag = None if validate else False
+
+    def call() -> object:
+        posterior = {
+            f"z{i}": helpers.normal(t[0], logvar=t[1], validate_args=flag)
+            for i, t in enumerate(tensors)
+        }
+        prior = {
+            f"z{i}": helpers.normal(t[2], log_scale=t[3], validate_args=flag)
+            for i, t in enumerate(tensors)
+        }
+        likelihood = helpers.bernoulli(logits=torch.zeros(8, 5), validate_args=flag)
+        return loss_fn(x, posterior=posterior, prior=prior, likelihood=likelihood)
+
+    return call
+
+
+def test_range_checks_of_many_groups_cost_one_reduction_per_tensor() -> None:
+    # The value check compares the extremes of every log-variance together: per group its
+    # two distributions' aminmax, and a constant number of kernels for the whole call.
+    def check_ops(groups: int) -> int:
+        on = count(_grouped_call(groups, True))
+        off = count(_grouped_call(groups, False))
+        assert on.n_syncs == 1 and off.n_syncs == 0
+        assert on.ops["aminmax"] == 2 * groups, on.ops
+        return on.n_ops - off.n_ops
+
+    assert check_ops(12) - check_ops(4) == 2 * (12 - 4)

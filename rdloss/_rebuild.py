@@ -46,10 +46,12 @@ def parameters(dist: Distribution) -> list[Tensor] | None:
         return None
     if isinstance(dist, Independent):
         return parameters(dist.base_dist)
-    if isinstance(dist, Gaussian) and dist.logvar is not None:
-        # A derived scale is a function of logvar: reading it would compute it.
+    if isinstance(dist, Gaussian) and dist.holds_log_parameter:
+        # A derived scale is a function of the log parameter: reading it would compute it.
         scale = [] if dist.derived_scale else [dist.scale]
-        return [dist.loc, *scale, dist.logvar]
+        held = dist.log_scale if dist.log_scale is not None else dist.logvar
+        assert held is not None  # it holds logvar or log_scale
+        return [dist.loc, *scale, held]
     if isinstance(dist, (Normal, Laplace)):
         return [dist.loc, dist.scale]
     if isinstance(dist, (Bernoulli, Categorical, OneHotCategorical)):
@@ -102,8 +104,10 @@ def rebuild(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution 
     if isinstance(dist, MultivariateNormal):
         return MultivariateNormal(fn(dist.loc), scale_tril=fn(dist.scale_tril), validate_args=False)
     if type(dist) is Gaussian:
-        lv = None if dist.logvar is None else fn(dist.logvar)
         scale = None if dist.derived_scale else fn(dist.scale)
+        if dist.log_scale is not None:
+            return Gaussian(fn(dist.loc), scale, log_scale=fn(dist.log_scale), validate_args=False)
+        lv = None if dist.logvar is None else fn(dist.logvar)
         return Gaussian(fn(dist.loc), scale, logvar=lv, validate_args=False)
     if isinstance(dist, Normal):
         return Normal(fn(dist.loc), fn(dist.scale), validate_args=False)

@@ -79,14 +79,21 @@ class Gaussian(Normal):
 
     Args:
         loc: means.
-        scale: standard deviations, ``loc``'s shape; ``None`` with ``logvar`` given: then
-            ``scale`` is $\exp(\tfrac12 \mathrm{logvar})$ computed where it is read
-            (``rsample``, ``log_prob``), never stored, so the rate's closed form, which
-            reads ``logvar`` only, costs no ``exp``. Like ``loc``, it then follows
-            ``logvar``: an in-place change of ``logvar`` after building reaches it, and a
-            distribution built under ``torch.no_grad()`` still differentiates through the
-            scale it derives where it is read with gradients on.
+        scale: standard deviations, ``loc``'s shape; ``None`` with ``logvar`` or
+            ``log_scale`` given: then ``scale`` is $\exp(\tfrac12 \mathrm{logvar})$ (or
+            $\exp(\mathrm{log\_scale})$) computed where it is read (``rsample``,
+            ``log_prob``), never stored, so the rate's closed form, which reads the log
+            parameter only, costs no ``exp``. Like ``loc``, it then follows that parameter:
+            an in-place change of it after building reaches it, and a distribution built
+            under ``torch.no_grad()`` still differentiates through the scale it derives
+            where it is read with gradients on.
         logvar: $\log\sigma^2$ exactly as the caller has it, or ``None``.
+        log_scale: $\log\sigma$ exactly as the caller has it (VDVAE's and NVAE's
+            parameterisation), or ``None``; at most one of ``logvar`` and ``log_scale``.
+            ``logvar`` then reads $2\,\mathrm{log\_scale}$ (computed where it is read),
+            and the KL between two of them takes the log-variance gap as
+            $2(\log\sigma_p - \log\sigma_q)$: the same bits as from the log-variances,
+            one operator fewer per side.
         checked: whether the loss checks the parameters' values (see above).
         validate_args: passed to ``Normal``.
     """
@@ -97,32 +104,51 @@ class Gaussian(Normal):
         scale: Tensor | None = None,
         *,
         logvar: Tensor | None = None,
+        log_scale: Tensor | None = None,
         checked: bool = False,
         validate_args: bool | None = None,
     ) -> None:
-        self.logvar = logvar
+        if logvar is not None and log_scale is not None:
+            raise ValueError("Gaussian takes logvar or log_scale, not both")
+        self._logvar = logvar
+        self.log_scale = log_scale
         self.checked = checked
         if scale is not None:
             super().__init__(loc, scale, validate_args=validate_args)
             return
-        if logvar is None or logvar.shape != loc.shape:
+        held = logvar if logvar is not None else log_scale
+        if held is None or held.shape != loc.shape:
             raise ValueError(
-                "Gaussian without scale needs logvar of loc's shape "
-                f"{tuple(loc.shape)}, got {None if logvar is None else tuple(logvar.shape)}"
+                "Gaussian without scale needs logvar or log_scale of loc's shape "
+                f"{tuple(loc.shape)}, got {None if held is None else tuple(held.shape)}"
             )
         self.loc = loc
         self._scale: Tensor | None = None
         # Normal's own __init__ would broadcast a scale it has not got: the shapes are known.
         Distribution.__init__(self, loc.shape, validate_args=validate_args)
 
-    # ``scale`` is an attribute of ``Normal``; here it may be derived from ``logvar``.
+    @property
+    def logvar(self) -> Tensor | None:
+        r"""$\log\sigma^2$: as given, else $2\,\mathrm{log\_scale}$ (recomputed), else ``None``."""
+        if self.log_scale is not None:
+            return 2.0 * self.log_scale
+        return self._logvar
+
+    @property
+    def holds_log_parameter(self) -> bool:
+        """Whether it was built from ``logvar`` or ``log_scale`` (read without computing)."""
+        return self._logvar is not None or self.log_scale is not None
+
+    # ``scale`` is an attribute of ``Normal``; here it may be derived from a log parameter.
     @property
     def scale(self) -> Tensor:
-        r"""Standard deviations: as given, else $\exp(\tfrac12\mathrm{logvar})$ (recomputed)."""
+        r"""Standard deviations: as given, else derived from the log parameter (recomputed)."""
         if self._scale is not None:
             return self._scale
-        assert self.logvar is not None  # __init__: no scale means a logvar
-        return torch.exp(0.5 * self.logvar)
+        if self.log_scale is not None:
+            return torch.exp(self.log_scale)
+        assert self._logvar is not None  # __init__: no scale means a log parameter
+        return torch.exp(0.5 * self._logvar)
 
     @scale.setter
     def scale(self, value: Tensor) -> None:
@@ -143,11 +169,15 @@ class Gaussian(Normal):
     @override
     def expand(self, batch_shape: _Shape, _instance: Distribution | None = None) -> Gaussian:
         shape = torch.Size(batch_shape)
-        logvar = None if self.logvar is None else self.logvar.expand(shape)
+
+        def expanded(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.expand(shape)
+
         return Gaussian(
             self.loc.expand(shape),
-            None if self._scale is None else self._scale.expand(shape),
-            logvar=logvar,
+            expanded(self._scale),
+            logvar=expanded(self._logvar),
+            log_scale=expanded(self.log_scale),
             checked=self.checked,
             validate_args=False,
         )
@@ -156,16 +186,23 @@ class Gaussian(Normal):
         """The parameter checks the loss runs when ``checked`` (``value`` is unused)."""
         if not self.checked or self.loc.numel() == 0:
             return []
-        if self.logvar is not None:
-            finfo = torch.finfo(self.logvar.dtype)
-            low, high = math.log(finfo.tiny), math.log(finfo.max)
+        held, name, factor = (
+            (self.log_scale, "log_scale", 0.5)
+            if self.log_scale is not None
+            else (self._logvar, "logvar", 1.0)
+        )
+        if held is not None:
+            finfo = torch.finfo(held.dtype)
+            # log_scale = logvar / 2 exactly: its bounds are halved (halving is exact).
+            low, high = factor * math.log(finfo.tiny), factor * math.log(finfo.max)
+            variance = "exp(2 * log_scale)" if name == "log_scale" else "exp(logvar)"
             message = (
-                "logvar must lie in [{low:.1f}, {high:.1f}] for "
-                f"{self.logvar.dtype} (the variance exp(logvar) must be a finite normal "
-                "number), got values in [{smallest}, {largest}]; clamp the encoder's "
-                "log-variance"
+                f"{name} must lie in [{{low:.1f}}, {{high:.1f}}] for {held.dtype} (the "
+                f"variance {variance} must be a finite normal number), got values in "
+                "[{smallest}, {largest}]; clamp the encoder's "
+                + ("log standard deviation" if name == "log_scale" else "log-variance")
             )
-            return [_range_check(self.logvar, low, high, message)]
+            return [_range_check(held, low, high, message)]
         return [_positive("scale", self.scale)]
 
 
@@ -345,10 +382,16 @@ def value_checks(dist: Distribution, value: Tensor | None = None) -> list[Check]
 
 
 def logvar_of(dist: Normal) -> Tensor:
-    r"""$\log\sigma^2$ of a ``Normal``: as a `Gaussian` holds it, else ``2 * scale.log()``."""
-    if isinstance(dist, Gaussian) and dist.logvar is not None:
-        return dist.logvar
+    r"""$\log\sigma^2$ of a ``Normal``: from what a `Gaussian` holds, else ``2 * scale.log()``."""
+    if isinstance(dist, Gaussian) and dist.holds_log_parameter:
+        logvar = dist.logvar
+        assert logvar is not None  # it holds logvar or log_scale
+        return logvar
     return 2.0 * dist.scale.log()
+
+
+def _log_scale_of(dist: Normal) -> Tensor | None:
+    return dist.log_scale if isinstance(dist, Gaussian) else None
 
 
 def standard_normal_kl(loc: Tensor, scale: Tensor | None, logvar: Tensor | None) -> Tensor:
@@ -378,11 +421,16 @@ def normal_kl(p: Normal, q: Normal) -> Tensor:
     torch.distributions' own expression, to the bit.
     """
     gap = (p.loc - q.loc) / q.scale
-    holds_logvar = (isinstance(p, Gaussian) and p.logvar is not None) or (
-        isinstance(q, Gaussian) and q.logvar is not None
+    holds_log = (isinstance(p, Gaussian) and p.holds_log_parameter) or (
+        isinstance(q, Gaussian) and q.holds_log_parameter
     )
-    if holds_logvar:
-        d = logvar_of(p) - logvar_of(q)
+    if holds_log:
+        ls_p, ls_q = _log_scale_of(p), _log_scale_of(q)
+        if ls_p is not None and ls_q is not None:
+            # 2 (a - b) has the bits of 2a - 2b (doubling is exact), in one operator less.
+            d = 2.0 * (ls_p - ls_q)
+        else:
+            d = logvar_of(p) - logvar_of(q)
         return 0.5 * torch.addcmul(torch.expm1(d) - d, gap, gap)
     var_ratio = (p.scale / q.scale).pow(2)
     return 0.5 * (var_ratio + gap.pow(2) - 1 - var_ratio.log())

@@ -77,8 +77,8 @@ def normal(
 
     Returns:
         ``Independent(Gaussian(loc, sigma), event_dims)``: a
-        `rdloss.families.Gaussian` (a ``Normal``) that keeps the log-variance (``logvar``, or
-        ``2 * log_scale``), so the rate's closed form reads it instead of ``sigma.log()``.
+        `rdloss.families.Gaussian` (a ``Normal``) that keeps ``logvar`` or ``log_scale`` as
+        given, so the rate's closed form reads it instead of ``sigma.log()``.
 
     Examples:
         >>> import torch
@@ -98,10 +98,11 @@ def normal(
             raise ValueError(
                 f"{name} must have loc's shape {tuple(loc.shape)}, got {tuple(given.shape)}"
             )
-        # sigma = exp(logvar / 2) is derived where it is read (`Gaussian`): the rate's
-        # closed form reads logvar only.
+        # sigma is derived where it is read (`Gaussian`): the rate's closed form reads the
+        # log parameter only, as given.
         sigma: Tensor | None = None
-        logvar = widen_half(logvar) if logvar is not None else 2.0 * widen_half(given)
+        logvar = None if logvar is None else widen_half(logvar)
+        log_scale = None if log_scale is None else widen_half(log_scale)
     else:
         sigma = _scale(loc, scale)
     dims = _event_dims("loc", loc, event_dims)
@@ -109,7 +110,12 @@ def normal(
     # scale was checked above.
     checked = validate_args is not False and (given is not None or isinstance(scale, Tensor))
     base = Gaussian(
-        loc, sigma, logvar=logvar, checked=checked, validate_args=validate_args or False
+        loc,
+        sigma,
+        logvar=logvar,
+        log_scale=log_scale,
+        checked=checked,
+        validate_args=validate_args or False,
     )
     return _now(_independent(base, dims), validate_args)
 

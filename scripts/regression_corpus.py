@@ -117,7 +117,7 @@ class Config:
 
     objective: str
     marginal: str
-    posterior: str  # helpers | torch | categorical | onehot
+    posterior: str  # helpers | helpers_log_scale | torch | categorical | onehot
     call: str  # likelihood | likelihood_s3 | decoder1 | decoder3 | enumerate
     structure: str  # plain | grouped | prior | steps | mc | kl_balance | weight | hostile_* ...
     decoder: str
@@ -136,7 +136,7 @@ class Config:
     def tags(self) -> tuple[str, ...]:
         """The fast-path ingredients this configuration uses (where a formula may change)."""
         tags = []
-        if self.posterior == "helpers":  # its prior= (if any) is built the same way
+        if self.posterior.startswith("helpers"):  # its prior= (if any) is built the same way
             tags.append(GAUSSIAN_POSTERIOR)
         if self.decoder in ("bernoulli", "torch_bernoulli"):
             tags.append(BERNOULLI_LIKELIHOOD)
@@ -220,6 +220,22 @@ def corpus(*, flows: bool = True) -> list[Config]:
         base.append((objective, marginal, posterior, call, structure, DECODERS[i % 4]))
     for call in ("likelihood", "enumerate"):
         base.append(("freebits_step_example", "none", "onehot", call, "steps_prior", "bernoulli"))
+    # helpers.normal(mu, log_scale=...) on both sides (VDVAE's and NVAE's parameterisation).
+    log_scale_structures = (
+        ("plain", UNGROUPED_OBJECTIVES, ("none", "standard", "diagonal")),
+        ("prior", UNGROUPED_OBJECTIVES, ("none",)),
+        ("grouped_prior", GROUP_OBJECTIVES, ("none", "diagonal")),
+        ("steps_prior", STEP_OBJECTIVES, ("none",)),
+        ("kl_balance_prior", UNGROUPED_OBJECTIVES, ("none",)),
+        ("mc", UNGROUPED_OBJECTIVES, ("standard", "diagonal")),
+        ("hostile_logvar_range", ("beta",), ("standard",)),
+    )
+    for s, (structure, objectives, options) in enumerate(log_scale_structures):
+        for i, call in enumerate(("likelihood", "decoder1")):
+            j = i + s
+            objective, marginal = objectives[j % len(objectives)], options[j % len(options)]
+            decoder = DECODERS[j % 4]
+            base.append((objective, marginal, "helpers_log_scale", call, structure, decoder))
     # Bad inputs: errors (or NaN outputs without validation) must stay errors.
     for hostile in ("nan_x", "negative_weight", "logvar_range", "nonbinary_x"):
         decoder = "laplace" if hostile == "nan_x" else "bernoulli"
@@ -440,6 +456,8 @@ def build(cfg: Config) -> Setup:
         event = 1 if stepped else None
         if cfg.posterior == "helpers":
             return helpers.normal(mu, logvar=logvar, event_dims=event)
+        if cfg.posterior == "helpers_log_scale":  # the leaf read as log sigma
+            return helpers.normal(mu, log_scale=logvar, event_dims=event)
         return Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
 
     def posterior_and_prior() -> tuple[Any, Any]:

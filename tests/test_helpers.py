@@ -122,6 +122,21 @@ def test_range_checks_of_many_groups_decide_like_one_check_each(bad: str | None)
         call()
 
 
+@pytest.mark.parametrize("log_scale", [-47.5, 44.5])
+def test_log_scale_whose_variance_leaves_float32_is_an_error_naming_it(log_scale: float) -> None:
+    # The same range as logvar's, halved: exp(2 * log_scale) must be a finite normal float32.
+    def normal(value: float, **options: bool) -> torch.distributions.Distribution:
+        return helpers.normal(torch.zeros(2, 3), log_scale=torch.full((2, 3), value), **options)
+
+    message = r"log_scale must lie in \[-43\.7, 44\.4\] for torch\.float32"
+    with pytest.raises(ValueError, match=message):
+        RateDistortionLoss()(posterior=normal(log_scale))
+    with pytest.raises(ValueError, match=message):
+        normal(log_scale, validate_args=True)
+    # Just inside the bounds (halved exactly): accepted, as 2 * log_scale is as logvar.
+    normal(-43.6 if log_scale < 0 else 44.3, validate_args=True)
+
+
 @pytest.mark.parametrize("logvar", [-87.0, 80.0])
 def test_logvar_at_the_float32_edges_gives_finite_rate_and_gradient(logvar: float) -> None:
     raw = torch.full((2, 4), logvar, requires_grad=True)

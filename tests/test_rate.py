@@ -203,6 +203,70 @@ def test_log_scale_equals_logvar_twice() -> None:
         helpers.normal(mu, logvar=ls, log_scale=ls)
 
 
+def test_log_scale_pair_equals_vdvae_and_torch_in_float64() -> None:
+    # Both sides hold log sigma (VDVAE's layer KL): the gap of log-variances is taken as
+    # 2 (ls_p - ls_q); against VDVAE's formula and torch.distributions on exp(ls).
+    mu1, mu2, ls1, ls2 = _pair(5)
+    got = F.rate(helpers.normal(mu1, log_scale=ls1), prior=helpers.normal(mu2, log_scale=ls2))
+    assert_close(got.per_dimension, _vdvae_kl(mu1, mu2, ls1, ls2), rtol=1e-14, atol=1e-14)
+    torch_kl = kl_divergence(
+        Independent(Normal(mu1, ls1.exp()), 1), Independent(Normal(mu2, ls2.exp()), 1)
+    )
+    assert_close(got.per_example, torch_kl, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("sides", ["both", "posterior", "prior"])
+@pytest.mark.parametrize("balance", [None, 0.8])
+def test_log_scale_is_bit_identical_to_logvar_twice(
+    dtype: torch.dtype, sides: str, balance: float | None
+) -> None:
+    # Doubling is exact, so 2 (a - b) has the bits of 2a - 2b and exp(ls) those of
+    # exp(0.5 * 2 ls): a side built from log_scale gives the same rate and gradients, to
+    # the bit, as one built from logvar = 2 * log_scale, alone or mixed with the other.
+    def run(as_log_scale: set[str]) -> tuple[torch.Tensor, ...]:
+        leaves = [t.to(dtype).requires_grad_() for t in _pair(6, (4, 3, 5))]
+        mu1, mu2, ls1, ls2 = leaves
+
+        def side(name: str, mu: torch.Tensor, ls: torch.Tensor) -> torch.distributions.Distribution:
+            if name in as_log_scale:
+                return helpers.normal(mu, log_scale=ls)
+            return helpers.normal(mu, logvar=2 * ls)
+
+        loss_fn = rdloss.RateDistortionLoss(kl_balance=balance)
+        out = loss_fn(posterior=side("posterior", mu1, ls1), prior=side("prior", mu2, ls2))
+        out.loss.backward()
+        grads = [t.grad for t in leaves]
+        assert all(g is not None for g in grads)
+        return (out.rate_per_example, out.rate_per_dimension, *grads)  # type: ignore[return-value]
+
+    chosen = {"posterior", "prior"} if sides == "both" else {sides}
+    for got, want in zip(run(chosen), run(set()), strict=True):
+        assert got is not None and want is not None
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_log_scale_fast_path_passes_gradcheck() -> None:
+    mu1, mu2, ls1, ls2 = (t.requires_grad_() for t in _pair(7, (3, 2)))
+
+    def rate(a, b, c, d):
+        q = helpers.normal(a, log_scale=c)
+        return F.rate(q, prior=helpers.normal(b, log_scale=d)).per_example
+
+    assert torch.autograd.gradcheck(rate, (mu1, mu2, ls1, ls2))
+
+
+def test_log_scale_gaussian_reads_its_log_variance_and_scale() -> None:
+    mu, _, ls, _ = _pair(8)
+    q = helpers.normal(mu, log_scale=ls).base_dist
+    assert torch.equal(q.logvar, 2 * ls) and torch.equal(q.scale, ls.exp())
+    assert q.log_scale is ls
+    expanded = q.expand(torch.Size([2, *ls.shape]))
+    assert torch.equal(expanded.log_scale, ls.expand(2, *ls.shape))
+    with pytest.raises(ValueError, match="logvar or log_scale, not both"):
+        type(q)(mu, logvar=ls, log_scale=ls)
+
+
 @pytest.mark.slow  # compiles
 def test_dreamer_style_one_hot_latents_compile_on_a_cold_kl_memo() -> None:
     # torch looks a KL pair up with Python dynamo cannot trace until its memo is warm; the

@@ -177,6 +177,8 @@ Check = ValueCheck | RangeCheck
 
 def _verdicts(checks: list[Check]) -> list[Tensor]:
     """One 0-dim bool per check, or per set of range checks with equal bounds and dtype."""
+    if sum(isinstance(check, RangeCheck) for check in checks) < 2:  # nothing to merge
+        return [check.passed for check in checks]
     flags: list[Tensor] = []
     ranges: dict[tuple[torch.dtype, torch.device, float, float], list[RangeCheck]] = {}
     for check in checks:

@@ -42,6 +42,20 @@ def test_training_step_quick_prints_every_model_and_setting() -> None:
     assert all(float(r[-2]) > 0 for r in rows)
 
 
+def test_step_phases_quick_prints_every_phase() -> None:
+    # The script asserts that both losses agree before timing them.
+    rows = _table(_run("step_phases.py", "--quick").splitlines(), "phase")
+    assert [r[0] for r in rows] == [
+        "model",
+        "loss",
+        "backward",
+        "optimizer",
+        "sum of medians",
+        "loss forward, tight loop",
+    ]
+    assert all(float(r[1].removesuffix(" us")) > 0 for r in rows)
+
+
 def test_host_syncs_table_has_every_case() -> None:
     from benchmarks.host_syncs import CASES
 

@@ -3,9 +3,8 @@ r"""The distributions `rdloss.helpers` builds: what they hold and what the loss 
 Each is the torch distribution of the same name (``isinstance`` holds) with two additions
 for `rdloss.RateDistortionLoss`:
 
-* `Gaussian` keeps the log-variance exactly as the caller had it, so the closed-form KL
-  reads it instead of taking ``scale.log()`` again (`normal_kl`, VDVAE's form);
-  `StandardGaussian` is the $\mathcal N(0, 1)$ of `rdloss.marginals.StandardNormal`;
+* `Gaussian` keeps ``logvar`` or ``log_scale`` as the caller had it, for the closed-form
+  KL (`rdloss._closed_form`); `StandardGaussian` is `marginals.StandardNormal`'s N(0, 1);
 * ``checked=True`` asks the loss to run the distribution's value checks (`value_checks`:
   the variance's range, ``scale > 0``, ``probs`` in ``[0, 1]``, ``x`` in ``{0, 1}``) in its
   one host synchronisation per call. The flag is a constructor argument of an rdloss type,
@@ -37,11 +36,8 @@ __all__ = [
     "Gaussian",
     "StandardGaussian",
     "binary_support_check",
-    "logvar_of",
-    "normal_kl",
     "one_hot",
     "standard_normal",
-    "standard_normal_kl",
     "standard_normal_like",
     "value_checks",
 ]
@@ -65,17 +61,17 @@ def _range_check(t: Tensor, low: float, high: float, message: str) -> RangeCheck
 
 
 class Gaussian(Normal):
-    r"""A ``Normal`` that also holds its log-variance, as `rdloss.helpers.normal` builds it.
+    r"""A ``Normal`` that also holds its log parameter, as `rdloss.helpers.normal` builds it.
 
     The same distribution as ``Normal(loc, scale)``; what it adds is for the loss:
 
     * the closed-form KL between two of them (and against $\mathcal N(0, I)$) reads
-      ``logvar`` instead of taking ``scale.log()`` again (no ``exp`` then ``log`` round
-      trip, fewer operators and backward nodes);
+      ``logvar`` or ``log_scale`` instead of taking ``scale.log()`` again (no ``exp`` then
+      ``log`` round trip, fewer operators and backward nodes);
     * with ``checked=True`` a `RateDistortionLoss` checks, in its one value check, that
-      the variance $\sigma^2$ is a finite normal number of the dtype (``logvar`` given)
-      or that ``scale > 0`` (otherwise): below that range the rate's gradient is infinite
-      while its value looks fine.
+      the variance $\sigma^2$ is a finite normal number of the dtype (a log parameter
+      given) or that ``scale > 0`` (otherwise): below that range the rate's gradient is
+      infinite while its value looks fine.
 
     Args:
         loc: means.
@@ -379,61 +375,6 @@ def value_checks(dist: Distribution, value: Tensor | None = None) -> list[Check]
     if isinstance(dist, (Gaussian, CheckedLaplace, CheckedBernoulli)):
         return dist.value_checks(value)
     return []
-
-
-def logvar_of(dist: Normal) -> Tensor:
-    r"""$\log\sigma^2$ of a ``Normal``: from what a `Gaussian` holds, else ``2 * scale.log()``."""
-    if isinstance(dist, Gaussian) and dist.holds_log_parameter:
-        logvar = dist.logvar
-        assert logvar is not None  # it holds logvar or log_scale
-        return logvar
-    return 2.0 * dist.scale.log()
-
-
-def _log_scale_of(dist: Normal) -> Tensor | None:
-    return dist.log_scale if isinstance(dist, Gaussian) else None
-
-
-def standard_normal_kl(loc: Tensor, scale: Tensor | None, logvar: Tensor | None) -> Tensor:
-    r"""Elementwise $\mathrm{KL}(\mathcal N(\mu, \sigma^2) \,\|\, \mathcal N(0, 1))$.
-
-    With $v = \log\sigma^2$ known (a `Gaussian`): $\tfrac12(\mu^2 + \operatorname{expm1}(v) -
-    v)$, which stays $\ge 0$ to the last bit near the collapsed point ($\sigma^2 - 1$ would
-    cancel). Else $\tfrac12(\mu^2 + \sigma^2 - 1) - \log\sigma$ in two fused ``addcmul`` s,
-    torch.distributions' value.
-    """
-    if logvar is not None:
-        return 0.5 * torch.addcmul(torch.expm1(logvar) - logvar, loc, loc)
-    if scale is None:
-        raise ValueError("standard_normal_kl needs scale or logvar")
-    per_element = torch.addcmul(-0.5 - scale.log(), loc, loc, value=0.5)
-    return torch.addcmul(per_element, scale, scale, value=0.5)
-
-
-def normal_kl(p: Normal, q: Normal) -> Tensor:
-    r"""Elementwise $\mathrm{KL}(p \,\|\, q)$ of two ``Normal`` s.
-
-    Where either side is a `Gaussian` holding its log-variance: VDVAE's
-    $\log\sigma_q - \log\sigma_p + \frac{\sigma_p^2 + (\mu_p - \mu_q)^2}{2\sigma_q^2}
-    - \frac12$, written as $\tfrac12(\operatorname{expm1}(d) - d + ((\mu_p - \mu_q)/\sigma_q)^2)$
-    with $d = \log\sigma_p^2 - \log\sigma_q^2$ from each side's log-variance as it holds it
-    (no ``log`` of a scale ratio, no cancellation near $p = q$). Otherwise
-    torch.distributions' own expression, to the bit.
-    """
-    gap = (p.loc - q.loc) / q.scale
-    holds_log = (isinstance(p, Gaussian) and p.holds_log_parameter) or (
-        isinstance(q, Gaussian) and q.holds_log_parameter
-    )
-    if holds_log:
-        ls_p, ls_q = _log_scale_of(p), _log_scale_of(q)
-        if ls_p is not None and ls_q is not None:
-            # 2 (a - b) has the bits of 2a - 2b (doubling is exact), in one operator less.
-            d = 2.0 * (ls_p - ls_q)
-        else:
-            d = logvar_of(p) - logvar_of(q)
-        return 0.5 * torch.addcmul(torch.expm1(d) - d, gap, gap)
-    var_ratio = (p.scale / q.scale).pow(2)
-    return 0.5 * (var_ratio + gap.pow(2) - 1 - var_ratio.log())
 
 
 def standard_normal(posterior: Distribution) -> Distribution:

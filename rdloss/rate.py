@@ -2,10 +2,10 @@ r"""The rate $R = \mathrm{KL}(e(z|x)\,\|\,m(z))$ of a call, per example, group, 
 
 Three estimators, chosen per group:
 
-* **closed form**: Normal and categorical pairs computed here (for the diagonal Gaussians
-  of `rdloss.helpers` from the log-variance they hold: no ``exp`` then ``log`` round trip;
-  against $\mathcal N(0, I)$ nothing is built at all), any other pair through the public
-  ``torch.distributions.kl_divergence``;
+* **closed form** (`rdloss._closed_form`): Normal and categorical pairs computed by rdloss
+  (for the diagonal Gaussians of `rdloss.helpers` from the log parameter they hold: no
+  ``exp`` then ``log`` round trip; against $\mathcal N(0, I)$ nothing is built at all),
+  any other pair through the public ``torch.distributions.kl_divergence``;
 * **Monte Carlo** $\log e(z|x) - \log m(z)$ with the ``z`` that fed the decoder;
 * **enumeration** $\sum_k q_k \log(q_k / m_k)$ over a discrete support.
 
@@ -14,34 +14,22 @@ KL balancing (DreamerV3) changes the gradient, not the value: see `balanced`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.distributions import (
-    Categorical,
     Distribution,
     Independent,
-    MixtureSameFamily,
     Normal,
-    OneHotCategorical,
-    OneHotCategoricalStraightThrough,
-    kl_divergence,
 )
 
 from rdloss._checks import check_fraction, widen_half
+from rdloss._closed_form import closed_form, standard_normal_kl
 from rdloss._rebuild import describe, stop_gradient, widened
 from rdloss._shapes import enumerate_posterior
-from rdloss.distributions import DiagonalGaussianMixture
-from rdloss.families import (
-    Gaussian,
-    StandardGaussian,
-    normal_kl,
-    standard_normal,
-    standard_normal_kl,
-)
+from rdloss.families import Gaussian, StandardGaussian, standard_normal
 from rdloss.latents import LatentGroup, RateTerms, sample_dims
 
 __all__ = [
@@ -116,62 +104,15 @@ def _reduce(values: Tensor, lead: torch.Size, estimator: UsedEstimator, per_dim:
     return Rate(per_step.sum(-1), per_dimension, estimator, per_step)
 
 
-def _categorical_kl(p: Categorical | OneHotCategorical, q: Distribution) -> Tensor:
-    """KL of two categoricals over the last axis (torch.distributions' expression)."""
-    empty = p.probs == 0
-    # The log-ratio is zeroed where p has no mass before the product: a logit of -inf (a
-    # masked category) would make 0 * -inf, NaN in the backward even where the value is
-    # masked afterwards.
-    log_ratio = torch.where(empty, 0.0, p.logits - q.logits)  # type: ignore[attr-defined]
-    t = p.probs * log_ratio
-    t = torch.where(q.probs == 0, math.inf, t)  # type: ignore[attr-defined]
-    return torch.where(empty, 0.0, t).sum(-1)
-
-
-# Families with no closed-form KL to anything: asked of kl_divergence, they would only
-# write "none" into torch's memo (which a compiled region cannot do).
-_NO_CLOSED_FORM = (DiagonalGaussianMixture, MixtureSameFamily)
-
-
-def _closed_form(p: Distribution, q: Distribution) -> Tensor | None:
-    """``KL(p || q)`` in closed form, or ``None`` where torch.distributions has none.
-
-    The families rdloss serves most (Normal, Categorical, OneHotCategorical, and
-    ``Independent`` over them) are computed here; any other pair goes to
-    ``torch.distributions.kl_divergence``. (Under
-    ``torch.compile(fullgraph=True)`` such a pair must have been computed once before:
-    torch looks its function up with Python dynamo cannot trace on a cold memo.)
-    """
-    kinds = (type(p), type(q))
-    if all(k in (Normal, Gaussian) for k in kinds):
-        return normal_kl(p, q)  # type: ignore[arg-type]
-    if kinds == (Categorical, Categorical) or all(
-        k in (OneHotCategorical, OneHotCategoricalStraightThrough) for k in kinds
-    ):
-        return _categorical_kl(p, q)  # type: ignore[arg-type]
-    if kinds == (Independent, Independent):
-        n = p.reinterpreted_batch_ndims  # type: ignore[attr-defined]
-        if n == q.reinterpreted_batch_ndims:  # type: ignore[attr-defined]
-            base = _closed_form(p.base_dist, q.base_dist)  # type: ignore[attr-defined]
-            # Summed over the reinterpreted dims as torch's Independent KL sums them.
-            return None if base is None else base.reshape(*base.shape[: base.ndim - n], -1).sum(-1)
-    if isinstance(p, _NO_CLOSED_FORM) or isinstance(q, _NO_CLOSED_FORM):
-        return None
-    try:
-        return kl_divergence(p, q)
-    except NotImplementedError:  # no pair registered, or an Independent over a missing base KL
-        return None
-
-
 def _analytic(posterior: Distribution, against: Distribution) -> Rate | None:
     lead = posterior.batch_shape
     q, p = _elementwise(posterior), _elementwise(against)
     if q is not None and p is not None:
-        per_element = _closed_form(q, p)
+        per_element = closed_form(q, p)
         if per_element is not None:
             per_element = per_element.expand(*lead, *posterior.event_shape)
             return _reduce(widen_half(per_element), lead, "analytic", per_dim=True)
-    kl = _closed_form(posterior, against)
+    kl = closed_form(posterior, against)
     return None if kl is None else _reduce(widen_half(kl), lead, "analytic", per_dim=False)
 
 

@@ -33,6 +33,7 @@ from rdloss.objectives._hyperparameters import (
     as_hyperparameter,
     check_loaded,
     new_state,
+    store_hyperparameter,
 )
 from rdloss.objectives._terms import ObjectiveOutput, check_terms, numbers_repr
 from rdloss.schedules import Schedule, check_config_state, config_state
@@ -136,25 +137,8 @@ class Objective(nn.Module, ABC):
                 )
             assign_per_group(self, name, value, positive=positive)
             return
-        checked = as_hyperparameter(name, value, positive=positive)
-        buffer = dict(self.named_buffers(recurse=False)).get(name)
-        if isinstance(checked, Schedule):
-            if buffer is not None:
-                delattr(self, name)
-            super().__setattr__(name, checked)
-            return
-        if name in dict(self.named_children()):
-            delattr(self, name)
-        if buffer is not None and not buffer.is_meta:
-            with torch.no_grad():  # in place: the same tensor, so compiled code reads it
-                buffer.fill_(checked)
-            return
         device = value.device if isinstance(value, Tensor) else None
-        tensor = new_state([checked], torch.float64).to(device)
-        if buffer is None:
-            self.register_buffer(name, tensor)
-        else:  # a meta buffer, replaced as load_state_dict(assign=True) expects
-            super().__setattr__(name, tensor)
+        store_hyperparameter(self, name, as_hyperparameter(name, value, positive=positive), device)
 
     @override
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Objective:

@@ -7,12 +7,18 @@ import numbers
 from typing import TypeAlias
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rdloss._checks import check_nonnegative_number
 from rdloss.schedules import Schedule
 
-__all__ = ["Hyperparameter", "as_hyperparameter", "check_loaded", "new_state"]
+__all__ = [
+    "Hyperparameter",
+    "as_hyperparameter",
+    "check_loaded",
+    "new_state",
+    "store_hyperparameter",
+]
 
 Hyperparameter: TypeAlias = float | Schedule
 """A number (constant) or a `Schedule` of the objective's step."""
@@ -74,3 +80,32 @@ def check_loaded(key: str, value: object, low: float, high: float) -> None:
     number = value.item()
     if not (math.isfinite(number) and low <= number <= high):
         raise ValueError(f"state_dict[{key!r}] must be finite and in [{low}, {high}], got {number}")
+
+
+def store_hyperparameter(
+    module: nn.Module, name: str, value: float | Schedule, device: torch.device | None
+) -> None:
+    """Store a checked hyperparameter (`as_hyperparameter`) on ``module`` under ``name``.
+
+    A number goes into a ``(1,)`` float64 buffer: written in place once it exists (the same
+    tensor, so compiled code reads the new value without recompiling), registered on
+    ``device`` otherwise. A `Schedule` becomes a submodule. Whichever form was there before
+    is removed first.
+    """
+    buffer = dict(module.named_buffers(recurse=False)).get(name)
+    if isinstance(value, Schedule):
+        if buffer is not None:
+            delattr(module, name)
+        nn.Module.__setattr__(module, name, value)
+        return
+    if name in dict(module.named_children()):
+        delattr(module, name)
+    if buffer is not None and not buffer.is_meta:
+        with torch.no_grad():  # in place: the same tensor, so compiled code reads it
+            buffer.fill_(value)
+        return
+    tensor = new_state([value], torch.float64).to(device)
+    if buffer is None:
+        module.register_buffer(name, tensor)
+    else:  # a meta buffer, replaced as load_state_dict(assign=True) expects
+        nn.Module.__setattr__(module, name, tensor)

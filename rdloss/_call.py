@@ -7,6 +7,7 @@ computation. `value_checks` lists everything the call's one host synchronisation
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from torch import Tensor
@@ -143,10 +144,14 @@ def value_checks(
     distortion: Tensor,
     elbo: Tensor,
     own: list[ValueCheck],
+    *,
+    grouped: bool = False,
 ) -> list[Check]:
     """Every value check of a call, in the order their errors are reported.
 
-    ``x`` and ``likelihood`` are ``None`` for the rate alone.
+    ``x`` and ``likelihood`` are ``None`` for the rate alone. A distribution's error names
+    it (``posterior['z3']: ...``, ``prior: ...``): in a model of many groups the message
+    alone would not say which encoder or top-down layer to clamp.
     """
     checks: list[Check] = []
     if weight is not None:
@@ -158,9 +163,10 @@ def value_checks(
             )
         )
     for g in groups:
-        checks += distribution_checks(g.posterior)
+        key = f"[{g.name!r}]" if grouped else ""
+        checks += _located(distribution_checks(g.posterior), f"posterior{key}")
         if g.prior is not None:
-            checks += distribution_checks(g.prior)
+            checks += _located(distribution_checks(g.prior), f"prior{key}")
     if x is not None and likelihood is not None:
         data = likelihood_checks(x, likelihood)
         checks += data
@@ -170,3 +176,18 @@ def value_checks(
     # The ELBO is finite exactly when both means are: no extra pass over R and D.
     checks.append(ValueCheck(finite_number(elbo), lambda: check_outputs(rate, distortion)))
     return checks
+
+
+def _located(checks: list[Check], where: str) -> list[Check]:
+    """``checks`` whose error message starts with ``where`` (the argument they came from)."""
+
+    def located(explain: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                explain()
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
+
+        return run
+
+    return [check._replace(explain=located(check.explain)) for check in checks]

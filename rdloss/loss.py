@@ -334,6 +334,7 @@ class RateDistortionLoss(nn.Module):
                         distortion,
                         elbo,
                         own,
+                        grouped=grouped,
                     )
                 )
 

@@ -116,10 +116,25 @@ def test_range_checks_of_many_groups_decide_like_one_check_each(bad: str | None)
     if bad in (None, "b"):
         assert torch.isfinite(call().loss)
         return
-    largest = "0.0" if bad.startswith("a") else "89.0"
-    smallest = "-95.0" if bad.startswith("a") else "0.0"
-    with pytest.raises(ValueError, match=rf"got values in \[{smallest}, {largest}\]"):
+    first = bad[0]  # the first failing group in call order, named in the message
+    largest = "0.0" if first == "a" else "89.0"
+    smallest = "-95.0" if first == "a" else "0.0"
+    message = rf"^posterior\['{first}'\]: logvar .* got values in \[{smallest}, {largest}\]"
+    with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_failing_distribution_check_names_the_argument_it_came_from() -> None:
+    # Which of a call's posteriors and priors holds the bad log-variance: the message
+    # starts with it (a grouped call names the group).
+    bad = helpers.normal(torch.zeros(2, 3), logvar=torch.full((2, 3), -95.0))
+    good = helpers.normal(torch.zeros(2, 3), logvar=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"^posterior: logvar must lie"):
+        RateDistortionLoss()(posterior=bad)
+    with pytest.raises(ValueError, match=r"^prior: logvar must lie"):
+        RateDistortionLoss()(posterior=good, prior=bad)
+    with pytest.raises(ValueError, match=r"^prior\['top'\]: logvar must lie"):
+        RateDistortionLoss()(posterior={"top": good, "z": good}, prior={"top": bad})
 
 
 @pytest.mark.parametrize("log_scale", [-47.5, 44.5])

@@ -7,7 +7,6 @@ computation. `value_checks` lists everything the call's one host synchronisation
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 from torch import Tensor
@@ -146,14 +145,16 @@ def value_checks(
     own: list[ValueCheck],
     *,
     grouped: bool = False,
-) -> list[Check]:
-    """Every value check of a call, in the order their errors are reported.
+) -> tuple[list[Check], list[str]]:
+    """Every value check of a call, in the order their errors are reported, and its source.
 
-    ``x`` and ``likelihood`` are ``None`` for the rate alone. A distribution's error names
-    it (``posterior['z3']: ...``, ``prior: ...``): in a model of many groups the message
-    alone would not say which encoder or top-down layer to clamp.
+    ``x`` and ``likelihood`` are ``None`` for the rate alone. The second list names, for
+    each check, the argument `run_checks` puts before its error (``posterior['z3']``,
+    ``prior``; ``""`` for none): in a model of many groups the message alone would not say
+    which encoder or top-down layer to clamp.
     """
     checks: list[Check] = []
+    where: list[str] = []
     if weight is not None:
         total = weight.sum()
         checks.append(
@@ -164,9 +165,10 @@ def value_checks(
         )
     for g in groups:
         key = f"[{g.name!r}]" if grouped else ""
-        checks += _located(distribution_checks(g.posterior), f"posterior{key}")
-        if g.prior is not None:
-            checks += _located(distribution_checks(g.prior), f"prior{key}")
+        for name, dist in (("posterior", g.posterior), ("prior", g.prior)):
+            found = [] if dist is None else distribution_checks(dist)
+            where += [""] * (len(checks) - len(where)) + [name + key] * len(found)
+            checks += found
     if x is not None and likelihood is not None:
         data = likelihood_checks(x, likelihood)
         checks += data
@@ -175,19 +177,4 @@ def value_checks(
     checks += own  # the objective's (`Objective.value_checks`)
     # The ELBO is finite exactly when both means are: no extra pass over R and D.
     checks.append(ValueCheck(finite_number(elbo), lambda: check_outputs(rate, distortion)))
-    return checks
-
-
-def _located(checks: list[Check], where: str) -> list[Check]:
-    """``checks`` whose error message starts with ``where`` (the argument they came from)."""
-
-    def located(explain: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                explain()
-            except ValueError as error:
-                raise ValueError(f"{where}: {error}") from None
-
-        return run
-
-    return [check._replace(explain=located(check.explain)) for check in checks]
+    return checks, where

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -177,33 +177,36 @@ Check = ValueCheck | RangeCheck
 
 def _verdicts(checks: list[Check]) -> list[Tensor]:
     """One 0-dim bool per check, or per set of range checks with equal bounds and dtype."""
-    if sum(isinstance(check, RangeCheck) for check in checks) < 2:  # nothing to merge
-        return [check.passed for check in checks]
-    flags: list[Tensor] = []
-    ranges: dict[tuple[torch.dtype, torch.device, float, float], list[RangeCheck]] = {}
-    for check in checks:
-        if isinstance(check, RangeCheck):
-            key = (check.smallest.dtype, check.smallest.device, check.low, check.high)
-            ranges.setdefault(key, []).append(check)
-        else:
-            flags.append(check.passed)
-    for (_, _, low, high), same in ranges.items():
-        if len(same) == 1:
-            flags.append(same[0].passed)
+    flags = [check.passed for check in checks if not isinstance(check, RangeCheck)]
+    ranges = [check for check in checks if isinstance(check, RangeCheck)]
+    if len(ranges) < 2:  # nothing to merge
+        return flags + [check.passed for check in ranges]
+    same: dict[tuple[torch.dtype, torch.device, float, float], list[RangeCheck]] = {}
+    for check in ranges:
+        key = (check.smallest.dtype, check.smallest.device, check.low, check.high)
+        same.setdefault(key, []).append(check)
+    for (_, _, low, high), group in same.items():
+        if len(group) == 1:
+            flags.append(group[0].passed)
             continue
         # The bounds stay Python numbers: compared in the values' own dtype, as one check is.
-        smallest = torch.stack([c.smallest for c in same]).amin()
-        largest = torch.stack([c.largest for c in same]).amax()
+        smallest = torch.stack([c.smallest for c in group]).amin()
+        largest = torch.stack([c.largest for c in group]).amax()
         flags.append((smallest >= low) & (largest <= high))
     return flags
 
 
-def run_checks(checks: list[Check]) -> None:
+def run_checks(checks: list[Check], where: Sequence[str] = ()) -> None:
     """Decide every check with one host synchronisation; raise the first failure.
 
     Only when the fused verdict fails are the precise messages re-derived, in order, so the
     first failing check is the one reported. Call it, and build the checks, under
     ``torch.no_grad()``: they are screens of values, never part of the graph.
+
+    Args:
+        checks: the checks, in the order their errors are reported.
+        where: for each check (or the first ones), the argument it belongs to, put before
+            its error message (``"posterior['z3']: ..."``); ``""`` for none.
     """
     if not checks:
         return
@@ -216,8 +219,14 @@ def run_checks(checks: list[Check]) -> None:
         passed = torch.stack(flags).all()
     if bool(passed):
         return
-    for check in checks:
-        check.explain()  # raises for a real failure; a screen's false alarm passes
+    places = [*where[: len(checks)], *[""] * (len(checks) - len(where))]
+    for check, place in zip(checks, places, strict=True):
+        try:
+            check.explain()  # raises for a real failure; a screen's false alarm passes
+        except ValueError as error:
+            if not place:
+                raise
+            raise ValueError(f"{place}: {error}") from None
 
 
 def finite_check(name: str, t: Tensor) -> ValueCheck:

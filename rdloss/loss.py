@@ -324,19 +324,18 @@ class RateDistortionLoss(nn.Module):
             # The objective's own checks first: it asks whether it is training (with grad).
             own = self.objective.value_checks(terms.per_example)
             with torch.no_grad():  # screens of values, never part of the graph
-                run_checks(
-                    value_checks(
-                        x,
-                        likelihood,
-                        groups,
-                        weight,
-                        terms.per_example,
-                        distortion,
-                        elbo,
-                        own,
-                        grouped=grouped,
-                    )
+                checks, places = value_checks(
+                    x,
+                    likelihood,
+                    groups,
+                    weight,
+                    terms.per_example,
+                    distortion,
+                    elbo,
+                    own,
+                    grouped=grouped,
                 )
+                run_checks(checks, places)
 
         # 5. The objective.
         objective = self.objective(

@@ -124,6 +124,27 @@ def test_range_checks_of_many_groups_decide_like_one_check_each(bad: str | None)
         call()
 
 
+@pytest.mark.parametrize("bad", [None, "probs", "log_scale"])
+def test_probs_and_log_scale_ranges_of_one_call_are_decided_apart(bad: str | None) -> None:
+    # Range checks with other bounds (probs in [0, 1], log_scale in float32's range) are
+    # compared separately even where several of a kind are merged.
+    probs = torch.rand(4, 5, generator=torch.Generator().manual_seed(0))
+    log_scale = torch.zeros(4, 3)
+    if bad == "probs":
+        probs[0, 0] = 1.5
+    if bad == "log_scale":
+        log_scale[0, 0] = 50.0
+    posterior = {k: helpers.normal(torch.zeros(4, 3), log_scale=log_scale) for k in "ab"}
+    likelihood = helpers.bernoulli(probs=probs)
+    x = torch.randint(0, 2, (4, 5)).float()
+    call = lambda: RateDistortionLoss()(x, posterior=posterior, likelihood=likelihood)  # noqa: E731
+    if bad is None:
+        assert torch.isfinite(call().loss)
+    else:
+        with pytest.raises(ValueError, match=rf"^(posterior\['a'\]: )?{bad} must lie in"):
+            call()
+
+
 def test_a_failing_distribution_check_names_the_argument_it_came_from() -> None:
     # Which of a call's posteriors and priors holds the bad log-variance: the message
     # starts with it (a grouped call names the group).

@@ -1,23 +1,25 @@
-"""Where a training step's extra time goes: each phase of the step, rdloss against hand-written.
+"""Where a training step's extra time goes: each phase of the step, rdloss against two baselines.
 
 `benchmarks/training_step.py` times whole steps; this script splits the MLP step of that
 script (784-512-256-2x32 encoder, 32-256-512-784 decoder, Adam, binarised inputs) into four
-phases and times each with ``time.perf_counter`` on both sides, the two steps alternating
-(A B, then B A, ...), ``--steps`` times after a warm-up:
+phases and times each with ``time.perf_counter`` on each side, the steps alternating
+(A B C, then B C A, then C A B, ...), ``--steps`` times after a warm-up:
 
 * ``model``: ``zero_grad``, the encoder, ``helpers.normal(mu, logvar=...)``, its
   ``rsample()`` and the decoder (the same code on both sides);
 * ``loss``: the loss's forward: ``RateDistortionLoss`` (``likelihood=`` style, with
   ``helpers.bernoulli(logits=...)`` built inside the phase) against the hand-written
-  ``BCE-with-logits`` plus the closed-form Gaussian KL, batch mean;
+  ``BCE-with-logits`` plus the closed-form Gaussian KL, batch mean, and against the same
+  loss on ``torch.distributions`` objects (``kl_divergence`` of ``Independent(Normal)``
+  to N(0, I) minus the ``Independent(Bernoulli(logits))`` log-density, checks off);
 * ``backward`` and ``optimizer``: ``loss.backward()`` and ``Adam.step()``.
 
-Then the same two loss forwards alone, in a tight loop on the same tensors (the
+Then the same loss forwards alone, in a tight loop on the same tensors (the
 distributions built once, outside the timing), ``timeit``-style: how much slower a loss
 runs inside a step, after the model has filled the caches, than in a loop of its own.
 
-Both losses are checked to agree on the same tensors first. Prints the median microseconds
-per phase and side, and their difference.
+The three losses are checked to agree on the same tensors first. Prints the median
+microseconds per phase and side, and each side's difference from the hand-written one.
 Run: ``python benchmarks/step_phases.py`` (``--quick`` for a smoke run).
 """
 
@@ -33,17 +35,18 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 import rdloss
 from rdloss import helpers
 
 try:
-    from benchmarks.training_step import MLPVAE, PIXELS, _bce, _gaussian_kl
+    from benchmarks.training_step import LATENT, MLPVAE, PIXELS, _bce, _gaussian_kl
 except ImportError:  # run as a script from benchmarks/
-    from training_step import MLPVAE, PIXELS, _bce, _gaussian_kl  # type: ignore[no-redef]
+    from training_step import LATENT, MLPVAE, PIXELS, _bce, _gaussian_kl  # type: ignore[no-redef]
 
 PHASES = ("model", "loss", "backward", "optimizer")
-SIDES = ("hand-written", "rdloss")
+SIDES = ("hand-written", "torch.distributions", "rdloss")
 
 
 def main() -> None:
@@ -69,9 +72,20 @@ def main() -> None:
     optimisers = {side: torch.optim.Adam(m.parameters(), lr=1e-4) for side, m in models.items()}
     times: dict[str, dict[str, list[float]]] = {s: {p: [] for p in PHASES} for s in SIDES}
 
+    standard = Independent(
+        Normal(torch.zeros(LATENT), torch.ones(LATENT), validate_args=False), 1, validate_args=False
+    )
+
     def losses(side: str, mu: Tensor, logvar: Tensor, q: object, logits: Tensor) -> Tensor:
         if side == "hand-written":
             return (_bce(logits, x) + _gaussian_kl(mu, logvar)).mean()
+        if side == "torch.distributions":
+            posterior = Independent(
+                Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1, validate_args=False
+            )
+            bernoulli = Bernoulli(logits=logits, validate_args=False)
+            p = Independent(bernoulli, 1, validate_args=False)
+            return (kl_divergence(posterior, standard) - p.log_prob(x)).mean()
         likelihood = helpers.bernoulli(logits=logits, validate_args=flag)
         out: rdloss.RDOutput = loss_fn(x, posterior=q, likelihood=likelihood)
         return out.loss
@@ -94,19 +108,20 @@ def main() -> None:
             for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 times[side][phase].append(seconds)
 
-    # Both losses agree on the same tensors before anything is timed.
+    # The losses agree on the same tensors before anything is timed.
     with torch.no_grad():
         mu, logvar = models["rdloss"].encoder(x).chunk(2, dim=-1)
         q = helpers.normal(mu, logvar=logvar, validate_args=flag)
         logits = models["rdloss"].decoder(q.rsample())
-        torch.testing.assert_close(
-            losses("rdloss", mu, logvar, q, logits), losses("hand-written", mu, logvar, q, logits)
-        )
+        reference = losses("hand-written", mu, logvar, q, logits)
+        for side in SIDES:
+            torch.testing.assert_close(losses(side, mu, logvar, q, logits), reference)
     for _ in range(10):  # warm-up
         for side in SIDES:
             step(side, record=False)
     for i in range(args.steps):
-        for side in SIDES if i % 2 == 0 else SIDES[::-1]:
+        shift = i % len(SIDES)  # each side takes each place in the order equally often
+        for side in SIDES[shift:] + SIDES[:shift]:
             step(side, record=True)
 
     # The same loss forwards in a tight loop, on tensors of the same shapes.
@@ -118,6 +133,7 @@ def main() -> None:
     likelihood = helpers.bernoulli(logits=logits, validate_args=flag)
     loops: dict[str, Callable[[], object]] = {
         "hand-written": lambda: (_bce(logits, x) + _gaussian_kl(mu, logvar)).mean(),
+        "torch.distributions": lambda: losses("torch.distributions", mu, logvar, q, logits),
         "rdloss": lambda: loss_fn(x, posterior=q, likelihood=likelihood).loss,
     }
     number = 20 if args.quick else 200
@@ -133,17 +149,22 @@ def main() -> None:
         f"{checks}; median of {args.steps} alternating steps; load average {load[0]:.1f}"
     )
 
-    def row(name: str, hand: float, ours: float) -> None:
-        cells = (f"{t * 1e6:.0f} us" for t in (hand, ours))
-        print(f"| {name} | {' | '.join(cells)} | {(ours - hand) * 1e6:+.0f} us |")
+    def row(name: str, hand: float, dists: float, ours: float) -> None:
+        cells = " | ".join(f"{t * 1e6:.0f} us" for t in (hand, dists, ours))
+        print(
+            f"| {name} | {cells} | {(dists - hand) * 1e6:+.0f} us | {(ours - hand) * 1e6:+.0f} us |"
+        )
 
-    print("| phase | hand-written | rdloss | difference |")
-    print("|---|---|---|---|")
+    print(
+        "| phase | hand-written | torch.distributions | rdloss "
+        "| torch.distributions - hand | rdloss - hand |"
+    )
+    print("|---|---|---|---|---|---|")
     medians = {s: {p: statistics.median(times[s][p]) for p in PHASES} for s in SIDES}
     for phase in PHASES:
-        row(phase, medians["hand-written"][phase], medians["rdloss"][phase])
+        row(phase, *(medians[s][phase] for s in SIDES))
     row("sum of medians", *(sum(medians[s].values()) for s in SIDES))
-    row("loss forward, tight loop", tight["hand-written"], tight["rdloss"])
+    row("loss forward, tight loop", *(tight[s] for s in SIDES))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def test_training_step_quick_prints_every_model_and_setting() -> None:
 
 
 def test_step_phases_quick_prints_every_phase() -> None:
-    # The script asserts that both losses agree before timing them.
+    # The script asserts that the three losses agree before timing them.
     rows = _table(_run("step_phases.py", "--quick").splitlines(), "phase")
     assert [r[0] for r in rows] == [
         "model",

@@ -7,6 +7,7 @@ computation. `value_checks` lists everything the call's one host synchronisation
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from torch import Tensor
@@ -154,27 +155,27 @@ def value_checks(
     which encoder or top-down layer to clamp.
     """
     checks: list[Check] = []
-    where: list[str] = []
+    where: list[str] = []  # kept aligned with checks
+
+    def add(found: Sequence[Check], source: str = "") -> None:
+        checks.extend(found)
+        where.extend([source] * len(found))
+
     if weight is not None:
         total = weight.sum()
-        checks.append(
-            ValueCheck(
-                finite_number(total) & (total > 0) & (weight.amin() >= 0),
-                lambda: check_weight(weight),
-            )
-        )
+        screen = finite_number(total) & (total > 0) & (weight.amin() >= 0)
+        add([ValueCheck(screen, lambda: check_weight(weight))])
     for g in groups:
         key = f"[{g.name!r}]" if grouped else ""
-        for name, dist in (("posterior", g.posterior), ("prior", g.prior)):
-            found = [] if dist is None else distribution_checks(dist)
-            where += [""] * (len(checks) - len(where)) + [name + key] * len(found)
-            checks += found
+        add(distribution_checks(g.posterior), f"posterior{key}")
+        if g.prior is not None:
+            add(distribution_checks(g.prior), f"prior{key}")
     if x is not None and likelihood is not None:
         data = likelihood_checks(x, likelihood)
-        checks += data
+        add(data)
         if not data and x.is_floating_point():  # a support check of x covers NaN/inf too
-            checks.append(finite_check("x", x))
-    checks += own  # the objective's (`Objective.value_checks`)
+            add([finite_check("x", x)])
+    add(own)  # the objective's (`Objective.value_checks`)
     # The ELBO is finite exactly when both means are: no extra pass over R and D.
-    checks.append(ValueCheck(finite_number(elbo), lambda: check_outputs(rate, distortion)))
+    add([ValueCheck(finite_number(elbo), lambda: check_outputs(rate, distortion))])
     return checks, where

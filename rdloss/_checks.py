@@ -177,14 +177,14 @@ Check = ValueCheck | RangeCheck
 
 def _verdicts(checks: list[Check]) -> list[Tensor]:
     """One 0-dim bool per check, or per set of range checks with equal bounds and dtype."""
-    flags = [check.passed for check in checks if not isinstance(check, RangeCheck)]
-    ranges = [check for check in checks if isinstance(check, RangeCheck)]
-    if len(ranges) < 2:  # nothing to merge
-        return flags + [check.passed for check in ranges]
+    flags: list[Tensor] = []
     same: dict[tuple[torch.dtype, torch.device, float, float], list[RangeCheck]] = {}
-    for check in ranges:
-        key = (check.smallest.dtype, check.smallest.device, check.low, check.high)
-        same.setdefault(key, []).append(check)
+    for check in checks:
+        if isinstance(check, RangeCheck):
+            key = (check.smallest.dtype, check.smallest.device, check.low, check.high)
+            same.setdefault(key, []).append(check)
+        else:
+            flags.append(check.passed)
     for (_, _, low, high), group in same.items():
         if len(group) == 1:
             flags.append(group[0].passed)
@@ -205,8 +205,8 @@ def run_checks(checks: list[Check], where: Sequence[str] = ()) -> None:
 
     Args:
         checks: the checks, in the order their errors are reported.
-        where: for each check (or the first ones), the argument it belongs to, put before
-            its error message (``"posterior['z3']: ..."``); ``""`` for none.
+        where: for each check, the argument it belongs to, put before its error message
+            (``"posterior['z3']: ..."``; ``""`` for none); empty: none for any.
     """
     if not checks:
         return
@@ -219,8 +219,7 @@ def run_checks(checks: list[Check], where: Sequence[str] = ()) -> None:
         passed = torch.stack(flags).all()
     if bool(passed):
         return
-    places = [*where[: len(checks)], *[""] * (len(checks) - len(where))]
-    for check, place in zip(checks, places, strict=True):
+    for check, place in zip(checks, where or [""] * len(checks), strict=True):
         try:
             check.explain()  # raises for a real failure; a screen's false alarm passes
         except ValueError as error:
